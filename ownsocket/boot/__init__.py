@@ -1,0 +1,1 @@
+"""Boot-file selection: what a network-booting client should load."""
