@@ -1,0 +1,262 @@
+"""
+A tiny scripted DHCP/BOOTP client (and relay agent) for the integration tests.
+
+Real clients (dhclient, udhcpc) cannot send a bare BOOTP request, act as a
+relay, or pretend to be five machines at once; this can.  It is run as a
+script inside a test's network namespace (C{python3 dhcp_client.py dora
+--iface cli0 --mac ...}) and prints one JSON document, so it depends on the
+standard library only and never on the server's code: a test that parsed
+replies with the server's own wire module could not catch a bug in it.
+
+Every wait is bounded: a missing reply is reported as C{null}, never as a
+hang.
+"""
+
+import argparse
+import json
+import os
+import random
+import select
+import socket
+import struct
+import sys
+import time
+
+MAGIC = b"\x63\x82\x53\x63"
+DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = range(1, 9)
+TYPE_NAMES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK",
+              7: "RELEASE", 8: "INFORM"}
+_HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
+
+# The options a UEFI PXE client (OVMF, arch 7) sends; see FIRMWARE-FACTS.md 1c.
+UEFI_PXE_OPTIONS = [
+    (93, bytes.fromhex("0007")),
+    (94, bytes.fromhex("010300")),
+    (60, b"PXEClient:Arch:00007:UNDI:003000"),
+    (97, bytes(17)),
+]
+
+
+def mac_bytes(mac):
+    return bytes(int(part, 16) for part in mac.replace("-", ":").split(":"))
+
+
+def mac_text(raw):
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def build(xid, mac, message_type=DISCOVER, options=(), ciaddr="0.0.0.0", giaddr="0.0.0.0",
+          flags=0x8000, hops=0, op=1):
+    """
+    A BOOTREQUEST; C{message_type=None} makes it plain BOOTP (no option 53),
+    which is what old PXE ROMs and embedded devices still send.
+
+    Padded to 300 bytes, the BOOTP minimum some servers and relays insist on.
+    """
+    chaddr = mac_bytes(mac)
+    header = _HEADER.pack(op, 1, 6, hops, xid, 0, flags, socket.inet_aton(ciaddr),
+                          bytes(4), bytes(4), socket.inet_aton(giaddr),
+                          chaddr.ljust(16, b"\0"), bytes(64), bytes(128))
+    body = bytearray(MAGIC)
+    if message_type is not None:
+        body += bytes([53, 1, message_type])
+    for code, value in options:
+        body += bytes([code, len(value)]) + value
+    body.append(255)
+    packet = header + bytes(body)
+    return packet.ljust(300, b"\0")
+
+
+def parse(data):
+    """
+    A BOOTREPLY as a dict, or None if it is not one.
+
+    Strict enough to catch a malformed reply from the server (truncated
+    option, missing End) rather than silently accepting it: the result
+    carries C{errors} for the test to assert on.
+    """
+    if len(data) < _HEADER.size:
+        return None
+    (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr, sname,
+     filename) = _HEADER.unpack_from(data)
+    reply = {
+        "op": op, "xid": xid, "flags": flags, "hops": hops,
+        "ciaddr": socket.inet_ntoa(ciaddr), "yiaddr": socket.inet_ntoa(yiaddr),
+        "siaddr": socket.inet_ntoa(siaddr), "giaddr": socket.inet_ntoa(giaddr),
+        "chaddr": mac_text(chaddr[:hlen if 0 < hlen <= 16 else 6]),
+        "sname": sname.split(b"\0", 1)[0].decode("latin-1"),
+        "file": filename.split(b"\0", 1)[0].decode("latin-1"),
+        "length": len(data), "options": {}, "type": None, "errors": [],
+    }
+    rest = data[_HEADER.size:]
+    if rest[:4] != MAGIC:
+        reply["errors"].append("no magic cookie")
+        return reply
+    options = {}
+    index, ended = 4, False
+    while index < len(rest):
+        code = rest[index]
+        if code == 0:
+            index += 1
+            continue
+        if code == 255:
+            ended = True
+            break
+        if index + 1 >= len(rest) or index + 2 + rest[index + 1] > len(rest):
+            reply["errors"].append(f"option {code} runs past the end")
+            break
+        length = rest[index + 1]
+        options[code] = options.get(code, b"") + rest[index + 2:index + 2 + length]
+        index += 2 + length
+    if not ended:
+        reply["errors"].append("no End option")
+    reply["options"] = {str(code): value.hex() for code, value in sorted(options.items())}
+    if 53 in options and len(options[53]) == 1:
+        reply["type"] = TYPE_NAMES.get(options[53][0], options[53][0])
+    if 54 in options and len(options[54]) == 4:
+        reply["server_id"] = socket.inet_ntoa(options[54])
+    if 51 in options and len(options[51]) == 4:
+        reply["lease_time"] = struct.unpack("!I", options[51])[0]
+    if 1 in options and len(options[1]) == 4:
+        reply["netmask"] = socket.inet_ntoa(options[1])
+    return reply
+
+
+class Endpoint:
+    """
+    A UDP socket for one side of an exchange.
+
+    Bound to a device (SO_BINDTODEVICE) so a broadcast leaves by the leg
+    under test even though the namespace has no address or route yet, and so
+    only replies that came in on that leg are seen.
+    """
+
+    def __init__(self, iface=None, address="0.0.0.0", port=68):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if iface:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+        self.sock.bind((address, port))
+
+    def close(self):
+        self.sock.close()
+
+    def exchange(self, packet, destination, xid, mac, want, timeout=4.0, resend=1.0):
+        """
+        Send C{packet} and wait for a reply of a type in C{want} (None = BOOTP
+        reply without option 53) with our xid and chaddr; resend every
+        C{resend} seconds as a real client would; give up after C{timeout}.
+
+        @return: (reply dict or None, list of every other reply seen).
+        """
+        deadline = time.monotonic() + timeout
+        others = []
+        next_send = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return None, others
+            if now >= next_send:
+                self.sock.sendto(packet, destination)
+                next_send = now + resend
+            ready, _, _ = select.select([self.sock], [], [], max(0.0, min(deadline, next_send) - now))
+            if not ready:
+                continue
+            data, source = self.sock.recvfrom(65535)
+            reply = parse(data)
+            if reply is None or reply["op"] != 2 or reply["xid"] != xid or reply["chaddr"] != mac:
+                continue
+            reply["from"] = list(source)
+            if reply["type"] in want:
+                return reply, others
+            others.append(reply)
+            if reply["type"] == "NAK":
+                return None, others
+
+
+def _xid():
+    return random.getrandbits(32)
+
+
+def dora(endpoint, mac, destination=("255.255.255.255", 67), giaddr="0.0.0.0", extra=(),
+         timeout=4.0, hops=0):
+    """DISCOVER, OFFER, REQUEST (selecting), ACK for one MAC."""
+    xid = _xid()
+    result = {"mac": mac, "offer": None, "ack": None, "nak": None}
+    discover = build(xid, mac, DISCOVER, options=list(extra), giaddr=giaddr, hops=hops)
+    offer, _ = endpoint.exchange(discover, destination, xid, mac, ("OFFER",), timeout)
+    result["offer"] = offer
+    if offer is None:
+        return result
+    options = [(50, socket.inet_aton(offer["yiaddr"]))]
+    if "server_id" in offer:
+        options.append((54, socket.inet_aton(offer["server_id"])))
+    request = build(xid, mac, REQUEST, options=options + list(extra), giaddr=giaddr, hops=hops)
+    ack, others = endpoint.exchange(request, destination, xid, mac, ("ACK",), timeout)
+    result["ack"] = ack
+    result["nak"] = next((o for o in others if o["type"] == "NAK"), None)
+    return result
+
+
+def reboot(endpoint, mac, address, timeout=4.0):
+    """INIT-REBOOT: a REQUEST with option 50 and no server id, as a client
+    that remembers its lease sends after a power cycle."""
+    xid = _xid()
+    request = build(xid, mac, REQUEST, options=[(50, socket.inet_aton(address))])
+    ack, others = endpoint.exchange(request, ("255.255.255.255", 67), xid, mac, ("ACK",), timeout)
+    return {"mac": mac, "requested": address, "ack": ack,
+            "nak": next((o for o in others if o["type"] == "NAK"), None)}
+
+
+def bootp(endpoint, mac, timeout=4.0):
+    xid = _xid()
+    packet = build(xid, mac, None)
+    reply, others = endpoint.exchange(packet, ("255.255.255.255", 67), xid, mac, (None,), timeout)
+    return {"mac": mac, "reply": reply, "others": others}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("dora", "reboot", "bootp", "relay"):
+        command = sub.add_parser(name)
+        command.add_argument("--iface", help="device to bind to (SO_BINDTODEVICE)")
+        command.add_argument("--mac", action="append", required=True,
+                             help="client MAC; repeat for several clients "
+                                  "(for reboot: MAC=ADDRESS)")
+        command.add_argument("--timeout", type=float, default=4.0)
+        command.add_argument("--uefi-pxe", action="store_true",
+                             help="add the options an OVMF UEFI PXE client sends")
+    relay = sub.choices["relay"]
+    relay.add_argument("--giaddr", required=True, help="relay address; replies come back to it:67")
+    relay.add_argument("--server", required=True, help="server address to unicast to")
+    args = parser.parse_args(argv)
+    extra = UEFI_PXE_OPTIONS if args.uefi_pxe else ()
+
+    results = []
+    if args.command == "relay":
+        endpoint = Endpoint(None, args.giaddr, 67)
+    else:
+        endpoint = Endpoint(args.iface, "0.0.0.0", 68)
+    try:
+        for entry in args.mac:
+            if args.command == "dora":
+                results.append(dora(endpoint, entry.lower(), extra=extra, timeout=args.timeout))
+            elif args.command == "reboot":
+                mac, _, address = entry.partition("=")
+                results.append(reboot(endpoint, mac.lower(), address, timeout=args.timeout))
+            elif args.command == "bootp":
+                results.append(bootp(endpoint, entry.lower(), timeout=args.timeout))
+            else:
+                results.append(dora(endpoint, entry.lower(), destination=(args.server, 67),
+                                    giaddr=args.giaddr, extra=extra, timeout=args.timeout, hops=1))
+    finally:
+        endpoint.close()
+    json.dump(results, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
