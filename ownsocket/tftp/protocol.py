@@ -1,0 +1,165 @@
+"""
+The thin Twisted layer: the well-known-port listener and the per-transfer
+port.  Both only move bytes between sockets and the sans-I/O parts
+(L{ownsocket.tftp.wire}, L{ownsocket.tftp.session}); policy lives in
+L{ownsocket.tftp.server}.  The reactor is always injected.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from ownsocket.tftp import wire
+from ownsocket.tftp.session import DONE
+
+_ERROR_UNKNOWN_TID = wire.build_error(wire.ERR_UNKNOWN_TID, "Unknown transfer ID")
+_ERROR_ILLEGAL = wire.build_error(wire.ERR_ILLEGAL, "Illegal TFTP operation")
+_ERROR_READ_ONLY = wire.build_error(wire.ERR_ACCESS, "Read-only server: writes are refused")
+
+
+class ListenerProtocol(DatagramProtocol):
+    """
+    Port 69: only requests belong here.  Anything else is answered with
+    error 4 (DATA/ACK from a confused client) or dropped (ERROR packets,
+    never answered to avoid error ping-pong; unknown opcodes, which are
+    usually scans), and logged at a bounded rate by the server.
+    """
+
+    def __init__(self, server, local_host: str = ""):
+        self.server = server
+        self.local_host = local_host
+
+    def datagramReceived(self, datagram, addr):
+        opcode = wire.opcode_of(datagram)
+        if opcode == wire.RRQ:
+            try:
+                request = wire.parse_request(datagram)
+            except wire.MalformedPacket as error:
+                self.server.garbage(addr, f"malformed RRQ: {error}")
+                self.reply_limited(_ERROR_ILLEGAL, addr)
+                return
+            self.server.handle_request(request, addr, self)
+        elif opcode == wire.WRQ:
+            self.server.refused_write(addr, datagram)
+            self.reply(_ERROR_READ_ONLY, addr)
+        elif opcode in (wire.DATA, wire.ACK, wire.OACK):
+            self.server.garbage(addr, f"opcode {opcode} sent to the request port")
+            self.reply_limited(_ERROR_ILLEGAL, addr)
+        elif opcode == wire.ERROR:
+            self.server.garbage(addr, "ERROR packet sent to the request port")
+        else:
+            self.server.garbage(addr, f"unknown opcode {opcode} ({len(datagram)} bytes)")
+
+    def reply(self, datagram, addr) -> None:
+        try:
+            self.transport.write(datagram, addr)
+        except OSError:
+            pass  # ENOBUFS/EAGAIN/ENETUNREACH: the client will retry
+
+    def reply_limited(self, datagram, addr) -> None:
+        """Answers to garbage are rate-limited: they cost us and help scanners."""
+        if self.server.may_answer_garbage():
+            self.reply(datagram, addr)
+
+
+class SessionProtocol(DatagramProtocol):
+    """
+    Drives one L{Session} on its own ephemeral port.
+
+    The timer is one DelayedCall that is only moved earlier, never
+    cancelled per packet: each ACK just pushes the session's deadline, and
+    an early firing re-arms itself for the remainder.  That keeps the
+    per-packet cost to a float comparison instead of heap operations.
+    """
+
+    log = Logger()
+    #: Twisted would log two lines per port opened and closed: one per
+    #: transfer is the rule, and the server writes it.
+    noisy = False
+
+    def __init__(self, session, peer, reactor, on_done):
+        self.session = session
+        self.peer = peer
+        self._reactor = reactor
+        self._seconds = reactor.seconds
+        self._on_done = on_done
+        self._call = None
+        self._closed = False
+
+    def begin(self) -> None:
+        self._run(self.session.start, self._seconds())
+
+    def datagramReceived(self, datagram, addr):
+        if addr != self.peer:
+            # RFC 1350: answer the stranger, leave the transfer alone.
+            try:
+                self.transport.write(_ERROR_UNKNOWN_TID, addr)
+            except OSError:
+                pass
+            return
+        self._run(self.session.receive, datagram, self._seconds())
+
+    def _run(self, event, *args) -> None:
+        if self._closed:
+            return
+        try:
+            out = event(*args)
+        except Exception:
+            self.log.failure("TFTP session to {peer} failed", peer=self.peer)
+            self._send([wire.build_error(wire.ERR_UNDEFINED, "Server error")])
+            self.session.abort("server error", self._seconds(), "internal error")
+            self._close()
+            return
+        if out:
+            self._send(out)
+        if self.session.state is DONE:
+            self._close()
+        else:
+            self._arm()
+
+    def _send(self, packets) -> None:
+        write, peer = self.transport.write, self.peer
+        try:
+            for packet in packets:
+                write(packet, peer)
+        except OSError:
+            # A full socket buffer is a lost packet: the timer recovers it.
+            pass
+
+    def _arm(self) -> None:
+        deadline = self.session.deadline
+        if deadline is None:
+            return
+        call = self._call
+        if call is None or not call.active():
+            self._call = self._reactor.callLater(max(0.0, deadline - self._seconds()), self._fire)
+        elif call.getTime() > deadline:
+            call.reset(max(0.0, deadline - self._seconds()))
+
+    def _fire(self) -> None:
+        self._call = None
+        deadline = self.session.deadline
+        if deadline is None or self._closed:
+            return
+        now = self._seconds()
+        if now < deadline:
+            self._call = self._reactor.callLater(deadline - now, self._fire)
+            return
+        self._run(self.session.timer_expired, now)
+
+    def abort(self, result: str, detail: str = "") -> None:
+        """End the transfer now (eviction, shutdown); nothing is sent."""
+        self.session.abort(result, self._seconds(), detail)
+        self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self.transport is not None:
+            self.transport.stopListening()
+        self._on_done(self)

@@ -1,0 +1,121 @@
+"""
+The TFTP server as a Twisted service: binds in privilegedStartService (so
+C{twistd --uid} can drop root after port 69 is open) and shuts transfers
+down cleanly.
+
+Addresses: Twisted cannot tell which local address a datagram arrived on
+when the socket is bound to 0.0.0.0, yet each transfer's port should be
+bound to that address so replies leave from the address the client talked
+to.  So one listener is bound per address in C{[tftp] addresses}, and each
+transfer's port is bound to its listener's address.  With no addresses
+configured there is one listener on 0.0.0.0 and transfer ports are bound to
+0.0.0.0 too: the kernel then picks the source address by route, which is the
+right one on a host with one address per LAN, the usual PXE set-up.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+
+from ownsocket.files import FilesystemBackend
+from ownsocket.tftp.options import Limits
+from ownsocket.tftp.protocol import ListenerProtocol
+from ownsocket.tftp.server import TFTPServer
+
+_HINTS = {
+    errno.EACCES: "permission denied (run as root or grant CAP_NET_BIND_SERVICE)",
+    errno.EPERM: "permission denied (run as root or grant CAP_NET_BIND_SERVICE)",
+    errno.EADDRINUSE: "address already in use (is another TFTP server, e.g. tftpd-hpa "
+                      "or dnsmasq, running?)",
+    errno.EADDRNOTAVAIL: "address not available (no interface has this address)",
+}
+
+
+class BindError(Exception):
+    """A listening port could not be opened; the message is one log line."""
+
+    def __init__(self, host: str, port: int, reason: str):
+        self.host, self.port, self.reason = host, port, reason
+        super().__init__(f"cannot bind UDP {host}:{port}: {reason}")
+
+
+def _bind_error(host: str, port: int, error: CannotListenError) -> BindError:
+    cause = error.socketError
+    code = getattr(cause, "errno", None)
+    if code in _HINTS:
+        reason = _HINTS[code]
+    else:
+        reason = getattr(cause, "strerror", None) or str(cause)
+    return BindError(host or "0.0.0.0", port, reason)
+
+
+class TFTPService(service.Service):
+    """
+    @param config: an L{ownsocket.config.TftpConfig}.
+    @param backend: an L{ownsocket.interfaces.IFileBackend}; by default the
+        files under C{config.root}.
+    @param reactor: injected for tests; the global reactor otherwise.
+    @param recent: L{ownsocket.boot.recent.RecentRequests} shared with DHCP.
+    """
+
+    name = "tftp"
+
+    def __init__(self, config, backend=None, reactor=None, recent=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        if backend is None:
+            backend = FilesystemBackend(config.root, config.case_insensitive)
+        self.config = config
+        self.reactor = reactor
+        self.backend = backend
+        self.ports = []
+        self.server = TFTPServer(
+            backend, reactor,
+            limits=Limits(config.max_blksize, config.max_windowsize,
+                          config.max_bytes_in_flight),
+            timeout=float(config.timeout), retries=config.retries,
+            max_sessions=config.max_sessions,
+            max_sessions_per_client=config.max_sessions_per_client,
+            recent=recent)
+
+    def privilegedStartService(self):
+        self._bind()
+        super().privilegedStartService()
+
+    def startService(self):
+        self._bind()
+        super().startService()
+
+    def _bind(self) -> None:
+        if self.ports:
+            return
+        hosts = [str(address) for address in self.config.addresses] or [""]
+        try:
+            for host in hosts:
+                protocol = ListenerProtocol(self.server, host)
+                try:
+                    port = self.reactor.listenUDP(self.config.port, protocol, interface=host)
+                except CannotListenError as error:
+                    raise _bind_error(host, self.config.port, error) from None
+                self.ports.append(port)
+        except BindError:
+            self._close_ports()
+            raise
+
+    def stopService(self):
+        super().stopService()
+        self.server.stop()
+        return self._close_ports()
+
+    def _close_ports(self):
+        ports, self.ports = self.ports, []
+        return defer.gatherResults(
+            [defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
+
+    def listening_addresses(self):
+        """(host, port) of each listener: tests bind port 0 and ask."""
+        return [(port.getHost().host, port.getHost().port) for port in self.ports]

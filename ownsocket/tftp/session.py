@@ -1,0 +1,245 @@
+"""
+One read transfer as a state machine (sans-I/O, like h11).
+
+The session is fed datagrams from its peer and timer expiries, each with the
+current time, and answers with the datagrams to send; it asks for a timer by
+setting L{Session.deadline}.  No reactor, no socket: every edge case (block
+number rollover, a lost packet in a window, duplicate ACKs, a vanished
+client) is a plain function call in the tests.
+
+Reliability rules it follows:
+  - a duplicate ACK never triggers a resend (RFC 1123 4.2.3.1: resending on
+    duplicates is the Sorcerer's Apprentice bug, which doubles traffic with
+    every delayed packet); only the timer resends;
+  - an ACK short of the window's end means the client saw a gap (RFC 7440):
+    the window restarts after the acknowledged block, at most once per
+    window, so a burst of stale partial ACKs cannot multiply the traffic;
+  - the retransmission timeout follows the measured round trip (RFC 6298
+    smoothing, Karn's rule: no samples from resent packets), starts at and
+    never exceeds the configured or negotiated timeout, and doubles on each
+    expiry; after C{retries} expiries without progress the client is gone.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from ownsocket.tftp import wire
+
+WAIT_OACK_ACK, SENDING, DONE = "wait-oack-ack", "sending", "done"
+
+#: The timer never goes below this, however fast the link: a busy machine
+#: can stall a client for longer than a LAN round trip, and a spurious
+#: window resend costs more than a slightly late real one.
+MIN_RTO = 0.2
+#: Bytes read from the reader per call, at least one window: fewer syscalls
+#: in lock-step, bounded memory per session.
+READAHEAD = 32768
+
+_pack_data = wire.pack_data_header
+_unpack = wire.unpack_header
+_DATA, _ACK, _ERROR = wire.DATA, wire.ACK, wire.ERROR
+
+
+class Session:
+    """
+    Sends one reader's bytes to one peer.
+
+    @ivar deadline: absolute time at which L{timer_expired} must be called,
+        or None when no timer is needed (the session is done).
+    @ivar result: None while running; then "ok", "size probe",
+        "client error", "timeout", "protocol error", or what L{abort} was
+        given.
+    """
+
+    def __init__(self, reader, *, blksize: int = 512, windowsize: int = 1,
+                 timeout: float = 1.0, retries: int = 6,
+                 oack: Optional[bytes] = None, tsize_offered: bool = False,
+                 now: float = 0.0):
+        self._reader = reader
+        self.blksize = blksize
+        self.windowsize = windowsize
+        self._retries = retries
+        self._retries_left = retries
+        self._oack = oack
+        self._tsize_offered = tsize_offered
+        self._max_rto = float(timeout)
+        self._min_rto = min(MIN_RTO, self._max_rto)
+        self._rto = self._max_rto
+        self._srtt: Optional[float] = None
+        self._rttvar = 0.0
+        self._timing: Optional[float] = None  # send time of a clean window
+
+        self._base = 0          # highest block (absolute) acknowledged
+        self._sent = 0          # highest block (absolute) sent
+        self._packets: List[bytes] = []   # blocks base+1 .. base+len, built
+        self._last_block: Optional[int] = None
+        self._last_len = 0
+        self._recover_point = 0
+        readahead = max(READAHEAD, blksize * windowsize)
+        self._readahead = -(-readahead // blksize) * blksize
+        self._buffer = memoryview(b"")
+        self._offset = 0
+        self._eof = False
+
+        self.state = WAIT_OACK_ACK if oack is not None else SENDING
+        self.deadline: Optional[float] = None
+        self.started = now
+        self.ended: Optional[float] = None
+        self.result: Optional[str] = None
+        self.detail = ""
+        self.retransmits = 0
+        self.bytes_acked = 0
+        self.acked_any = False
+
+    @property
+    def done(self) -> bool:
+        return self.state is DONE
+
+    # -- events ------------------------------------------------------------
+
+    def start(self, now: float) -> List[bytes]:
+        if self.state is WAIT_OACK_ACK:
+            self._timing = now
+            self.deadline = now + self._rto
+            return [self._oack]
+        return self._transmit(now, resend=False)
+
+    def receive(self, datagram: bytes, now: float) -> List[bytes]:
+        """A datagram from the peer's TID (the caller filters foreign TIDs)."""
+        if self.state is DONE or len(datagram) < 4:
+            return []
+        opcode, number = _unpack(datagram)
+        if opcode == _ACK:
+            return self._on_ack(number, now)
+        if opcode == _ERROR:
+            code, message = wire.parse_error(datagram)
+            if self.state is WAIT_OACK_ACK and self._tsize_offered:
+                # OVMF asks with tsize=0, reads the size from the OACK and
+                # aborts with code 8 before asking again for real.
+                self._finish("size probe", now, f"client sent error {code}: {message}")
+            else:
+                self._finish("client error", now, f"error {code}: {message}")
+            return []
+        self._finish("protocol error", now, f"unexpected opcode {opcode}")
+        return [wire.build_error(wire.ERR_ILLEGAL, "Illegal TFTP operation")]
+
+    def timer_expired(self, now: float) -> List[bytes]:
+        if self.state is DONE or self.deadline is None or now < self.deadline:
+            return []
+        if self._retries_left <= 0:
+            self._finish("timeout", now, f"no reply after {self._retries} retries")
+            return []
+        self._retries_left -= 1
+        self._rto = min(self._rto * 2, self._max_rto)
+        self._timing = None
+        if self.state is WAIT_OACK_ACK:
+            self.retransmits += 1
+            self.deadline = now + self._rto
+            return [self._oack]
+        return self._transmit(now, resend=True)
+
+    def abort(self, result: str, now: float, detail: str = "") -> None:
+        """End the transfer from outside (eviction, shutdown, socket error)."""
+        if self.state is not DONE:
+            self._finish(result, now, detail)
+
+    # -- internals ---------------------------------------------------------
+
+    def _on_ack(self, number: int, now: float) -> List[bytes]:
+        if self.state is WAIT_OACK_ACK:
+            if number != 0:
+                return []
+            self.acked_any = True
+            self.state = SENDING
+            self._progress(now)
+            return self._transmit(now, resend=False)
+        delta = (number - self._base) & 0xFFFF
+        if delta == 0 or delta > self._sent - self._base:
+            return []   # duplicate or stale: only the timer resends
+        self.acked_any = True
+        self._base += delta
+        del self._packets[:delta]
+        self._progress(now)
+        if self._base == self._last_block:
+            self.bytes_acked += (delta - 1) * self.blksize + self._last_len
+            self._finish("ok", now)
+            return []
+        self.bytes_acked += delta * self.blksize
+        if self._base == self._sent:
+            return self._transmit(now, resend=False)
+        if self._base < self._recover_point:
+            return []   # this window was already restarted once
+        return self._transmit(now, resend=True)
+
+    def _progress(self, now: float) -> None:
+        self._retries_left = self._retries
+        if self._timing is not None:
+            rtt = now - self._timing
+            if self._srtt is None:
+                self._srtt, self._rttvar = rtt, rtt / 2
+            else:
+                self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
+                self._srtt = 0.875 * self._srtt + 0.125 * rtt
+            rto = self._srtt + 4 * self._rttvar
+            self._rto = min(max(rto, self._min_rto), self._max_rto)
+
+    def _transmit(self, now: float, resend: bool) -> List[bytes]:
+        """Send the window after the last ACK: only unsent blocks, or all."""
+        packets = self._packets
+        if len(packets) < self.windowsize and self._last_block is None:
+            self._fill()
+        outstanding = self._sent - self._base
+        if resend:
+            self.retransmits += outstanding
+            self._recover_point = self._sent
+            self._timing = None
+            out = packets[:]
+        else:
+            self._timing = now
+            out = packets[outstanding:]
+        self._sent = self._base + len(packets)
+        self.deadline = now + self._rto
+        return out
+
+    def _fill(self) -> None:
+        packets = self._packets
+        blksize = self.blksize
+        number = self._base + len(packets)
+        missing = self.windowsize - len(packets)
+        buffer, offset = self._buffer, self._offset
+        while missing > 0:
+            end = offset + blksize
+            if end > len(buffer) and not self._eof:
+                buffer, offset = self._refill(buffer[offset:]), 0
+                end = blksize
+            payload = buffer[offset:end]
+            offset += len(payload)
+            number += 1
+            missing -= 1
+            packets.append(_pack_data(_DATA, number & 0xFFFF) + payload)
+            if len(payload) < blksize:
+                self._last_block = number
+                self._last_len = len(payload)
+                break
+        self._buffer, self._offset = buffer, offset
+
+    def _refill(self, rest) -> memoryview:
+        chunk = self._reader.read(self._readahead)
+        if len(chunk) < self._readahead:
+            self._eof = True
+        if len(rest):
+            chunk = rest.tobytes() + chunk
+        return memoryview(chunk)
+
+    def _finish(self, result: str, now: float, detail: str = "") -> None:
+        self.state = DONE
+        self.result = result
+        self.detail = detail
+        self.deadline = None
+        self.ended = now
+        self._packets = []
+        self._buffer = memoryview(b"")
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.finish()
