@@ -64,8 +64,15 @@ class ILeaseStore(Interface):
     def holder(address):
         """Return the lease that holds C{address} (any state), or None."""
 
+    def offer(lease):
+        """Hold C{lease.address} for C{lease.mac} while an offer is out; in
+        memory is enough (a forgotten offer only makes the client ask again)."""
+
     def commit(lease):
         """Store or replace the lease of C{lease.mac}, durably."""
+
+    def forget(lease):
+        """Drop a lease that is no longer honoured (an offer that lapsed)."""
 
     def release(mac, address):
         """Forget the binding if C{mac} holds C{address}; return True if it did."""

@@ -1,0 +1,74 @@
+"""
+The DHCP service: sockets, lease store and policy wired together.
+
+Ports below 1024 are bound in privilegedStartService so that twistd
+--uid/--gid can drop root afterwards; the lease database is opened there too,
+before privileges go, so its directory may stay root-owned.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from ownsocket.dhcp.leases import SqliteLeaseStore
+from ownsocket.dhcp.protocol import DhcpProtocol
+from ownsocket.dhcp.server import Arrival, DhcpServer
+from ownsocket.dhcp.sockets import candidate_interfaces, open_interface_socket
+
+
+class DhcpService(Service):
+    log = Logger()
+
+    def __init__(self, config, selector, reactor, boot_file_size=None, recent=None,
+                 store_factory=SqliteLeaseStore, interfaces=candidate_interfaces,
+                 open_socket=open_interface_socket):
+        self.config = config
+        self.selector = selector
+        self.reactor = reactor
+        self.boot_file_size = boot_file_size
+        self.recent = recent
+        self._store_factory = store_factory
+        self._interfaces = interfaces
+        self._open_socket = open_socket
+        self.ports = []
+        self.store = None
+        self.server = None
+
+    def privilegedStartService(self):
+        dhcp = self.config.dhcp
+        self.store = self._store_factory(dhcp.leases)
+        self.server = DhcpServer(self.config, self.store, self.selector, self.reactor,
+                                 boot_file_size=self.boot_file_size, recent=self.recent)
+        named = set(dhcp.interfaces) | {s.interface for s in self.config.subnets if s.interface}
+        for name, address in self._interfaces(dhcp.interfaces):
+            if name == "lo" and name not in named:
+                continue
+            if address is None and name not in named:
+                continue
+            sock = self._open_socket(name, dhcp.port)
+            try:
+                protocol = DhcpProtocol(self.server, Arrival(name, address), self.reactor)
+                self.ports.append(self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET, protocol))
+            finally:
+                sock.close()  # the port holds its own duplicate
+            self.log.info("DHCP listening on {interface} ({address}) port {port}",
+                          interface=name, address=address or "no IPv4 address", port=dhcp.port)
+        if not self.config.subnets:
+            self.log.warn("no [subnet:...] is configured: the DHCP server will answer nobody")
+        for subnet in self.config.subnets:
+            pool = self.server.pools[subnet.name]
+            self.log.info("subnet {name} {network}: {free} of {size} pool addresses free",
+                          name=subnet.name, network=subnet.network, free=pool.free_count, size=pool.size)
+        Service.privilegedStartService(self)
+
+    def stopService(self):
+        Service.stopService(self)
+        for port in self.ports:
+            port.stopListening()
+        self.ports = []
+        if self.store is not None:
+            self.store.close()
+            self.store = None

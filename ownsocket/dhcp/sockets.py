@@ -1,0 +1,73 @@
+"""
+One DHCP socket per interface.
+
+A single socket bound to 0.0.0.0:67 sends every broadcast reply out of the
+default-route interface (or fails with ENETUNREACH without one), so a server
+on several LANs answers the wrong one.  Binding one socket per interface with
+SO_BINDTODEVICE makes the kernel deliver each broadcast to the socket of the
+interface it came in on and send each reply out of that same interface.
+Windows has no SO_BINDTODEVICE; there one socket is bound to each interface
+address instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import socket
+import struct
+from typing import List, Optional, Tuple
+
+SIOCGIFADDR = 0x8915
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+class SocketError(Exception):
+    """A DHCP socket cannot be opened; the message says what to do about it."""
+
+
+def interface_address(name: str) -> Optional[ipaddress.IPv4Address]:
+    """The primary IPv4 address of an interface, or None if it has none."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        request = struct.pack("256s", name.encode()[:15])
+        answer = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, request)
+        return ipaddress.IPv4Address(answer[20:24])
+    except OSError:
+        return None
+    finally:
+        probe.close()
+
+
+def candidate_interfaces(names=()) -> List[Tuple[str, Optional[ipaddress.IPv4Address]]]:
+    """The configured interfaces, or every interface, with their addresses."""
+    if not names:
+        names = [name for _, name in socket.if_nameindex()]
+    return [(name, interface_address(name)) for name in names]
+
+
+def open_interface_socket(name: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket on C{port} that sees only interface C{name}."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, name.encode() + b"\0")
+        sock.bind(("", port))
+        sock.setblocking(False)
+    except OSError as error:
+        sock.close()
+        raise SocketError(_explain(error, f"UDP port {port} on interface {name}")) from None
+    return sock
+
+
+def _explain(error: OSError, what: str) -> str:
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return (f"cannot bind {what}: permission denied "
+                "(run as root, with twistd --uid/--gid to drop privileges, or grant CAP_NET_BIND_SERVICE and CAP_NET_RAW)")
+    if error.errno == errno.EADDRINUSE:
+        return f"cannot bind {what}: address in use (is another DHCP server such as dnsmasq running?)"
+    if error.errno == errno.ENODEV:
+        return f"cannot bind {what}: no such interface"
+    return f"cannot bind {what}: {error.strerror}"

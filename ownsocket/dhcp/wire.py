@@ -1,0 +1,403 @@
+"""
+DHCP/BOOTP on the wire: a strict parser and a reply builder, with no I/O.
+
+dhcppython does not validate what it parses (it raises assorted exceptions on
+bad input, reads option lengths past the end, lets the last duplicate win and
+ignores option 52), and its encoder forgets End after an option whose data
+ends in 0xFF and never pads.  So every received byte goes through the
+bounds-checked walk below first, and replies are assembled here from checked
+pieces and handed to dhcppython only to serialise the fixed BOOTP header and
+option records; End and padding are ours.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from dhcppython import options as dhcp_options
+from dhcppython import packet as dhcp_packet
+
+IPv4 = ipaddress.IPv4Address
+
+BOOTREQUEST, BOOTREPLY = 1, 2
+MAGIC_COOKIE = b"\x63\x82\x53\x63"
+HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
+HEADER_SIZE = HEADER.size  # 236
+MIN_SIZE = HEADER_SIZE  # a BOOTP request without vendor area is still legal
+MAX_SIZE = 4096  # anything larger is not a DHCP client speaking
+MIN_REPLY_SIZE = 300  # RFC 1542 §3.3: some clients ignore shorter replies
+DEFAULT_MAX_REPLY = 576 - 28  # IP datagram minimum less IP and UDP headers
+BROADCAST_FLAG = 0x8000
+
+DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = range(1, 9)
+MESSAGE_NAMES = {
+    None: "BOOTP", DISCOVER: "DISCOVER", OFFER: "OFFER", REQUEST: "REQUEST",
+    DECLINE: "DECLINE", ACK: "ACK", NAK: "NAK", RELEASE: "RELEASE", INFORM: "INFORM",
+}
+
+OPT_PAD, OPT_END = 0, 255
+OPT_SUBNET_MASK, OPT_ROUTER, OPT_DNS, OPT_HOSTNAME = 1, 3, 6, 12
+OPT_BOOT_SIZE, OPT_DOMAIN = 13, 15
+OPT_VENDOR_SPECIFIC = 43
+OPT_REQUESTED_ADDRESS, OPT_LEASE_TIME, OPT_OVERLOAD = 50, 51, 52
+OPT_MESSAGE_TYPE, OPT_SERVER_ID, OPT_PARAMETER_LIST = 53, 54, 55
+OPT_MESSAGE, OPT_MAX_SIZE, OPT_RENEWAL, OPT_REBINDING = 56, 57, 58, 59
+OPT_VENDOR_CLASS, OPT_CLIENT_ID = 60, 61
+OPT_TFTP_SERVER, OPT_BOOTFILE = 66, 67
+OPT_USER_CLASS, OPT_RELAY_INFO = 77, 82
+OPT_CLIENT_ARCH, OPT_NIC_VERSION, OPT_CLIENT_UUID = 93, 94, 97
+OPT_IPXE = 175
+
+#: Options whose payload has a fixed length; a request that breaks one of
+#: these is malformed rather than merely unusual.
+FIXED_LENGTHS = {
+    OPT_REQUESTED_ADDRESS: 4, OPT_SERVER_ID: 4, OPT_MESSAGE_TYPE: 1,
+    OPT_MAX_SIZE: 2, OPT_OVERLOAD: 1, OPT_LEASE_TIME: 4,
+}
+
+
+class MalformedPacket(ValueError):
+    """The datagram is not a well-formed BOOTP/DHCP request; drop it."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One parsed BOOTP/DHCP message; options keep their wire bytes."""
+
+    op: int
+    htype: int
+    hlen: int
+    hops: int
+    xid: int
+    secs: int
+    flags: int
+    ciaddr: IPv4
+    yiaddr: IPv4
+    siaddr: IPv4
+    giaddr: IPv4
+    chaddr: bytes
+    sname: bytes
+    file: bytes
+    options: Dict[int, bytes] = field(default_factory=dict)
+    option_order: Tuple[int, ...] = ()
+    has_cookie: bool = True
+
+    @property
+    def mac(self) -> str:
+        return ":".join(f"{b:02x}" for b in self.chaddr[: self.hlen])
+
+    @property
+    def message_type(self) -> Optional[int]:
+        """The DHCP message type, or None for a plain BOOTP request."""
+        value = self.options.get(OPT_MESSAGE_TYPE)
+        return value[0] if value else None
+
+    @property
+    def broadcast(self) -> bool:
+        return bool(self.flags & BROADCAST_FLAG)
+
+    def address_option(self, code: int) -> Optional[IPv4]:
+        value = self.options.get(code)
+        return IPv4(value) if value is not None else None
+
+    @property
+    def requested_address(self) -> Optional[IPv4]:
+        return self.address_option(OPT_REQUESTED_ADDRESS)
+
+    @property
+    def server_id(self) -> Optional[IPv4]:
+        return self.address_option(OPT_SERVER_ID)
+
+    @property
+    def max_reply_size(self) -> int:
+        """Largest DHCP payload the client accepts (RFC 2132 §9.10).
+
+        Option 57 counts the whole IP datagram, so IP and UDP headers come off.
+        Values under 576 are illegal and ignored.
+        """
+        value = self.options.get(OPT_MAX_SIZE)
+        if value is None:
+            return DEFAULT_MAX_REPLY
+        size = struct.unpack("!H", value)[0]
+        return max(size, 576) - 28
+
+    @property
+    def parameter_list(self) -> Tuple[int, ...]:
+        return tuple(self.options.get(OPT_PARAMETER_LIST, b""))
+
+    @property
+    def arch_types(self) -> Tuple[int, ...]:
+        value = self.options.get(OPT_CLIENT_ARCH, b"")
+        return tuple(struct.unpack(f"!{len(value) // 2}H", value[: len(value) // 2 * 2]))
+
+    @property
+    def user_classes(self) -> Tuple[bytes, ...]:
+        return parse_user_class(self.options.get(OPT_USER_CLASS))
+
+    @property
+    def relay_info(self) -> Tuple[Tuple[int, bytes], ...]:
+        value = self.options.get(OPT_RELAY_INFO)
+        if value is None:
+            return ()
+        return tuple(walk_suboptions(value))
+
+
+def parse_user_class(value: Optional[bytes]) -> Tuple[bytes, ...]:
+    """
+    Option 77 exists in two shapes: RFC 3004 length-prefixed items, and the
+    raw string iPXE sends (FIRMWARE-FACTS §1a).  Read it as RFC 3004 only if
+    the framing accounts for every byte exactly; otherwise it is raw.
+    """
+    if not value:
+        return ()
+    items, position = [], 0
+    while position < len(value):
+        length = value[position]
+        end = position + 1 + length
+        if length == 0 or end > len(value):
+            return (value,)
+        items.append(value[position + 1:end])
+        position = end
+    return tuple(items)
+
+
+def walk_suboptions(value: bytes):
+    """Bounds-checked walk of code/length/data records (options 43, 82, 175)."""
+    position = 0
+    while position < len(value):
+        code = value[position]
+        if code == OPT_PAD:
+            position += 1
+            continue
+        if code == OPT_END:
+            return
+        if position + 2 > len(value):
+            raise MalformedPacket("sub-option header runs past the end")
+        length = value[position + 1]
+        end = position + 2 + length
+        if end > len(value):
+            raise MalformedPacket(f"sub-option {code} length {length} runs past the end")
+        yield code, value[position + 2:end]
+        position = end
+
+
+def _walk_options(data: bytes, start: int, stop: int, found: Dict[int, bytearray], order: List[int],
+                  require_end: bool) -> None:
+    position = start
+    while position < stop:
+        code = data[position]
+        if code == OPT_PAD:
+            position += 1
+            continue
+        if code == OPT_END:
+            return
+        if position + 2 > stop:
+            raise MalformedPacket(f"option {code} at offset {position} has no length byte")
+        length = data[position + 1]
+        end = position + 2 + length
+        if end > stop:
+            raise MalformedPacket(f"option {code} at offset {position} claims {length} bytes, "
+                                  f"only {stop - position - 2} remain")
+        if code in found:
+            found[code] += data[position + 2:end]  # RFC 3396: concatenate
+        else:
+            found[code] = bytearray(data[position + 2:end])
+            order.append(code)
+        position = end
+    if require_end:
+        raise MalformedPacket("overloaded field has no End option")
+
+
+def parse(data: bytes) -> Message:
+    """
+    Parse a BOOTREQUEST strictly.
+
+    @raise MalformedPacket: for anything truncated, oversized, inconsistent
+        or not a request; the caller drops the datagram and logs the reason.
+    """
+    size = len(data)
+    if size < MIN_SIZE:
+        raise MalformedPacket(f"{size} bytes is shorter than a BOOTP header ({MIN_SIZE})")
+    if size > MAX_SIZE:
+        raise MalformedPacket(f"{size} bytes is larger than the {MAX_SIZE}-byte cap")
+    (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr,
+     chaddr, sname, file) = HEADER.unpack_from(data)
+    if op != BOOTREQUEST:
+        raise MalformedPacket(f"op {op} is not BOOTREQUEST")
+    if htype != 1 or hlen != 6:
+        raise MalformedPacket(f"hardware type {htype}/length {hlen} is not Ethernet")
+    if hops > 16:
+        raise MalformedPacket(f"hops {hops} exceeds 16 (RFC 1542 relay limit)")
+
+    found: Dict[int, bytearray] = {}
+    order: List[int] = []
+    has_cookie = size >= HEADER_SIZE + 4 and data[HEADER_SIZE:HEADER_SIZE + 4] == MAGIC_COOKIE
+    if has_cookie:
+        _walk_options(data, HEADER_SIZE + 4, size, found, order, require_end=False)
+        overload = found.get(OPT_OVERLOAD)
+        if overload is not None:
+            if len(overload) != 1 or overload[0] not in (1, 2, 3):
+                raise MalformedPacket("option 52 (overload) must be 1, 2 or 3")
+            # RFC 2131 §4.1: file first, then sname.
+            if overload[0] & 1:
+                _walk_options(data, 108, 236, found, order, require_end=True)
+            if overload[0] & 2:
+                _walk_options(data, 44, 108, found, order, require_end=True)
+            if overload[0] & 1:
+                file = b""
+            if overload[0] & 2:
+                sname = b""
+    elif size > HEADER_SIZE + 64:
+        # RFC 951 vendor area without the RFC 1048 cookie: opaque, ignore it.
+        pass
+
+    for code, expected in FIXED_LENGTHS.items():
+        value = found.get(code)
+        if value is not None and len(value) != expected:
+            raise MalformedPacket(f"option {code} has length {len(value)}, expected {expected}")
+    message_type = found.get(OPT_MESSAGE_TYPE)
+    if message_type is not None and not DISCOVER <= message_type[0] <= INFORM:
+        raise MalformedPacket(f"message type {message_type[0]} is unknown")
+    if message_type is not None and message_type[0] in (OFFER, ACK, NAK):
+        raise MalformedPacket(f"{MESSAGE_NAMES[message_type[0]]} is a server message")
+    arch = found.get(OPT_CLIENT_ARCH)
+    if arch is not None and (not arch or len(arch) % 2):
+        raise MalformedPacket(f"option 93 has odd length {len(arch)}")
+    relay = found.get(OPT_RELAY_INFO)
+    if relay is not None:
+        for _ in walk_suboptions(bytes(relay)):
+            pass
+
+    return Message(
+        op=op, htype=htype, hlen=hlen, hops=hops, xid=xid, secs=secs, flags=flags,
+        ciaddr=IPv4(ciaddr), yiaddr=IPv4(yiaddr), siaddr=IPv4(siaddr), giaddr=IPv4(giaddr),
+        chaddr=chaddr, sname=sname.split(b"\x00", 1)[0], file=file.split(b"\x00", 1)[0],
+        options={code: bytes(value) for code, value in found.items()},
+        option_order=tuple(order), has_cookie=has_cookie,
+    )
+
+
+def describe_options(message: Message) -> List[Tuple[int, str, object]]:
+    """Human-readable option values (through dhcppython's decoders) for logs
+    and for the explain command; a value dhcppython cannot decode is shown
+    as hex rather than raising."""
+    described = []
+    for code in message.option_order:
+        value = message.options[code]
+        try:
+            decoded = dhcp_options.options.bytes_to_object(
+                bytes([code, len(value) & 0xFF]) + value).value
+        except Exception:
+            decoded = value.hex()
+        name = dhcp_options.options.code_to_class(code).__name__ if code else "Pad"
+        described.append((code, name, decoded))
+    return described
+
+
+# ---------------------------------------------------------------------------
+# Replies
+
+def encode_option(code: int, value: bytes) -> bytes:
+    """One option, split into several records if longer than 255 (RFC 3396)."""
+    if not value:
+        return bytes((code, 0))
+    chunks = []
+    for start in range(0, len(value), 255):
+        piece = value[start:start + 255]
+        chunks.append(bytes((code, len(piece))) + piece)
+    return b"".join(chunks)
+
+
+@dataclass
+class Reply:
+    """A reply being assembled: header fields plus options in send order."""
+
+    request: Message
+    message_type: Optional[int]  # None: a BOOTP reply
+    yiaddr: IPv4 = IPv4(0)
+    siaddr: IPv4 = IPv4(0)
+    ciaddr: IPv4 = IPv4(0)
+    sname: bytes = b""
+    file: bytes = b""
+    flags: Optional[int] = None
+    options: List[Tuple[int, bytes]] = field(default_factory=list)
+
+    def add(self, code: int, value: bytes) -> None:
+        self.options.append((code, value))
+
+    def has(self, code: int) -> bool:
+        return any(existing == code for existing, _ in self.options)
+
+
+def build(reply: Reply) -> bytes:
+    """
+    Serialise a reply: header through dhcppython, End always present, padded
+    to 300 bytes, options trimmed from the back to fit the client's limit.
+
+    Order on the wire: 53 and 54 first (some ROMs look only there), then the
+    rest in the order the client listed them in option 55, then what it did
+    not ask for, with option 82 last as RFC 3046 §2.1 requires.
+    """
+    request = reply.request
+    wanted = {code: index for index, code in enumerate(request.parameter_list)}
+    first = {OPT_MESSAGE_TYPE: 0, OPT_SERVER_ID: 1}
+    last = {OPT_RELAY_INFO: 1}
+
+    def rank(item):
+        code = item[0]
+        if code in first:
+            return (0, first[code])
+        if code in last:
+            return (3, last[code])
+        if code in wanted:
+            return (1, wanted[code])
+        return (2, 0)
+
+    ordered = sorted(reply.options, key=rank)
+    records = [encode_option(code, value) for code, value in ordered]
+    limit = max(request.max_reply_size if request.has_cookie else DEFAULT_MAX_REPLY, MIN_REPLY_SIZE)
+    budget = limit - HEADER_SIZE - len(MAGIC_COOKIE) - 1  # 1 for End
+    protected = {OPT_MESSAGE_TYPE, OPT_SERVER_ID, OPT_RELAY_INFO}
+    while sum(map(len, records)) > budget:
+        # Drop the lowest-ranked optional option until the reply fits.
+        for index in range(len(ordered) - 1, -1, -1):
+            if ordered[index][0] not in protected:
+                del ordered[index], records[index]
+                break
+        else:
+            break
+
+    flags = request.flags if reply.flags is None else reply.flags
+    packet = dhcp_packet.DHCPPacket(
+        op="BOOTREPLY", htype="ETHERNET", hlen=6, hops=0, xid=request.xid, secs=0,
+        flags=flags, ciaddr=reply.ciaddr, yiaddr=reply.yiaddr, siaddr=reply.siaddr,
+        giaddr=request.giaddr, chaddr=request.mac, sname=reply.sname[:63], file=reply.file[:127],
+        options=dhcp_options.OptionList([dhcp_options.options.bytes_to_object(record)
+                                         for record in _split_records(records)]),
+    )
+    encoded = bytearray(packet.asbytes)
+    # dhcppython appends End only when the last byte is not already 0xFF; an
+    # option whose data ends in 0xFF fools it, so rebuild the tail ourselves.
+    body_end = HEADER_SIZE + len(MAGIC_COOKIE) + sum(map(len, records))
+    del encoded[body_end:]
+    encoded.append(OPT_END)
+    if len(encoded) < MIN_REPLY_SIZE:
+        encoded.extend(bytes(MIN_REPLY_SIZE - len(encoded)))
+    return bytes(encoded)
+
+
+def _split_records(records: Iterable[bytes]):
+    """dhcppython wants one object per wire record; long options were split."""
+    for record in records:
+        position = 0
+        while position < len(record):
+            length = record[position + 1]
+            yield record[position:position + 2 + length]
+            position += 2 + length
+
+
+def address_bytes(addresses: Sequence[IPv4]) -> bytes:
+    return b"".join(address.packed for address in addresses)
