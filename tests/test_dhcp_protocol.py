@@ -1,0 +1,130 @@
+"""The DatagramProtocol on a fake transport: garbage in, nothing breaks."""
+
+import errno
+import ipaddress
+import random
+
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+
+from ownsocket import config as configuration
+from ownsocket.dhcp.leases import SqliteLeaseStore
+from ownsocket.dhcp.protocol import DhcpProtocol
+from ownsocket.dhcp.server import Arrival, DhcpServer
+from ownsocket.dhcp.service import DhcpService
+from ownsocket.tap import build_selector
+from tests import packets
+from tests.fakes import FakeDatagramTransport, FakeUDPReactor
+
+CONFIG = """
+[subnet:lab]
+network = 10.0.0.0/24
+pool = 10.0.0.100-10.0.0.199
+[boot]
+default = undionly.kpxe
+"""
+
+
+class ProtocolTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        config = configuration.load(text=CONFIG, known_interfaces={"eth0"})
+        store = SqliteLeaseStore(":memory:")
+        self.addCleanup(store.close)
+        server = DhcpServer(config, store, build_selector(config, self.clock), self.clock)
+        self.protocol = DhcpProtocol(server, Arrival("eth0", ipaddress.IPv4Address("10.0.0.1")), self.clock)
+        self.transport = FakeDatagramTransport("0.0.0.0", 67)
+        self.protocol.makeConnection(self.transport)
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_broadcast_enabled(self):
+        self.assertTrue(self.transport.broadcast_allowed)
+
+    def test_discover_answered(self):
+        self.protocol.datagramReceived(packets.ovmf_pxe_discover(), ("0.0.0.0", 68))
+        [(data, addr)] = self.transport.written
+        self.assertEqual(addr, ("255.255.255.255", 68))
+        self.assertEqual(packets.parse_reply(data)["type"], 2)
+        from twisted.logger import formatEvent
+        lines = [formatEvent(e) for e in self.events if e.get("kind") == "DISCOVER"]
+        self.assertEqual(len(lines), 1)
+        self.assertIn("DISCOVER from 52:54:00:99:00:10 via eth0", lines[0])
+        self.assertIn("-> OFFER 10.0.0.", lines[0])
+        self.assertIn("boot 'undionly.kpxe' by arch", lines[0])
+
+    def test_garbage_dropped_with_rate_limited_log(self):
+        rng = random.Random(7)
+        for _ in range(500):
+            self.protocol.datagramReceived(rng.randbytes(rng.randint(0, 600)), ("10.0.0.9", 68))
+        self.assertEqual(self.transport.written, [])
+        drops = [e for e in self.events if e.get("log_format", "").startswith("dropped")]
+        self.assertEqual(len(drops), 10)
+        self.clock.advance(11)
+        self.protocol.datagramReceived(b"x", ("10.0.0.9", 68))
+        summary = [e for e in self.events if "suppressed" in e.get("log_format", "")]
+        self.assertEqual(summary[0]["count"], 490)
+        # ... and it still serves a real client afterwards.
+        self.protocol.datagramReceived(packets.ovmf_pxe_discover(), ("0.0.0.0", 68))
+        self.assertEqual(len(self.transport.written), 1)
+
+    def test_send_errors_do_not_escape(self):
+        self.transport.fail_with = OSError(errno.ENETUNREACH, "Network is unreachable")
+        self.protocol.datagramReceived(packets.ovmf_pxe_discover(), ("0.0.0.0", 68))
+        warnings = [e for e in self.events if "cannot send" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+
+    def test_flood_of_random_macs(self):
+        """Thousands of DISCOVERs from random MACs: every one is answered
+        while addresses last, the server never raises, and a real client
+        still gets an offer at the end."""
+        rng = random.Random(99)
+        for i in range(3000):
+            mac = ":".join(f"{rng.randrange(256):02x}" for _ in range(6))
+            self.protocol.datagramReceived(packets.ovmf_pxe_discover(mac=mac, xid=i), ("0.0.0.0", 68))
+        self.assertEqual(len(self.transport.written), 3000)
+        self.transport.written.clear()
+        self.protocol.datagramReceived(packets.ipxe_bios_discover(mac="52:54:00:99:99:99"), ("0.0.0.0", 68))
+        [(data, _)] = self.transport.written
+        self.assertEqual(packets.parse_reply(data)["type"], 2)
+
+
+class ServiceTests(unittest.TestCase):
+    def test_one_port_per_interface_with_address(self):
+        reactor = FakeUDPReactor()
+        config = configuration.load(text=CONFIG + "[dhcp]\nleases = :memory:\n",
+                                    known_interfaces={"eth0"})
+        opened = []
+
+        class FakeSocket:
+            def __init__(self, name):
+                self.name = name
+                self.closed = False
+
+            def fileno(self):
+                return 99
+
+            def close(self):
+                self.closed = True
+
+        def open_socket(name, port):
+            sock = FakeSocket(name)
+            opened.append((sock, port))
+            return sock
+
+        interfaces = lambda names: [("lo", ipaddress.IPv4Address("127.0.0.1")),
+                                    ("eth0", ipaddress.IPv4Address("10.0.0.1")),
+                                    ("eth1", None)]
+        service = DhcpService(config, build_selector(config, reactor), reactor,
+                              interfaces=interfaces, open_socket=open_socket)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual([(sock.name, port) for sock, port in opened], [("eth0", 67)])
+        self.assertTrue(opened[0][0].closed)
+        [(_, protocol, _, transport)] = reactor.ports
+        protocol.datagramReceived(packets.ovmf_pxe_discover(), ("0.0.0.0", 68))
+        self.assertEqual(len(transport.written), 1)
+        service.stopService()
+        self.assertFalse(transport.connected)
