@@ -1,0 +1,248 @@
+"""
+Real TFTP clients against the in-process server on the real reactor.
+
+Loopback only (127.0.0.1, an ephemeral port picked by the kernel).  Every
+download is compared byte for byte with the served file.  A test skips,
+naming the missing binary, when a client is not installed (Debian packages
+tftp-hpa, atftp, curl, busybox).
+"""
+
+import hashlib
+import ipaddress
+import os
+import shutil
+import socket
+
+from twisted.internet import defer, protocol, reactor
+from twisted.trial import unittest
+
+from ownsocket.config import TftpConfig
+from ownsocket.tftp import wire
+from ownsocket.tftp.service import TFTPService
+
+LOOPBACK = "127.0.0.1"
+CLIENT_TIMEOUT = 90
+
+
+def need(binary):
+    """A skip reason when C{binary} is missing, else None."""
+    if shutil.which(binary) is None:
+        return f"{binary} is not installed (apt-get install the package that ships it)"
+    return None
+
+
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self, done):
+        self.done = done
+        self.out, self.err = [], []
+
+    def outReceived(self, data):
+        self.out.append(data)
+
+    def errReceived(self, data):
+        self.err.append(data)
+
+    def processEnded(self, reason):
+        self.done.callback((b"".join(self.out), b"".join(self.err), reason.value.exitCode))
+
+
+def run(argv, cwd, timeout=CLIENT_TIMEOUT):
+    """Run a client; kill it (by its own PID) if it outlives C{timeout}."""
+    done = defer.Deferred()
+    collector = _Collect(done)
+    process = reactor.spawnProcess(collector, shutil.which(argv[0]), argv, env=os.environ, path=cwd)
+
+    def kill():
+        try:
+            process.signalProcess("KILL")
+        except Exception:
+            pass
+    killer = reactor.callLater(timeout, kill)
+
+    def stop_killer(result):
+        if killer.active():
+            killer.cancel()
+        return result
+    return done.addBoth(stop_killer)
+
+
+class ClientTestCase(unittest.TestCase):
+    timeout = 240
+
+    def setUp(self):
+        self.root = os.path.abspath(self.mktemp())
+        self.work = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        os.makedirs(self.work)
+        config = TftpConfig(port=0, root=self.root, addresses=(ipaddress.IPv4Address(LOOPBACK),),
+                            max_blksize=8192, max_windowsize=64)
+        self.service = TFTPService(config, reactor=reactor)
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.port = self.service.listening_addresses()[0][1]
+        self.addCleanup(self.cleanup)
+
+    def cleanup(self):
+        d = self.service.stopService()
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+        return d
+
+    def serve(self, name, size=None, data=None):
+        if data is None:
+            data = os.urandom(size)
+        path = os.path.join(self.root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        return data
+
+    def local(self, name="out.bin"):
+        return os.path.join(self.work, name)
+
+    @defer.inlineCallbacks
+    def fetch_and_compare(self, argv, expected, local=None):
+        out, err, code = yield run(argv, self.work)
+        local = local or self.local()
+        self.assertEqual(code, 0, f"{argv[0]} failed: {out!r} {err!r}")
+        with open(local, "rb") as f:
+            got = f.read()
+        self.assertEqual(len(got), len(expected))
+        self.assertEqual(hashlib.sha256(got).hexdigest(), hashlib.sha256(expected).hexdigest())
+        os.unlink(local)
+
+
+class TftpHpaTests(ClientTestCase):
+    skip = need("tftp")
+
+    def test_binary(self):
+        data = self.serve("pxelinux.0", 300000)
+        return self.fetch_and_compare(
+            ["tftp", "-m", "binary", LOOPBACK, str(self.port), "-c", "get", "pxelinux.0", self.local()], data)
+
+    def test_nested_and_backslash_name(self):
+        data = self.serve("boot/x64/wdsmgfw.efi", 5000)
+        return self.fetch_and_compare(
+            ["tftp", "-m", "binary", LOOPBACK, str(self.port), "-c", "get", "boot\\x64\\wdsmgfw.efi",
+             self.local()], data)
+
+    def test_netascii_round_trips(self):
+        text = b"#!ipxe\ndhcp\r\nchain http://boot/menu\n" * 300 + b"\rend"
+        self.serve("menu.ipxe", data=text)
+        # tftp-hpa decodes netascii back to the local convention (LF).
+        return self.fetch_and_compare(
+            ["tftp", "-m", "ascii", LOOPBACK, str(self.port), "-c", "get", "menu.ipxe", self.local()], text)
+
+    @defer.inlineCallbacks
+    def test_missing_file_reported(self):
+        out, err, code = yield run(
+            ["tftp", "-m", "binary", LOOPBACK, str(self.port), "-c", "get", "nope", self.local()], self.work)
+        self.assertIn(b"Error code 1", out + err)
+
+    def test_rollover_40MiB_blksize_512(self):
+        # 81920 blocks of 512 bytes: block numbers wrap past 65535.
+        data = self.serve("big.bin", 40 * 1024 * 1024)
+        return self.fetch_and_compare(
+            ["tftp", "-m", "binary", LOOPBACK, str(self.port), "-c", "get", "big.bin", self.local()], data)
+
+
+class AtftpTests(ClientTestCase):
+    skip = need("atftp")
+
+    def test_blksize_1468(self):
+        data = self.serve("snponly.efi", 1000000)
+        return self.fetch_and_compare(
+            ["atftp", "--option", "blksize 1468", "--option", "tsize 0", "-g", "-r", "snponly.efi",
+             "-l", self.local(), LOOPBACK, str(self.port)], data)
+
+    def test_windowsize_16(self):
+        # atftp 0.8 speaks RFC 7440.
+        data = self.serve("snponly.efi", 3000000)
+        return self.fetch_and_compare(
+            ["atftp", "--option", "blksize 1468", "--option", "windowsize 16", "-g", "-r", "snponly.efi",
+             "-l", self.local(), LOOPBACK, str(self.port)], data)
+
+    def test_windowsize_rollover(self):
+        data = self.serve("big.bin", 70000 * 512 + 17)
+        return self.fetch_and_compare(
+            ["atftp", "--option", "windowsize 8", "-g", "-r", "big.bin",
+             "-l", self.local(), LOOPBACK, str(self.port)], data)
+
+
+class CurlTests(ClientTestCase):
+    skip = need("curl")
+
+    def test_blksize_1468(self):
+        data = self.serve("undionly.kpxe", 700000)
+        return self.fetch_and_compare(
+            ["curl", "-sS", "--tftp-blksize", "1468", "-o", self.local(),
+             f"tftp://{LOOPBACK}:{self.port}/undionly.kpxe"], data)
+
+    def test_default_and_exact_multiple(self):
+        data = self.serve("exact.bin", 512 * 40)
+        return self.fetch_and_compare(
+            ["curl", "-sS", "-o", self.local(), f"tftp://{LOOPBACK}:{self.port}/exact.bin"], data)
+
+    def test_blksize_8192(self):
+        data = self.serve("k.bin", 2000000)
+        return self.fetch_and_compare(
+            ["curl", "-sS", "--tftp-blksize", "8192", "-o", self.local(),
+             f"tftp://{LOOPBACK}:{self.port}/k.bin"], data)
+
+
+class BusyboxTests(ClientTestCase):
+    skip = need("busybox")
+
+    def test_blksize_1468(self):
+        data = self.serve("ipxe.efi", 900001)
+        return self.fetch_and_compare(
+            ["busybox", "tftp", "-b", "1468", "-g", "-r", "ipxe.efi", "-l", self.local(),
+             LOOPBACK, str(self.port)], data)
+
+    def test_default_blksize(self):
+        data = self.serve("small.bin", 1)
+        return self.fetch_and_compare(
+            ["busybox", "tftp", "-g", "-r", "small.bin", "-l", self.local(), LOOPBACK, str(self.port)], data)
+
+
+class FirmwareLikeTests(ClientTestCase):
+    """OVMF's probe-then-fetch sequence over a real socket (a thread keeps
+    the blocking client off the reactor)."""
+
+    @defer.inlineCallbacks
+    def test_ovmf_size_probe_then_windowed_fetch(self):
+        from twisted.internet import threads
+        data = self.serve("snponly.efi", 123457)
+        got = yield threads.deferToThread(self._ovmf, self.port)
+        self.assertEqual(got, (str(len(data)), data))
+
+    @staticmethod
+    def _ovmf(port):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.bind((LOOPBACK, 0))
+            sock.sendto(wire.build_request(wire.RRQ, b"snponly.efi", "octet",
+                                           {"tsize": "0", "blksize": "1468", "windowsize": "4"}),
+                        (LOOPBACK, port))
+            packet, server = sock.recvfrom(65536)
+            size = wire.parse_oack(packet)["tsize"]
+            sock.sendto(wire.build_error(8, "User aborted the transfer"), server)
+            sock.sendto(wire.build_request(wire.RRQ, b"snponly.efi", "octet",
+                                           {"blksize": "1468", "windowsize": "4"}), (LOOPBACK, port))
+            packet, server = sock.recvfrom(65536)
+            assert wire.parse_oack(packet) == {"blksize": "1468", "windowsize": "4"}
+            sock.sendto(wire.build_ack(0), server)
+            received, expected = bytearray(), 1
+            for _ in range(10000):
+                packet, source = sock.recvfrom(65536)
+                assert source == server
+                opcode, block = wire.unpack_header(packet)
+                assert opcode == wire.DATA and block == expected & 0xFFFF
+                received += packet[4:]
+                expected += 1
+                last = len(packet) - 4 < 1468
+                if last or block % 4 == 0:
+                    sock.sendto(wire.build_ack(block), server)
+                if last:
+                    return size, bytes(received)
+            raise AssertionError("no end of file")
