@@ -57,6 +57,8 @@ __all__ = [
     "Packet",
     "NetNamespace",
     "wait_until",
+    "dhcp_options",
+    "dhcp_message_type",
     "VmnetError",
 ]
 
