@@ -17,13 +17,11 @@ from ownsocket.boot.chain import SelectorChain
 from ownsocket.boot.recent import RecentRequests
 from ownsocket.boot.selectors import ArchTableSelector, HostSelector
 from ownsocket.dhcp.leases import LeaseStoreError
+from ownsocket.dhcp.service import DhcpService
 from ownsocket.dhcp.sockets import SocketError
-
-try:
-    from ownsocket.tftp.service import BindError
-except ImportError:  # until the TFTP service lands
-    class BindError(Exception):
-        pass
+from ownsocket.files import resolve
+from ownsocket.interfaces import BackendError
+from ownsocket.tftp.service import BindError, TFTPService
 
 
 class Options(usage.Options):
@@ -46,10 +44,9 @@ def boot_file_size_function(tftp):
     root = os.path.abspath(tftp.root)
 
     def size(name):
-        from ownsocket.files import resolve  # imported late: optional until TFTP lands
         try:
             return os.stat(resolve(root, name, tftp.case_insensitive)).st_size
-        except Exception:
+        except (OSError, BackendError):
             return None
 
     return size
@@ -69,17 +66,11 @@ def makeService(options, reactor=None):
     services = MultiService()
     recent = RecentRequests()
     if config.dhcp.enabled:
-        from ownsocket.dhcp.service import DhcpService
         DhcpService(config, build_selector(config, reactor), reactor,
                     boot_file_size=boot_file_size_function(config.tftp),
                     recent=recent).setServiceParent(services)
     if config.tftp.enabled:
-        try:
-            from ownsocket.tftp.service import TFTPService
-        except ImportError:
-            TFTPService = None
-        if TFTPService is not None:
-            TFTPService(config.tftp, reactor=reactor, recent=recent).setServiceParent(services)
+        TFTPService(config.tftp, reactor=reactor, recent=recent).setServiceParent(services)
     return StartupGuard(services)
 
 

@@ -22,11 +22,14 @@ class AddressPool:
     def __init__(self, subnet, reserved: Iterable[IPv4] = ()):
         self.subnet = subnet
         self._reserved: Set[IPv4] = set(reserved)
-        self._free: Set[IPv4] = set()
+        # Integers, not IPv4Address objects: their hash is that of a string,
+        # which Python randomises per process, and allocation order should
+        # not change from one run to the next.
+        self._free: Set[int] = set()
         for pool in subnet.pools:
             for address in pool.addresses():
                 if address not in self._reserved:
-                    self._free.add(address)
+                    self._free.add(int(address))
         self._offers: "OrderedDict[IPv4, str]" = OrderedDict()
         self.size = len(self._free)
 
@@ -38,27 +41,28 @@ class AddressPool:
         return len(self._free)
 
     def is_free(self, address: IPv4) -> bool:
-        return address in self._free
+        return int(address) in self._free
 
     def take(self, address: Optional[IPv4] = None) -> Optional[IPv4]:
         """Take C{address} if it is free, else any free address, else None."""
-        if address is not None and address in self._free:
-            self._free.discard(address)
-            return address
         if address is not None:
+            value = int(address)
+            if value in self._free:
+                self._free.discard(value)
+                return address
             return None
         if self._free:
-            return self._free.pop()
+            return IPv4(self._free.pop())
         return None
 
     def claim(self, address: IPv4) -> None:
         """Mark an address used without asking (a lease loaded at start-up)."""
-        self._free.discard(address)
+        self._free.discard(int(address))
 
     def give_back(self, address: IPv4) -> None:
         self._offers.pop(address, None)
         if address in self:
-            self._free.add(address)
+            self._free.add(int(address))
 
     def note_offer(self, address: IPv4, mac: str) -> None:
         if address not in self:

@@ -20,6 +20,7 @@ from ownsocket.ratelimit import RateLimitedLog
 
 class DhcpProtocol(DatagramProtocol):
     log = Logger()
+    noisy = False  # the service logs one line per interface itself
 
     def __init__(self, server, arrival: Arrival, clock):
         self.server = server

@@ -39,6 +39,13 @@ class DhcpService(Service):
 
     def privilegedStartService(self):
         dhcp = self.config.dhcp
+        Service.privilegedStartService(self)
+        if not self.config.subnets:
+            # Not even a socket: port 67 may belong to another DHCP server
+            # on this host, and an unconfigured ownsocket must not get in its way.
+            self.log.warn("no [subnet:...] is configured: DHCP is not started "
+                          "(ownsocket hands out addresses only on subnets the config names)")
+            return
         self.store = self._store_factory(dhcp.leases)
         self.server = DhcpServer(self.config, self.store, self.selector, self.reactor,
                                  boot_file_size=self.boot_file_size, recent=self.recent)
@@ -56,13 +63,10 @@ class DhcpService(Service):
                 sock.close()  # the port holds its own duplicate
             self.log.info("DHCP listening on {interface} ({address}) port {port}",
                           interface=name, address=address or "no IPv4 address", port=dhcp.port)
-        if not self.config.subnets:
-            self.log.warn("no [subnet:...] is configured: the DHCP server will answer nobody")
         for subnet in self.config.subnets:
             pool = self.server.pools[subnet.name]
             self.log.info("subnet {name} {network}: {free} of {size} pool addresses free",
                           name=subnet.name, network=subnet.network, free=pool.free_count, size=pool.size)
-        Service.privilegedStartService(self)
 
     def stopService(self):
         Service.stopService(self)

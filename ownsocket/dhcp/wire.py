@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from dhcppython import options as dhcp_options
@@ -85,7 +86,7 @@ class Message:
     option_order: Tuple[int, ...] = ()
     has_cookie: bool = True
 
-    @property
+    @cached_property
     def mac(self) -> str:
         return ":".join(f"{b:02x}" for b in self.chaddr[: self.hlen])
 
@@ -124,7 +125,7 @@ class Message:
         size = struct.unpack("!H", value)[0]
         return max(size, 576) - 28
 
-    @property
+    @cached_property
     def parameter_list(self) -> Tuple[int, ...]:
         return tuple(self.options.get(OPT_PARAMETER_LIST, b""))
 
@@ -375,28 +376,19 @@ def build(reply: Reply) -> bytes:
         op="BOOTREPLY", htype="ETHERNET", hlen=6, hops=0, xid=request.xid, secs=0,
         flags=flags, ciaddr=reply.ciaddr, yiaddr=reply.yiaddr, siaddr=reply.siaddr,
         giaddr=request.giaddr, chaddr=request.mac, sname=reply.sname[:63], file=reply.file[:127],
-        options=dhcp_options.OptionList([dhcp_options.options.bytes_to_object(record)
-                                         for record in _split_records(records)]),
+        options=dhcp_options.OptionList(),
     )
-    encoded = bytearray(packet.asbytes)
-    # dhcppython appends End only when the last byte is not already 0xFF; an
-    # option whose data ends in 0xFF fools it, so rebuild the tail ourselves.
-    body_end = HEADER_SIZE + len(MAGIC_COOKIE) + sum(map(len, records))
-    del encoded[body_end:]
+    # dhcppython serialises the BOOTP header and cookie; the option records
+    # are already bytes (checked and split above), and dhcppython's own End
+    # handling is unreliable (it omits End after data ending in 0xFF), so
+    # the tail is ours: records, End, padding.
+    encoded = bytearray(packet.asbytes[:HEADER_SIZE + len(MAGIC_COOKIE)])
+    for record in records:
+        encoded += record
     encoded.append(OPT_END)
     if len(encoded) < MIN_REPLY_SIZE:
         encoded.extend(bytes(MIN_REPLY_SIZE - len(encoded)))
     return bytes(encoded)
-
-
-def _split_records(records: Iterable[bytes]):
-    """dhcppython wants one object per wire record; long options were split."""
-    for record in records:
-        position = 0
-        while position < len(record):
-            length = record[position + 1]
-            yield record[position:position + 2 + length]
-            position += 2 + length
 
 
 def address_bytes(addresses: Sequence[IPv4]) -> bytes:
