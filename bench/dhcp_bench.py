@@ -41,6 +41,10 @@ sys.path.insert(0, REPO)
 
 from tests import netns  # noqa: E402
 
+# twistd with this interpreter: "python -m twisted" is the newer "twist" runner,
+# which has no -n/--pidfile, and the twistd on PATH may belong to another Python.
+TWISTD = ["-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
 SERVER_IP, RELAY_IP = "10.80.0.1", "10.80.0.2"
 POOL = ("10.80.1.0", "10.80.60.255")
 PXE_OPTIONS = [
@@ -72,7 +76,7 @@ lease_time = 3600
 default = undionly.kpxe
 arch.7 = snponly.efi
 """)
-    return [sys.executable, "-m", "twisted", "-n", "--pidfile=", "--logfile",
+    return [sys.executable, *TWISTD, "-n", "--pidfile=", "--logfile",
             os.path.join(directory, "ownsocket.log"), "ownsocket", "--config", path]
 
 

@@ -26,6 +26,7 @@ MAGIC = b"\x63\x82\x53\x63"
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = range(1, 9)
 TYPE_NAMES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK",
               7: "RELEASE", 8: "INFORM"}
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python may not export it
 _HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
 
 # The options a UEFI PXE client (OVMF, arch 7) sends; see FIRMWARE-FACTS.md 1c.
@@ -137,6 +138,9 @@ class Endpoint:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         if iface:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+        # Record each reply's IP destination, so tests can check RFC 2131
+        # 4.1 addressing (broadcast, ciaddr or giaddr), not just delivery.
+        self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         self.sock.bind((address, port))
 
     def close(self):
@@ -163,11 +167,14 @@ class Endpoint:
             ready, _, _ = select.select([self.sock], [], [], max(0.0, min(deadline, next_send) - now))
             if not ready:
                 continue
-            data, source = self.sock.recvfrom(65535)
+            data, ancillary, _, source = self.sock.recvmsg(65535, socket.CMSG_SPACE(12))
             reply = parse(data)
             if reply is None or reply["op"] != 2 or reply["xid"] != xid or reply["chaddr"] != mac:
                 continue
             reply["from"] = list(source)
+            for level, kind, value in ancillary:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= 12:
+                    reply["to"] = socket.inet_ntoa(value[8:12])
             if reply["type"] in want:
                 return reply, others
             others.append(reply)
@@ -209,6 +216,31 @@ def reboot(endpoint, mac, address, timeout=4.0):
             "nak": next((o for o in others if o["type"] == "NAK"), None)}
 
 
+def inform(endpoint, mac, ciaddr, timeout=4.0):
+    """DHCPINFORM from a client that already has C{ciaddr}: the answer is an
+    ACK without a lease, unicast to ciaddr:68."""
+    xid = _xid()
+    packet = build(xid, mac, INFORM, ciaddr=ciaddr, flags=0)
+    ack, others = endpoint.exchange(packet, ("255.255.255.255", 67), xid, mac, ("ACK",), timeout)
+    return {"mac": mac, "ack": ack, "others": others}
+
+
+def decline(endpoint, mac, extra=(), timeout=4.0):
+    """DORA, DECLINE the address (as after a failed ARP probe), DORA again:
+    the second address must differ."""
+    first = dora(endpoint, mac, extra=extra, timeout=timeout)
+    result = {"mac": mac, "first": first, "second": None}
+    if first["ack"] is None:
+        return result
+    options = [(50, socket.inet_aton(first["ack"]["yiaddr"]))]
+    if "server_id" in first["ack"]:
+        options.append((54, socket.inet_aton(first["ack"]["server_id"])))
+    endpoint.sock.sendto(build(_xid(), mac, DECLINE, options=options), ("255.255.255.255", 67))
+    time.sleep(0.3)
+    result["second"] = dora(endpoint, mac, extra=extra, timeout=timeout)
+    return result
+
+
 def bootp(endpoint, mac, timeout=4.0):
     xid = _xid()
     packet = build(xid, mac, None)
@@ -219,7 +251,7 @@ def bootp(endpoint, mac, timeout=4.0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("dora", "reboot", "bootp", "relay"):
+    for name in ("dora", "reboot", "bootp", "relay", "inform", "decline"):
         command = sub.add_parser(name)
         command.add_argument("--iface", help="device to bind to (SO_BINDTODEVICE)")
         command.add_argument("--mac", action="append", required=True,
@@ -228,11 +260,17 @@ def main(argv=None):
         command.add_argument("--timeout", type=float, default=4.0)
         command.add_argument("--uefi-pxe", action="store_true",
                              help="add the options an OVMF UEFI PXE client sends")
+        command.add_argument("--option", action="append", default=[],
+                             help="extra option CODE,HEX (e.g. 82,0104...); repeatable")
     relay = sub.choices["relay"]
     relay.add_argument("--giaddr", required=True, help="relay address; replies come back to it:67")
     relay.add_argument("--server", required=True, help="server address to unicast to")
+    sub.choices["inform"].add_argument("--ciaddr", required=True)
     args = parser.parse_args(argv)
-    extra = UEFI_PXE_OPTIONS if args.uefi_pxe else ()
+    extra = list(UEFI_PXE_OPTIONS) if args.uefi_pxe else []
+    for text in args.option:
+        code, _, value = text.partition(",")
+        extra.append((int(code), bytes.fromhex(value)))
 
     results = []
     if args.command == "relay":
@@ -248,6 +286,10 @@ def main(argv=None):
                 results.append(reboot(endpoint, mac.lower(), address, timeout=args.timeout))
             elif args.command == "bootp":
                 results.append(bootp(endpoint, entry.lower(), timeout=args.timeout))
+            elif args.command == "inform":
+                results.append(inform(endpoint, entry.lower(), args.ciaddr, timeout=args.timeout))
+            elif args.command == "decline":
+                results.append(decline(endpoint, entry.lower(), extra=extra, timeout=args.timeout))
             else:
                 results.append(dora(endpoint, entry.lower(), destination=(args.server, 67),
                                     giaddr=args.giaddr, extra=extra, timeout=args.timeout, hops=1))

@@ -41,6 +41,11 @@ CLIENT_SCRIPT = os.path.join(REPO, "tests", "dhcp_client.py")
 SERVER_KIND = os.environ.get("OWNSOCKET_TEST_SERVER", "ownsocket")
 
 
+# twistd with this interpreter: "python -m twisted" is the newer "twist" runner,
+# which has no -n/--pidfile, and the twistd on PATH may belong to another Python.
+TWISTD = ["-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
+
 # ---------------------------------------------------------------------------
 # Scenario: what a test wants the server to do, independent of the server's
 # config language.
@@ -60,9 +65,11 @@ class Host:
         self.name, self.mac, self.address = name, mac, address
 
 
-def render_ini(interfaces, subnets, hosts, leases):
+def render_ini(interfaces, subnets, hosts, leases, boot=()):
     lines = ["[dhcp]", f"interfaces = {' '.join(interfaces)}", f"leases = {leases}", "",
              "[tftp]", "enabled = false", ""]
+    if boot:
+        lines += ["[boot]"] + [f"arch.{arch} = {name}" for arch, name in boot] + [""]
     for subnet in subnets:
         lines += [f"[subnet:{subnet.name}]", f"network = {subnet.network}",
                   f"pool = {subnet.first}-{subnet.last}", f"lease_time = {subnet.lease_time}"]
@@ -76,7 +83,7 @@ def render_ini(interfaces, subnets, hosts, leases):
     return "\n".join(lines)
 
 
-def render_kea(interfaces, subnets, hosts, leases):
+def render_kea(interfaces, subnets, hosts, leases, boot=()):
     kea_subnets = []
     for number, subnet in enumerate(subnets, 1):
         entry = {"id": number, "subnet": subnet.network,
@@ -93,11 +100,16 @@ def render_kea(interfaces, subnets, hosts, leases):
     config = {"Dhcp4": {
         "interfaces-config": {"interfaces": list(interfaces), "dhcp-socket-type": "raw"},
         "lease-database": {"type": "memfile", "persist": True, "name": leases, "lfc-interval": 0},
+        "authoritative": True,  # NAK wrong-subnet INIT-REBOOTs, as ownsocket does
         "subnet4": kea_subnets,
         "hooks-libraries": [{"library": "/usr/lib/x86_64-linux-gnu/kea/hooks/libdhcp_bootp.so"}],
         "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "stdout"}],
                      "severity": "INFO"}],
     }}
+    if boot:
+        config["Dhcp4"]["client-classes"] = [
+            {"name": f"arch{arch}", "test": f"option[93].hex == 0x{arch:04x}", "boot-file-name": name}
+            for arch, name in boot]
     return json.dumps(config, indent=1)
 
 
@@ -118,7 +130,7 @@ class ServerProcess:
     """The server under test, as a separate process in a namespace, so a
     kill -9 is a real crash and the lease file is really re-read."""
 
-    def __init__(self, namespace, directory, interfaces, subnets, hosts=()):
+    def __init__(self, namespace, directory, interfaces, subnets, hosts=(), boot=()):
         self.namespace, self.directory = namespace, directory
         self.interfaces = tuple(interfaces)
         self.log_path = os.path.join(directory, f"{SERVER_KIND}.log")
@@ -127,18 +139,18 @@ class ServerProcess:
         if SERVER_KIND == "kea":
             self.leases = os.path.join(directory, "leases4.csv")
             self.config_path = os.path.join(directory, "kea.json")
-            text = render_kea(interfaces, subnets, hosts, self.leases)
+            text = render_kea(interfaces, subnets, hosts, self.leases, boot)
         else:
             self.leases = os.path.join(directory, "leases.sqlite")
             self.config_path = os.path.join(directory, "ownsocket.ini")
-            text = render_ini(interfaces, subnets, hosts, self.leases)
+            text = render_ini(interfaces, subnets, hosts, self.leases, boot)
         with open(self.config_path, "w") as handle:
             handle.write(text)
 
     def argv(self):
         if SERVER_KIND == "kea":
             return ["kea-dhcp4", "-c", self.config_path]
-        return [sys.executable, "-m", "twisted", "-n", "--pidfile=", "--logfile",
+        return [sys.executable, *TWISTD, "-n", "--pidfile=", "--logfile",
                 self.log_path, "ownsocket", "--config", self.config_path]
 
     def start(self, timeout=20):
@@ -221,8 +233,8 @@ class NamespaceTestCase(unittest.TestCase):
         self.lab = netns.Lab()
         self.addCleanup(self.lab.close)
 
-    def server(self, namespace, interfaces, subnets, hosts=()):
-        server = ServerProcess(namespace, self.directory, interfaces, subnets, hosts)
+    def server(self, namespace, interfaces, subnets, hosts=(), boot=()):
+        server = ServerProcess(namespace, self.directory, interfaces, subnets, hosts, boot)
         self.addCleanup(server.stop)
         server.start()
         self.servers = getattr(self, "servers", []) + [server]
@@ -483,8 +495,10 @@ class ScriptedClientTests(NamespaceTestCase):
         relayed = Subnet("relayed", "10.79.0.0/24", "10.79.0.100", "10.79.0.150",
                          router="10.79.0.1")
         self.server(topology.server, ["srv0"], [LAN, relayed])
+        circuit = "0105" + b"port7".hex()  # agent circuit id "port7"
         result = scripted(topology.relay, "relay", "--giaddr", topology.giaddr,
-                          "--server", topology.server_address, "--mac", "02:00:00:79:00:01")[0]
+                          "--server", topology.server_address, "--mac", "02:00:00:79:00:01",
+                          "--option", f"82,{circuit}")[0]
         if result["offer"] is None:
             self.fail_with_log(f"no OFFER at the relay: {result}")
         offer = result["offer"]
@@ -492,6 +506,9 @@ class ScriptedClientTests(NamespaceTestCase):
         self.assertTrue(relayed.in_pool(offer["yiaddr"]), offer)
         self.assertEqual(offer["giaddr"], topology.giaddr)
         self.assertEqual(offer["from"][1], 67)
+        self.assertEqual(offer.get("to"), topology.giaddr, "reply not addressed to giaddr")
+        self.assertEqual(offer["options"].get("82"), circuit,
+                         "relay agent information (82) not echoed (RFC 3046 2.2)")
         self.assertEqual(offer.get("netmask"), "255.255.255.0")
         ack = result["ack"]
         if ack is None:
@@ -503,24 +520,34 @@ class ScriptedClientTests(NamespaceTestCase):
         sends) completes DORA like any other; the options must not trip
         the server."""
         topology = netns.server_client(self.lab)
-        self.server(topology.server, ["srv0"], [LAN])
+        self.server(topology.server, ["srv0"], [LAN], boot=[(7, "snponly.efi")])
         result = scripted(topology.client, "dora", "--uefi-pxe", "--iface", "cli0",
                           "--mac", "52:54:00:99:00:10")[0]
         if result["ack"] is None:
             self.fail_with_log(f"UEFI PXE DORA incomplete: {result}")
-        self.assertWellFormed(result["offer"], "OFFER")
-        self.assertWellFormed(result["ack"], "ACK")
+        for name in ("offer", "ack"):
+            reply = result[name]
+            self.assertWellFormed(reply, name)
+            # EDK2 keeps only OFFERs that carry a boot file, so the OFFER needs it too.
+            self.assertEqual(reply["file"], "snponly.efi", f"{name}: wrong boot file")
+            self.assertEqual(reply.get("to"), "255.255.255.255",
+                             f"{name}: a client without an address must get a broadcast")
         self.assertTrue(LAN.in_pool(result["ack"]["yiaddr"]))
 
     def test_kill9_restart_keeps_leases(self):
         """
-        Five clients get leases; the server is killed with SIGKILL (no chance
-        to flush) and restarted; each client's INIT-REBOOT REQUEST is ACKed
-        with its own address, and a new MAC gets none of them.  A server
-        that ACKs before its lease is on disk fails here.
+        Five clients lease five of six pool addresses; the server is killed
+        with SIGKILL (no chance to flush) and restarted.  Then a new MAC
+        must get the sixth address and a second new MAC nothing (a server
+        that lost the leases hands out the old ones here; asking the old
+        clients first would not show it, since a server with no record may
+        ACK a free address); finally each old client's INIT-REBOOT REQUEST
+        is ACKed with its own address.
         """
         topology = netns.server_client(self.lab)
-        server = self.server(topology.server, ["srv0"], [LAN])
+        six = Subnet("lan", "10.77.0.0/24", "10.77.0.100", "10.77.0.105", interface="srv0",
+                     router="10.77.0.1")
+        server = self.server(topology.server, ["srv0"], [six])
         macs = [f"02:00:00:77:01:{n:02x}" for n in range(1, 6)]
         args = ["dora", "--iface", "cli0"]
         for mac in macs:
@@ -537,6 +564,15 @@ class ScriptedClientTests(NamespaceTestCase):
         server.kill9()
         server.start()
 
+        newcomers = scripted(topology.client, "dora", "--iface", "cli0", "--timeout", "3",
+                             "--mac", "02:00:00:77:01:fe", "--mac", "02:00:00:77:01:ff", timeout=40)
+        if newcomers[0]["ack"] is None:
+            self.fail_with_log(f"the one free address was not leased after the restart: {newcomers[0]}")
+        self.assertNotIn(newcomers[0]["ack"]["yiaddr"], leases.values(),
+                         "a lease from before the crash was handed to a new MAC")
+        self.assertIsNone(newcomers[1]["ack"],
+                          f"pool should be full after the restart, yet a new MAC got {newcomers[1]['ack']}")
+
         args = ["reboot", "--iface", "cli0"]
         for mac, address in leases.items():
             args += ["--mac", f"{mac}={address}"]
@@ -544,11 +580,6 @@ class ScriptedClientTests(NamespaceTestCase):
             if result["ack"] is None:
                 self.fail_with_log(f"lease lost in the crash (no ACK for init-reboot): {result}")
             self.assertEqual(result["ack"]["yiaddr"], leases[result["mac"]])
-        newcomer = scripted(topology.client, "dora", "--iface", "cli0",
-                            "--mac", "02:00:00:77:01:ff")[0]
-        if newcomer["ack"] is None:
-            self.fail_with_log(f"a new MAC got no lease after the restart: {newcomer}")
-        self.assertNotIn(newcomer["ack"]["yiaddr"], leases.values())
 
     def test_two_interfaces_two_subnets(self):
         """
@@ -572,3 +603,57 @@ class ScriptedClientTests(NamespaceTestCase):
             self.assertWellFormed(result["ack"], f"ACK on {interface}")
             self.assertTrue(subnet.in_pool(result["ack"]["yiaddr"]), result["ack"])
             self.assertEqual(result["ack"].get("server_id"), server_id)
+
+    def test_init_reboot_on_wrong_subnet_gets_nak(self):
+        """
+        A client that moved from LAN A to LAN B and asks for its old address
+        in INIT-REBOOT must get a NAK (RFC 2131 4.3.2), or it keeps an address
+        that cannot work on its new wire.
+        """
+        topology = netns.two_subnets(self.lab)
+        net_a = Subnet("a", "10.77.0.0/24", "10.77.0.100", "10.77.0.199", interface="srva")
+        net_b = Subnet("b", "10.78.0.0/24", "10.78.0.100", "10.78.0.199", interface="srvb")
+        self.server(topology.server, list(topology.server_ifs), [net_a, net_b])
+        mac = "02:00:00:78:03:01"
+        first = scripted(topology.client_a, "dora", "--iface", topology.client_a_if, "--mac", mac)[0]
+        if first["ack"] is None:
+            self.fail_with_log(f"no lease on LAN A: {first}")
+        moved = scripted(topology.client_b, "reboot", "--iface", topology.client_b_if,
+                         "--mac", f"{mac}={first['ack']['yiaddr']}")[0]
+        self.assertIsNone(moved["ack"], f"ACKed an address of another subnet: {moved}")
+        if moved["nak"] is None:
+            self.fail_with_log(f"no NAK for an address of another subnet: {moved}")
+        self.assertWellFormed(moved["nak"], "NAK")
+        self.assertEqual(moved["nak"].get("server_id"), "10.78.0.1")
+
+    def test_inform_answered_to_ciaddr(self):
+        """
+        DHCPINFORM from a configured client: an ACK with configuration, no
+        lease time and no yiaddr, sent to ciaddr:68 (RFC 2131 3.4, 4.3.5).
+        """
+        topology = netns.server_client(self.lab)
+        topology.client.ip("addr", "add", "10.77.0.20/24", "dev", topology.client_if)
+        self.server(topology.server, ["srv0"], [LAN])
+        result = scripted(topology.client, "inform", "--iface", topology.client_if,
+                          "--ciaddr", "10.77.0.20", "--mac", "02:00:00:77:04:01")[0]
+        ack = result["ack"]
+        if ack is None:
+            self.fail_with_log(f"no ACK for INFORM: {result}")
+        self.assertWellFormed(ack, "INFORM ACK")
+        self.assertEqual(ack["yiaddr"], "0.0.0.0")
+        self.assertNotIn("51", ack["options"], "INFORM ACK must not carry a lease time")
+        self.assertEqual(ack.get("to"), "10.77.0.20", "INFORM ACK not unicast to ciaddr")
+        self.assertEqual(ack["options"].get("3"), "0a4d0001", "router option missing")
+
+    def test_declined_address_is_not_offered_again(self):
+        """
+        After a DECLINE (the client found the address in use), the server
+        offers that client a different address instead of the same one.
+        """
+        topology = netns.server_client(self.lab)
+        self.server(topology.server, ["srv0"], [LAN])
+        result = scripted(topology.client, "decline", "--iface", topology.client_if,
+                          "--mac", "02:00:00:77:05:01", timeout=40)[0]
+        if result["first"]["ack"] is None or result["second"] is None or result["second"]["ack"] is None:
+            self.fail_with_log(f"incomplete exchange around the DECLINE: {result}")
+        self.assertNotEqual(result["second"]["ack"]["yiaddr"], result["first"]["ack"]["yiaddr"])
