@@ -48,6 +48,11 @@ timeout = 1
 retries = 6
 case_insensitive = false
 
+[http]
+enabled = false
+port = 80
+addresses =
+
 [boot]
 default = undionly.kpxe
 arch.0 = undionly.kpxe
@@ -146,6 +151,14 @@ class TftpConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = False
+    port: int = 80
+    addresses: Tuple[IPv4, ...] = ()
+    root: Optional[str] = None  # None: the TFTP root
+
+
+@dataclass(frozen=True)
 class BootConfig:
     default: Optional[str] = None
     arch: Tuple[Tuple[int, str], ...] = ()
@@ -160,6 +173,7 @@ class Config:
     subnets: Tuple[SubnetConfig, ...] = ()
     hosts: Tuple[HostConfig, ...] = ()
     tftp: TftpConfig = field(default_factory=TftpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     boot: BootConfig = field(default_factory=BootConfig)
 
     def host_for_mac(self, mac: str) -> Optional[HostConfig]:
@@ -318,6 +332,13 @@ _TFTP_KEYS: Dict[str, Tuple[str, Callable]] = {
     "case_insensitive": ("case_insensitive", parse_bool),
 }
 
+_HTTP_KEYS: Dict[str, Tuple[str, Callable]] = {
+    "enabled": ("enabled", parse_bool),
+    "port": ("port", _int_between(1, 65535)),
+    "addresses": ("addresses", parse_address_list),
+    "root": ("root", parse_optional_text),
+}
+
 _BOOT_KEYS: Dict[str, Tuple[str, Callable]] = {
     "default": ("default", parse_optional_text),
     "next_server": ("next_server", parse_optional_address),
@@ -391,6 +412,7 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
 
     dhcp = DhcpConfig()
     tftp = TftpConfig()
+    http = HttpConfig()
     boot = BootConfig()
     subnets, hosts = [], []
     for name in parser.sections():
@@ -402,6 +424,9 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
         elif name == "tftp":
             values, _ = _fields(source, name, section, _TFTP_KEYS)
             tftp = TftpConfig(**values)
+        elif name == "http":
+            values, _ = _fields(source, name, section, _HTTP_KEYS)
+            http = HttpConfig(**values)
         elif name == "boot":
             values, extra = _fields(source, name, section, _BOOT_KEYS, prefixed="arch.")
             values["arch"] = _arch_table(source, name, extra)
@@ -418,10 +443,10 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
             hosts.append(HostConfig(name=label, **values))
         else:
             raise ConfigError(source, name, None,
-                              "unknown section (known: [dhcp], [tftp], [boot], [subnet:NAME], [host:NAME])")
+                              "unknown section (known: [dhcp], [tftp], [http], [boot], [subnet:NAME], [host:NAME])")
 
     config = Config(source=source, dhcp=dhcp, subnets=tuple(subnets), hosts=tuple(hosts),
-                    tftp=tftp, boot=boot)
+                    tftp=tftp, http=http, boot=boot)
     if known_interfaces is None:
         known_interfaces = _known_interfaces()
     _check(config, known_interfaces)
