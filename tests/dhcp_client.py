@@ -241,6 +241,42 @@ def decline(endpoint, mac, extra=(), timeout=4.0):
     return result
 
 
+def junk_packets(count, seed=1):
+    """
+    Datagrams a server must survive: random bytes, truncations of a valid
+    DISCOVER, options running past the end, a wrong magic cookie, a reply
+    (op 2), absurd hlen, 64 KiB-ish of pad, an option 52 overload pointing
+    at garbage, and a DISCOVER with every option duplicated.
+    """
+    rng = random.Random(seed)
+    valid = build(1, "02:00:00:00:00:01", DISCOVER, options=UEFI_PXE_OPTIONS)
+    fixed = [
+        b"", b"\x01", valid[:100], valid[:236], valid[:240],
+        valid[:240] + bytes([53, 1, 1, 55, 200, 1, 2]),            # 55 runs past the end
+        valid[:236] + b"\x63\x82\x53\x64" + valid[240:],          # wrong cookie
+        b"\x02" + valid[1:],                                        # a BOOTREPLY
+        valid[:2] + b"\xff" + valid[3:],                            # hlen 255
+        valid[:240] + bytes([53, 1, 1]) + b"\x00" * 60000 + b"\xff",  # pad storm
+        valid[:240] + bytes([53, 1, 1, 52, 1, 3]) + b"\xff",         # overload into junk
+        valid[:240] + bytes([53, 1, 1, 53, 1, 3, 61, 0, 93, 1, 7, 93, 3, 0, 7, 0]) + b"\xff",
+        valid[:240] + bytes([53, 0]) + b"\xff",                      # empty message type
+        valid[:240] + bytes([53, 1, 99]) + b"\xff",                  # unknown message type
+    ]
+    packets = list(fixed)
+    while len(packets) < count:
+        kind = rng.randrange(3)
+        if kind == 0:
+            packets.append(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 600))))
+        elif kind == 1:
+            packets.append(valid[:rng.randrange(len(valid))])
+        else:
+            mutated = bytearray(valid)
+            for _ in range(rng.randrange(1, 8)):
+                mutated[rng.randrange(236, len(mutated))] = rng.randrange(256)
+            packets.append(bytes(mutated))
+    return packets[:max(count, len(fixed))]
+
+
 def bootp(endpoint, mac, timeout=4.0):
     xid = _xid()
     packet = build(xid, mac, None)
@@ -251,6 +287,9 @@ def bootp(endpoint, mac, timeout=4.0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     sub = parser.add_subparsers(dest="command", required=True)
+    junk = sub.add_parser("junk", help="send malformed datagrams to port 67 (no replies awaited)")
+    junk.add_argument("--iface")
+    junk.add_argument("--count", type=int, default=300)
     for name in ("dora", "reboot", "bootp", "relay", "inform", "decline"):
         command = sub.add_parser(name)
         command.add_argument("--iface", help="device to bind to (SO_BINDTODEVICE)")
@@ -267,12 +306,27 @@ def main(argv=None):
     relay.add_argument("--server", required=True, help="server address to unicast to")
     sub.choices["inform"].add_argument("--ciaddr", required=True)
     args = parser.parse_args(argv)
-    extra = list(UEFI_PXE_OPTIONS) if args.uefi_pxe else []
-    for text in args.option:
+    extra = list(UEFI_PXE_OPTIONS) if getattr(args, "uefi_pxe", False) else []
+    for text in getattr(args, "option", ()):
         code, _, value = text.partition(",")
         extra.append((int(code), bytes.fromhex(value)))
 
     results = []
+    if args.command == "junk":
+        endpoint = Endpoint(args.iface, "0.0.0.0", 68)
+        sent = 0
+        for packet in junk_packets(args.count):
+            try:
+                endpoint.sock.sendto(packet, ("255.255.255.255", 67))
+                sent += 1
+            except OSError:  # EMSGSIZE for the biggest: fine, the rest still go
+                pass
+            if sent % 50 == 0:
+                time.sleep(0.01)  # stay below the socket buffers: test parsing, not loss
+        endpoint.close()
+        json.dump([{"sent": sent}], sys.stdout)
+        sys.stdout.write("\n")
+        return 0
     if args.command == "relay":
         endpoint = Endpoint(None, args.giaddr, 67)
     else:

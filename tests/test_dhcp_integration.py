@@ -356,6 +356,7 @@ class DhclientTests(NamespaceTestCase):
             self.fail_with_log(f"dhclient got no lease; events {read_events(self.events)}")
         self.assertEqual(bound["ip"], "10.77.0.100")
         self.assertEqual(bound["server"], "10.77.0.1")
+        self.assertEqual(bound["lease"], str(ONE.lease_time))
         self.assertIn("10.77.0.100/24", topology.client.addresses(topology.client_if))
         netns.stop(first)
 
@@ -421,6 +422,22 @@ class UdhcpcTests(NamespaceTestCase):
         self.assertEqual(bound["mask"], "24")
         self.assertEqual(bound["server"], "10.77.0.1")
         self.assertIn(f"{bound['ip']}/24", topology.client.addresses(topology.client_if))
+
+    def test_requested_address(self):
+        """udhcpc -r asks for a particular free address (option 50 in the
+        DISCOVER) and gets it."""
+        self.events = self.path("events.txt")
+        self.script = self.write_script("udhcpc-script", UDHCPC_SCRIPT)
+        topology = netns.server_client(self.lab)
+        topology.client.set_mac(topology.client_if, self.MAC)
+        self.server(topology.server, ["srv0"], [LAN])
+        done = topology.client.run(self.udhcpc(topology, "-n", "-q", "-f", "-r", "10.77.0.150"),
+                                   timeout=30, check=False)
+        if done.returncode != 0:
+            self.fail_with_log(f"udhcpc failed ({done.returncode}): {done.stdout}{done.stderr}")
+        bound = self.wait_event(("bound",), 0, 1)
+        self.assertIsNotNone(bound, read_events(self.events))
+        self.assertEqual(bound["ip"], "10.77.0.150")
 
     def test_renew_release(self):
         """
@@ -603,6 +620,23 @@ class ScriptedClientTests(NamespaceTestCase):
             self.assertWellFormed(result["ack"], f"ACK on {interface}")
             self.assertTrue(subnet.in_pool(result["ack"]["yiaddr"]), result["ack"])
             self.assertEqual(result["ack"].get("server_id"), server_id)
+
+    def test_survives_malformed_datagrams(self):
+        """
+        Several hundred malformed datagrams (truncations, options past the
+        end, wrong cookie, pad storms, random bytes) do not stop the server:
+        it is still running and still completes a DORA afterwards.
+        """
+        topology = netns.server_client(self.lab)
+        server = self.server(topology.server, ["srv0"], [LAN])
+        sent = scripted(topology.client, "junk", "--iface", topology.client_if, "--count", "400")[0]
+        self.assertGreater(sent["sent"], 300)
+        result = scripted(topology.client, "dora", "--iface", topology.client_if,
+                          "--mac", "02:00:00:77:06:01")[0]
+        self.assertIsNone(server.process.poll(), "server died on malformed input")
+        if result["ack"] is None:
+            self.fail_with_log(f"no DORA after the malformed datagrams: {result}")
+        self.assertWellFormed(result["ack"], "ACK")
 
     def test_init_reboot_on_wrong_subnet_gets_nak(self):
         """
