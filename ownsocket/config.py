@@ -158,12 +158,17 @@ class HttpConfig:
     root: Optional[str] = None  # None: the TFTP root
 
 
+DEFAULT_SELECTORS = ("host", "mac", "ipxe", "uefi-http", "rpi", "vendor", "arch")
+
+
 @dataclass(frozen=True)
 class BootConfig:
     default: Optional[str] = None
     arch: Tuple[Tuple[int, str], ...] = ()
     next_server: Optional[IPv4] = None
     sname: Optional[str] = None
+    selectors: Tuple[str, ...] = DEFAULT_SELECTORS
+    selector_timeout: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,14 @@ class Config:
     tftp: TftpConfig = field(default_factory=TftpConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     boot: BootConfig = field(default_factory=BootConfig)
+    #: Raw [selector:NAME] sections: each selector's factory checks its own keys.
+    selector_settings: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = ()
+
+    def settings_for(self, name: str) -> Dict[str, str]:
+        for section_name, items in self.selector_settings:
+            if section_name == name:
+                return dict(items)
+        return {}
 
     def host_for_mac(self, mac: str) -> Optional[HostConfig]:
         for host in self.hosts:
@@ -343,6 +356,8 @@ _BOOT_KEYS: Dict[str, Tuple[str, Callable]] = {
     "default": ("default", parse_optional_text),
     "next_server": ("next_server", parse_optional_address),
     "sname": ("sname", parse_optional_text),
+    "selectors": ("selectors", parse_name_list),
+    "selector_timeout": ("selector_timeout", _float_between(0.01, 60)),
 }
 
 
@@ -395,9 +410,11 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
     else:
         source = path or "<text>"
 
+    # Only '=' separates keys from values: MAC addresses and vendor classes
+    # (PXEClient:Arch:00007) are keys in [selector:...] sections.
     parser = configparser.ConfigParser(
         interpolation=None, inline_comment_prefixes=(";", "#"), strict=True,
-        default_section="\x00no default section")
+        delimiters=("=",), default_section="\x00no default section")
     parser.optionxform = str.lower  # keys are case-insensitive, values are not
     try:
         parser.read_string(text, source=source)
@@ -414,7 +431,7 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
     tftp = TftpConfig()
     http = HttpConfig()
     boot = BootConfig()
-    subnets, hosts = [], []
+    subnets, hosts, selector_settings = [], [], []
     for name in parser.sections():
         section = parser[name]
         kind, _, label = name.partition(":")
@@ -441,12 +458,15 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
             if "mac" not in values:
                 raise ConfigError(source, name, "mac", "is required (e.g. mac = 52:54:00:12:34:56)")
             hosts.append(HostConfig(name=label, **values))
+        elif kind == "selector" and label:
+            selector_settings.append((label, tuple((key, value.strip()) for key, value in section.items())))
         else:
             raise ConfigError(source, name, None,
-                              "unknown section (known: [dhcp], [tftp], [http], [boot], [subnet:NAME], [host:NAME])")
+                              "unknown section (known: [dhcp], [tftp], [http], [boot], [subnet:NAME], "
+                              "[host:NAME], [selector:NAME])")
 
     config = Config(source=source, dhcp=dhcp, subnets=tuple(subnets), hosts=tuple(hosts),
-                    tftp=tftp, http=http, boot=boot)
+                    tftp=tftp, http=http, boot=boot, selector_settings=tuple(selector_settings))
     if known_interfaces is None:
         known_interfaces = _known_interfaces()
     _check(config, known_interfaces)
@@ -464,6 +484,8 @@ def _arch_table(source, section, extra):
                               f"the architecture must be a number from option 93 ({error})") from None
         if not raw.strip():
             raise ConfigError(source, section, key, "needs a boot file name")
+        if code in dict(table):
+            raise ConfigError(source, section, key, f"architecture {code} appears twice")
         table.append((code, raw.strip()))
     return tuple(sorted(table))
 

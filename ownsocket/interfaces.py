@@ -23,6 +23,42 @@ class IBootFileSelector(Interface):
         """
 
 
+class ISelectorFactory(Interface):
+    """
+    Makes a configured selector at start-up.
+
+    Built-in selectors and site plugins are factories so that they can take
+    their settings from a C{[selector:NAME]} section of the config; a plugin
+    that needs no settings may instead provide L{IBootFileSelector} directly.
+    """
+
+    name = Attribute("The name used in [boot] selectors and [selector:NAME].")
+
+    def build(settings, context):
+        """
+        @param settings: the keys of C{[selector:NAME]} (a dict of str, empty
+            when the section is absent).
+        @param context: an L{ownsocket.boot.loader.SelectorContext} (the whole
+            config and the clock).
+        @return: a provider of L{IBootFileSelector}.
+        @raise ownsocket.boot.loader.SettingError: for a bad setting; start-up
+            stops with a line naming the section and key.
+        """
+
+
+class ITransferObserver(Interface):
+    """
+    Told when a client opens a file over TFTP or HTTP.
+
+    The stateful iPXE selector uses this to learn that a machine really
+    fetched its first stage, which DHCP alone cannot tell (FIRMWARE-FACTS
+    §1b: the NIC ROM and the chained iPXE send identical options).
+    """
+
+    def file_opened(request):
+        """@param request: the L{ownsocket.files.ReadRequest} that succeeded."""
+
+
 class IReader(Interface):
     """An open file (or generated content) being sent to one client."""
 

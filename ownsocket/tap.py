@@ -14,13 +14,14 @@ from twisted.python import usage
 
 from ownsocket import config as configuration
 from ownsocket.boot.chain import SelectorChain
+from ownsocket.boot.loader import load_selectors
 from ownsocket.boot.recent import RecentRequests
-from ownsocket.boot.selectors import ArchTableSelector, HostSelector
 from ownsocket.dhcp.leases import LeaseStoreError
 from ownsocket.dhcp.service import DhcpService
 from ownsocket.dhcp.sockets import SocketError
-from ownsocket.files import resolve
-from ownsocket.interfaces import BackendError
+from ownsocket.filechain import BackendChain
+from ownsocket.files import FilesystemBackend, resolve
+from ownsocket.interfaces import BackendError, IFileBackend, ITransferObserver
 from ownsocket.tftp.service import BindError, TFTPService
 
 
@@ -52,8 +53,21 @@ def boot_file_size_function(tftp):
     return size
 
 
-def build_selector(config, reactor):
-    return SelectorChain([HostSelector(config.hosts), ArchTableSelector(config.boot)], clock=reactor)
+def build_selector(config, reactor, selectors=None):
+    """The configured chain (the selectors may be passed in when already built)."""
+    if selectors is None:
+        selectors = load_selectors(config, reactor)
+    return SelectorChain(selectors, clock=reactor, timeout=config.boot.selector_timeout)
+
+
+def build_backend(config, selectors):
+    """Generated content from selectors that provide IFileBackend first, then
+    the files under the root; selectors that observe transfers are told of
+    every file opened."""
+    generated = [s for s in selectors if IFileBackend.providedBy(s)]
+    observers = [s for s in selectors if ITransferObserver.providedBy(s)]
+    filesystem = FilesystemBackend(os.path.abspath(config.tftp.root), config.tftp.case_insensitive)
+    return BackendChain(generated + [filesystem], observers)
 
 
 def makeService(options, reactor=None):
@@ -61,16 +75,18 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     try:
         config = configuration.load(options["config"])
+        selectors = load_selectors(config, reactor)
     except configuration.ConfigError as error:
         fail(str(error))
     services = MultiService()
     recent = RecentRequests()
+    backend = build_backend(config, selectors)
     if config.dhcp.enabled:
-        DhcpService(config, build_selector(config, reactor), reactor,
+        DhcpService(config, build_selector(config, reactor, selectors), reactor,
                     boot_file_size=boot_file_size_function(config.tftp),
                     recent=recent).setServiceParent(services)
     if config.tftp.enabled:
-        TFTPService(config.tftp, reactor=reactor, recent=recent).setServiceParent(services)
+        TFTPService(config.tftp, backend=backend, reactor=reactor, recent=recent).setServiceParent(services)
     return StartupGuard(services)
 
 

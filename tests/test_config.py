@@ -59,7 +59,7 @@ address = 10.0.0.5
     def test_unknown_section(self):
         self.assertEqual(self.error("[dhcpd]\nport = 67\n"),
                          "site.ini: [dhcpd]: unknown section (known: [dhcp], [tftp], [http], [boot], "
-                         "[subnet:NAME], [host:NAME])")
+                         "[subnet:NAME], [host:NAME], [selector:NAME])")
 
     def test_unknown_key(self):
         self.assertIn("site.ini: [tftp] rot: unknown key", self.error("[tftp]\nrot = /srv\n"))

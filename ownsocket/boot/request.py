@@ -76,6 +76,7 @@ class BootRequest:
     giaddr: Optional[IPv4Address] = None
     interface: Optional[str] = None
     phase: str = "dhcp"  # dhcp / proxy / 4011
+    server_address: Optional[IPv4Address] = None  # where the client reaches us
 
     @property
     def is_ipxe(self) -> bool:

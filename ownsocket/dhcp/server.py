@@ -370,7 +370,7 @@ class DhcpServer:
 
     # -- boot decision and reply building ---------------------------------
 
-    def boot_request(self, message, arrival):
+    def boot_request(self, message, arrival, server_address=None, phase="dhcp"):
         return BootRequest(
             mac=message.mac, xid=message.xid, message_type=message.message_type,
             arch=message.arch_types, nic_version=message.options.get(wire.OPT_NIC_VERSION),
@@ -378,10 +378,10 @@ class DhcpServer:
             user_class=message.user_classes, client_uuid=message.options.get(wire.OPT_CLIENT_UUID),
             has_ipxe_options=wire.OPT_IPXE in message.options, relay_info=message.relay_info,
             giaddr=message.giaddr if message.giaddr != ZERO else None,
-            interface=arrival.interface, phase="dhcp")
+            interface=arrival.interface, phase=phase, server_address=server_address)
 
     def _with_decision(self, exchange, build):
-        request = self.boot_request(exchange.message, exchange.arrival)
+        request = self.boot_request(exchange.message, exchange.arrival, exchange.server_id)
         try:
             decision = self.selector.select(request)
         except Exception:
@@ -446,7 +446,11 @@ class DhcpServer:
             reply.add(wire.OPT_TFTP_SERVER, (sname or str(next_server)).encode("ascii", "replace"))
         if filename and wire.OPT_BOOTFILE in asked:
             reply.add(wire.OPT_BOOTFILE, filename.encode("ascii", "replace"))
-        if decision is not None:
+        if decision is not None and decision.extra_options:
+            # A selector's option replaces ours of the same code (the
+            # Raspberry Pi needs its own option 66, for instance).
+            overridden = {code for code, _ in decision.extra_options}
+            reply.options = [(code, value) for code, value in reply.options if code not in overridden]
             for code, value in decision.extra_options:
                 reply.add(code, value)
         self._echo(message, reply)
