@@ -241,6 +241,24 @@ def decline(endpoint, mac, extra=(), timeout=4.0):
     return result
 
 
+def choose_other(endpoint, mac, other_server, timeout=4.0):
+    """DISCOVER, take the OFFER's address but REQUEST it from another server
+    (option 54 = C{other_server}), as a client that picked a competing
+    offer does; our server must stay silent and drop its offer."""
+    xid = _xid()
+    offer, _ = endpoint.exchange(build(xid, mac, DISCOVER), ("255.255.255.255", 67), xid, mac,
+                                 ("OFFER",), timeout)
+    result = {"mac": mac, "offer": offer, "reply": None}
+    if offer is None:
+        return result
+    request = build(xid, mac, REQUEST, options=[(50, socket.inet_aton(offer["yiaddr"])),
+                                                (54, socket.inet_aton(other_server))])
+    reply, others = endpoint.exchange(request, ("255.255.255.255", 67), xid, mac, ("ACK", "NAK"),
+                                      min(timeout, 2.0), resend=5.0)
+    result["reply"] = reply or (others[0] if others else None)
+    return result
+
+
 def junk_packets(count, seed=1):
     """
     Datagrams a server must survive: random bytes, truncations of a valid
@@ -290,7 +308,7 @@ def main(argv=None):
     junk = sub.add_parser("junk", help="send malformed datagrams to port 67 (no replies awaited)")
     junk.add_argument("--iface")
     junk.add_argument("--count", type=int, default=300)
-    for name in ("dora", "reboot", "bootp", "relay", "inform", "decline"):
+    for name in ("dora", "reboot", "bootp", "relay", "inform", "decline", "choose-other"):
         command = sub.add_parser(name)
         command.add_argument("--iface", help="device to bind to (SO_BINDTODEVICE)")
         command.add_argument("--mac", action="append", required=True,
@@ -305,6 +323,7 @@ def main(argv=None):
     relay.add_argument("--giaddr", required=True, help="relay address; replies come back to it:67")
     relay.add_argument("--server", required=True, help="server address to unicast to")
     sub.choices["inform"].add_argument("--ciaddr", required=True)
+    sub.choices["choose-other"].add_argument("--other-server", required=True)
     args = parser.parse_args(argv)
     extra = list(UEFI_PXE_OPTIONS) if getattr(args, "uefi_pxe", False) else []
     for text in getattr(args, "option", ()):
@@ -342,6 +361,9 @@ def main(argv=None):
                 results.append(bootp(endpoint, entry.lower(), timeout=args.timeout))
             elif args.command == "inform":
                 results.append(inform(endpoint, entry.lower(), args.ciaddr, timeout=args.timeout))
+            elif args.command == "choose-other":
+                results.append(choose_other(endpoint, entry.lower(), args.other_server,
+                                            timeout=args.timeout))
             elif args.command == "decline":
                 results.append(decline(endpoint, entry.lower(), extra=extra, timeout=args.timeout))
             else:

@@ -638,6 +638,43 @@ class ScriptedClientTests(NamespaceTestCase):
             self.fail_with_log(f"no DORA after the malformed datagrams: {result}")
         self.assertWellFormed(result["ack"], "ACK")
 
+    def test_only_configured_interfaces_answer(self):
+        """
+        With C{interfaces} naming one leg, a client on the other leg gets no
+        answer at all, even though the server has an address there: a DHCP
+        server that leaks onto a LAN it was not meant for takes over other
+        people's machines.
+        """
+        topology = netns.two_subnets(self.lab)
+        net_a = Subnet("a", "10.77.0.0/24", "10.77.0.100", "10.77.0.199", interface="srva")
+        self.server(topology.server, ["srva"], [net_a])
+        outside = scripted(topology.client_b, "dora", "--iface", topology.client_b_if,
+                           "--mac", "02:00:00:78:07:01", "--timeout", "3")[0]
+        self.assertIsNone(outside["offer"], f"answered on an interface not configured: {outside}")
+        inside = scripted(topology.client_a, "dora", "--iface", topology.client_a_if,
+                          "--mac", "02:00:00:77:07:01")[0]
+        if inside["ack"] is None:
+            self.fail_with_log(f"no ACK on the configured interface: {inside}")
+
+    def test_request_for_other_server_frees_offer(self):
+        """
+        A client that REQUESTs with another server's identifier has turned
+        our OFFER down (RFC 2131 3.1.4): no reply, and the offered address
+        is free again at once (one-address pool: the next MAC gets it).
+        """
+        topology = netns.server_client(self.lab)
+        self.server(topology.server, ["srv0"], [ONE])
+        declined = scripted(topology.client, "choose-other", "--iface", topology.client_if,
+                            "--other-server", "10.77.0.254", "--mac", "02:00:00:77:08:01")[0]
+        if declined["offer"] is None:
+            self.fail_with_log(f"no OFFER: {declined}")
+        self.assertIsNone(declined["reply"], f"answered a REQUEST meant for another server: {declined}")
+        other = scripted(topology.client, "dora", "--iface", topology.client_if,
+                         "--mac", "02:00:00:77:08:02", "--timeout", "3")[0]
+        if other["ack"] is None:
+            self.fail_with_log(f"the turned-down offer was not freed: {other}")
+        self.assertEqual(other["ack"]["yiaddr"], "10.77.0.100")
+
     def test_init_reboot_on_wrong_subnet_gets_nak(self):
         """
         A client that moved from LAN A to LAN B and asks for its old address
