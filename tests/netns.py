@@ -20,12 +20,13 @@ clashing between concurrent runs, while namespace names carry the PID.
 
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
 
-__all__ = ["available", "Lab", "Namespace", "NetnsError",
+__all__ = ["available", "Lab", "Namespace", "NetnsError", "remove_stale", "stop",
            "server_client", "two_subnets", "relayed"]
 
 _counter = itertools.count()
@@ -169,6 +170,38 @@ def stop(process, timeout=5.0):
     return process.wait(timeout)
 
 
+_NAME = re.compile(r"^ows(\d+)x\d+-\w+$")
+
+
+def remove_stale():
+    """
+    Delete namespaces left behind by a run of this module that was killed
+    before it could clean up (SIGKILL, a power cut).  Only names of our own
+    pattern whose creating PID is gone and that hold no process are
+    touched: another run in progress keeps its namespaces.
+
+    @return: the names deleted.
+    """
+    try:
+        out = _ip("netns", "list")
+    except NetnsError:
+        return []
+    removed = []
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        match = _NAME.match(name)
+        if not match or int(match.group(1)) == os.getpid() or os.path.exists(f"/proc/{match.group(1)}"):
+            continue
+        try:
+            if _ip("netns", "pids", name).split():
+                continue
+            _ip("netns", "del", name)
+            removed.append(name)
+        except NetnsError:
+            pass
+    return removed
+
+
 class Lab:
     """
     A set of namespaces that live exactly as long as a C{with} block.
@@ -179,6 +212,7 @@ class Lab:
     """
 
     def __init__(self):
+        remove_stale()
         self.prefix = f"ows{os.getpid()}x{next(_counter)}"
         self.namespaces = []
         self._processes = []
