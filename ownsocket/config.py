@@ -28,6 +28,7 @@ EMBEDDED_DEFAULTS = """\
 
 [dhcp]
 enabled = true
+mode = server
 port = 67
 interfaces =
 leases = ownsocket-leases.sqlite
@@ -97,6 +98,8 @@ class AddressRange:
 @dataclass(frozen=True)
 class DhcpConfig:
     enabled: bool = True
+    mode: str = "server"  # or "proxy": boot information only, never an address
+    proxy_port: int = 4011
     port: int = 67
     client_port: int = 68
     interfaces: Tuple[str, ...] = ()
@@ -297,8 +300,17 @@ def _split_list(text: str):
 # ---------------------------------------------------------------------------
 # Section schemas: key -> (dataclass field, parser).
 
+def parse_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in ("server", "proxy"):
+        raise ValueError(f"{text.strip()!r} is neither server nor proxy")
+    return mode
+
+
 _DHCP_KEYS: Dict[str, Tuple[str, Callable]] = {
     "enabled": ("enabled", parse_bool),
+    "mode": ("mode", parse_mode),
+    "proxy_port": ("proxy_port", _int_between(1, 65535)),
     "port": ("port", _int_between(1, 65535)),
     "client_port": ("client_port", _int_between(1, 65535)),
     "interfaces": ("interfaces", parse_name_list),
@@ -498,6 +510,12 @@ def _check(config: Config, known_interfaces) -> None:
             if name not in known_interfaces:
                 raise ConfigError(source, "dhcp", "interfaces",
                                   f"no interface named {name!r} on this host (have: {', '.join(sorted(known_interfaces))})")
+    if config.dhcp.mode == "proxy":
+        for subnet in config.subnets:
+            if subnet.pools:
+                raise ConfigError(source, f"subnet:{subnet.name}", "pool",
+                                  "[dhcp] mode = proxy hands out no addresses: remove the pool "
+                                  "(the network's own DHCP server owns the addresses)")
     seen_pools = []
     for subnet in config.subnets:
         section = f"subnet:{subnet.name}"

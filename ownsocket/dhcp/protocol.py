@@ -44,7 +44,7 @@ class DhcpProtocol(DatagramProtocol):
                              size=len(data), host=addr[0])
             return
         try:
-            result = self.server.handle(message, self.arrival)
+            result = self.server.handle(message, self.arrival, addr)
         except Exception:
             self.log.failure("DHCP policy failed for {mac}; request dropped", mac=message.mac)
             return

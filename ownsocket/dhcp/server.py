@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from ownsocket.boot.request import ARCH_NAMES, BootDecision, BootRequest
 from ownsocket.dhcp import wire
+from ownsocket.dhcp.bootfields import add_boot_fields, echo_options
 from ownsocket.dhcp.leases import BOUND, DECLINED, FOREVER, OFFERED, Lease
 from ownsocket.dhcp.pool import AddressPool
 from ownsocket.dhcp.wire import (ACK, DECLINE, DISCOVER, INFORM, NAK, OFFER, RELEASE, REQUEST,
@@ -62,6 +63,18 @@ class Exchange:
     answered: bool = False  # a BOOTP reply has no reply_type
 
 
+def make_boot_request(message, arrival, server_address=None, phase="dhcp"):
+    """What the selectors see of a request, in DHCP and proxyDHCP alike."""
+    return BootRequest(
+        mac=message.mac, xid=message.xid, message_type=message.message_type,
+        arch=message.arch_types, nic_version=message.options.get(wire.OPT_NIC_VERSION),
+        vendor_class=message.options.get(wire.OPT_VENDOR_CLASS),
+        user_class=message.user_classes, client_uuid=message.options.get(wire.OPT_CLIENT_UUID),
+        has_ipxe_options=wire.OPT_IPXE in message.options, relay_info=message.relay_info,
+        giaddr=message.giaddr if message.giaddr != ZERO else None,
+        interface=arrival.interface, phase=phase, server_address=server_address)
+
+
 class DhcpServer:
     """
     @param config: the whole L{ownsocket.config.Config}.
@@ -100,8 +113,11 @@ class DhcpServer:
 
     # -- entry point -------------------------------------------------------
 
-    def handle(self, message: Message, arrival: Arrival):
-        """Answer one request: a list of L{Outgoing}, or a Deferred of one."""
+    def handle(self, message: Message, arrival: Arrival, source=None):
+        """Answer one request: a list of L{Outgoing}, or a Deferred of one.
+
+        @param source: (host, port) the datagram came from; RFC 2131 replies
+            are addressed by the message's fields, so it is not needed here."""
         self.expire()
         kind = message.message_type
         exchange = Exchange(message, arrival, wire.MESSAGE_NAMES.get(kind, "?"))
@@ -370,15 +386,7 @@ class DhcpServer:
 
     # -- boot decision and reply building ---------------------------------
 
-    def boot_request(self, message, arrival, server_address=None, phase="dhcp"):
-        return BootRequest(
-            mac=message.mac, xid=message.xid, message_type=message.message_type,
-            arch=message.arch_types, nic_version=message.options.get(wire.OPT_NIC_VERSION),
-            vendor_class=message.options.get(wire.OPT_VENDOR_CLASS),
-            user_class=message.user_classes, client_uuid=message.options.get(wire.OPT_CLIENT_UUID),
-            has_ipxe_options=wire.OPT_IPXE in message.options, relay_info=message.relay_info,
-            giaddr=message.giaddr if message.giaddr != ZERO else None,
-            interface=arrival.interface, phase=phase, server_address=server_address)
+    boot_request = staticmethod(make_boot_request)
 
     def _with_decision(self, exchange, build):
         request = self.boot_request(exchange.message, exchange.arrival, exchange.server_id)
@@ -411,16 +419,6 @@ class DhcpServer:
             reply.ciaddr = message.ciaddr
         else:
             reply.yiaddr = exchange.address
-        next_server = ((decision.next_server if decision else None) or
-                       (host.next_server if host else None) or subnet.next_server or
-                       exchange.server_id)
-        reply.siaddr = next_server
-        filename = decision.filename if decision and decision.filename else None
-        sname = decision.sname if decision and decision.sname else None
-        if sname:
-            reply.sname = sname.encode("ascii", "replace")
-        if filename:
-            reply.file = filename.encode("ascii", "replace")
         if not bootp:
             reply.add(wire.OPT_MESSAGE_TYPE, bytes((reply.message_type,)))
             reply.add(wire.OPT_SERVER_ID, exchange.server_id.packed)
@@ -437,35 +435,13 @@ class DhcpServer:
             reply.add(wire.OPT_DOMAIN, subnet.domain.encode("ascii", "replace"))
         if host is not None and host.hostname:
             reply.add(wire.OPT_HOSTNAME, host.hostname.encode("ascii", "replace"))
-        if filename and self.boot_file_size is not None and "://" not in filename:
-            size = self.boot_file_size(filename)
-            if size is not None:
-                reply.add(wire.OPT_BOOT_SIZE, struct.pack("!H", min((size + 511) // 512, 0xFFFF)))
-        asked = message.parameter_list
-        if filename and wire.OPT_TFTP_SERVER in asked:
-            reply.add(wire.OPT_TFTP_SERVER, (sname or str(next_server)).encode("ascii", "replace"))
-        if filename and wire.OPT_BOOTFILE in asked:
-            reply.add(wire.OPT_BOOTFILE, filename.encode("ascii", "replace"))
-        if decision is not None and decision.extra_options:
-            # A selector's option replaces ours of the same code (the
-            # Raspberry Pi needs its own option 66, for instance).
-            overridden = {code for code, _ in decision.extra_options}
-            reply.options = [(code, value) for code, value in reply.options if code not in overridden]
-            for code, value in decision.extra_options:
-                reply.add(code, value)
-        self._echo(message, reply)
+        next_server = ((decision.next_server if decision else None) or
+                       (host.next_server if host else None) or subnet.next_server or
+                       exchange.server_id)
+        add_boot_fields(reply, message, decision, next_server, self.boot_file_size)
+        echo_options(message, reply)
         host_address, port = self._destination(message, reply)
         return Outgoing(wire.build(reply), host_address, port)
-
-    @staticmethod
-    def _echo(message, reply):
-        """RFC 4578 asks for 97 back; RFC 3046 for 82, but only towards a relay."""
-        uuid = message.options.get(wire.OPT_CLIENT_UUID)
-        if uuid is not None:
-            reply.add(wire.OPT_CLIENT_UUID, uuid)
-        relay = message.options.get(wire.OPT_RELAY_INFO)
-        if relay is not None and message.giaddr != ZERO:
-            reply.add(wire.OPT_RELAY_INFO, relay)
 
     def _nak(self, exchange, reason):
         message = exchange.message
@@ -473,7 +449,7 @@ class DhcpServer:
         reply.add(wire.OPT_MESSAGE_TYPE, bytes((NAK,)))
         reply.add(wire.OPT_SERVER_ID, exchange.server_id.packed)
         reply.add(wire.OPT_MESSAGE, reason.encode("ascii", "replace")[:200])
-        self._echo(message, reply)
+        echo_options(message, reply)
         if message.giaddr != ZERO:
             reply.flags = message.flags | wire.BROADCAST_FLAG  # RFC 2131 §4.3.2
         exchange.reply_type, exchange.reason = NAK, reason
@@ -519,3 +495,4 @@ def _text(value):
     if not value:
         return None
     return value.decode("ascii", "replace").strip("\x00") or None
+

@@ -15,7 +15,8 @@ from twisted.logger import Logger
 
 from ownsocket.dhcp.leases import SqliteLeaseStore
 from ownsocket.dhcp.protocol import DhcpProtocol
-from ownsocket.dhcp.server import Arrival, DhcpServer
+from ownsocket.dhcp.proxy import ProxyArrival, ProxyServer
+from ownsocket.dhcp.server import Arrival, DhcpServer, make_boot_request
 from ownsocket.dhcp.sockets import candidate_interfaces, open_interface_socket
 
 
@@ -38,35 +39,56 @@ class DhcpService(Service):
         self.server = None
 
     def privilegedStartService(self):
-        dhcp = self.config.dhcp
         Service.privilegedStartService(self)
-        if not self.config.subnets:
+        if self.config.dhcp.mode == "proxy":
+            self._start_proxy()
+        elif not self.config.subnets:
             # Not even a socket: port 67 may belong to another DHCP server
             # on this host, and an unconfigured ownsocket must not get in its way.
             self.log.warn("no [subnet:...] is configured: DHCP is not started "
                           "(ownsocket hands out addresses only on subnets the config names)")
-            return
+        else:
+            self._start_server()
+
+    def _start_server(self):
+        dhcp = self.config.dhcp
         self.store = self._store_factory(dhcp.leases)
         self.server = DhcpServer(self.config, self.store, self.selector, self.reactor,
                                  boot_file_size=self.boot_file_size, recent=self.recent)
-        named = set(dhcp.interfaces) | {s.interface for s in self.config.subnets if s.interface}
-        for name, address in self._interfaces(dhcp.interfaces):
-            if name == "lo" and name not in named:
-                continue
-            if address is None and name not in named:
-                continue
-            sock = self._open_socket(name, dhcp.port)
-            try:
-                protocol = DhcpProtocol(self.server, Arrival(name, address), self.reactor)
-                self.ports.append(self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET, protocol))
-            finally:
-                sock.close()  # the port holds its own duplicate
-            self.log.info("DHCP listening on {interface} ({address}) port {port}",
-                          interface=name, address=address or "no IPv4 address", port=dhcp.port)
+        for name, address in self._listening_interfaces():
+            self._listen(name, dhcp.port, Arrival(name, address))
         for subnet in self.config.subnets:
             pool = self.server.pools[subnet.name]
             self.log.info("subnet {name} {network}: {free} of {size} pool addresses free",
                           name=subnet.name, network=subnet.network, free=pool.free_count, size=pool.size)
+
+    def _start_proxy(self):
+        dhcp = self.config.dhcp
+        self.server = ProxyServer(self.config, self.selector, make_boot_request,
+                                  boot_file_size=self.boot_file_size, recent=self.recent)
+        self.log.info("proxyDHCP mode: answering PXE/HTTP boot clients only, never with an address")
+        for name, address in self._listening_interfaces():
+            self._listen(name, dhcp.port, ProxyArrival(name, address, 67))
+            self._listen(name, dhcp.proxy_port, ProxyArrival(name, address, 4011))
+
+    def _listening_interfaces(self):
+        """The configured interfaces, or every one with an IPv4 address but lo."""
+        dhcp = self.config.dhcp
+        named = set(dhcp.interfaces) | {s.interface for s in self.config.subnets if s.interface}
+        for name, address in self._interfaces(dhcp.interfaces):
+            if name not in named and (name == "lo" or address is None):
+                continue
+            yield name, address
+
+    def _listen(self, name, port, arrival):
+        sock = self._open_socket(name, port)
+        try:
+            protocol = DhcpProtocol(self.server, arrival, self.reactor)
+            self.ports.append(self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET, protocol))
+        finally:
+            sock.close()  # the port holds its own duplicate
+        self.log.info("DHCP listening on {interface} ({address}) port {port}",
+                      interface=name, address=arrival.local_address or "no IPv4 address", port=port)
 
     def stopService(self):
         Service.stopService(self)
