@@ -22,6 +22,7 @@ from ownsocket.dhcp.sockets import SocketError
 from ownsocket.filechain import BackendChain
 from ownsocket.files import FilesystemBackend, resolve
 from ownsocket.interfaces import BackendError, IFileBackend, ITransferObserver
+from ownsocket.http import HTTPService
 from ownsocket.tftp.service import BindError, TFTPService
 
 
@@ -60,13 +61,13 @@ def build_selector(config, reactor, selectors=None):
     return SelectorChain(selectors, clock=reactor, timeout=config.boot.selector_timeout)
 
 
-def build_backend(config, selectors):
+def build_backend(config, selectors, root=None):
     """Generated content from selectors that provide IFileBackend first, then
-    the files under the root; selectors that observe transfers are told of
-    every file opened."""
+    the files under the root (the TFTP root unless another is given);
+    selectors that observe transfers are told of every file opened."""
     generated = [s for s in selectors if IFileBackend.providedBy(s)]
     observers = [s for s in selectors if ITransferObserver.providedBy(s)]
-    filesystem = FilesystemBackend(os.path.abspath(config.tftp.root), config.tftp.case_insensitive)
+    filesystem = FilesystemBackend(os.path.abspath(root or config.tftp.root), config.tftp.case_insensitive)
     return BackendChain(generated + [filesystem], observers)
 
 
@@ -87,6 +88,9 @@ def makeService(options, reactor=None):
                     recent=recent).setServiceParent(services)
     if config.tftp.enabled:
         TFTPService(config.tftp, backend=backend, reactor=reactor, recent=recent).setServiceParent(services)
+    if config.http.enabled:
+        http_backend = build_backend(config, selectors, config.http.root) if config.http.root else backend
+        HTTPService(config.http, http_backend, reactor=reactor, recent=recent).setServiceParent(services)
     return StartupGuard(services)
 
 
