@@ -109,7 +109,7 @@ class ServiceTests(unittest.TestCase):
             def close(self):
                 self.closed = True
 
-        def open_socket(name, port):
+        def open_socket(name, port, address=None):
             sock = FakeSocket(name)
             opened.append((sock, port))
             return sock

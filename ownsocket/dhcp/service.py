@@ -81,7 +81,7 @@ class DhcpService(Service):
             yield name, address
 
     def _listen(self, name, port, arrival):
-        sock = self._open_socket(name, port)
+        sock = self._open_socket(name, port, arrival.local_address)
         try:
             protocol = DhcpProtocol(self.server, arrival, self.reactor)
             self.ports.append(self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET, protocol))

@@ -13,14 +13,18 @@ address instead.
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import socket
 import struct
 from typing import List, Optional, Tuple
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 SIOCGIFADDR = 0x8915
-SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", None)
 
 
 class SocketError(Exception):
@@ -29,6 +33,8 @@ class SocketError(Exception):
 
 def interface_address(name: str) -> Optional[ipaddress.IPv4Address]:
     """The primary IPv4 address of an interface, or None if it has none."""
+    if fcntl is None:
+        return None
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         request = struct.pack("256s", name.encode()[:15])
@@ -47,14 +53,23 @@ def candidate_interfaces(names=()) -> List[Tuple[str, Optional[ipaddress.IPv4Add
     return [(name, interface_address(name)) for name in names]
 
 
-def open_interface_socket(name: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket on C{port} that sees only interface C{name}."""
+def open_interface_socket(name: str, port: int, address: Optional[ipaddress.IPv4Address] = None) -> socket.socket:
+    """
+    A non-blocking UDP socket on C{port} that sees only interface C{name}.
+
+    Where the platform has no SO_BINDTODEVICE the socket is bound to the
+    interface's address instead (C{address}), which is how Windows tells
+    interfaces apart; that path is untested here.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, name.encode() + b"\0")
-        sock.bind(("", port))
+        if SO_BINDTODEVICE is not None:
+            sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, name.encode() + b"\0")
+            sock.bind(("", port))
+        else:
+            sock.bind((str(address) if address else "", port))
         sock.setblocking(False)
     except OSError as error:
         sock.close()
