@@ -98,7 +98,36 @@ class SessionProtocol(DatagramProtocol):
             except OSError:
                 pass
             return
-        self._run(self.session.receive, datagram, self._seconds())
+        # The hot path (one call per ACK): _run, _send and _arm inlined.
+        if self._closed:
+            return
+        session = self.session
+        try:
+            out = session.receive(datagram, self._seconds())
+        except Exception:
+            self._crashed()
+            return
+        if out:
+            write, peer = self.transport.write, self.peer
+            try:
+                for packet in out:
+                    write(packet, peer)
+            except OSError:
+                pass  # a full socket buffer is a lost packet: the timer recovers it
+        if session.state is DONE:
+            self._close()
+            return
+        call = self._call
+        if call is None or call.cancelled or call.called:
+            self._arm()
+        elif call.time > session.deadline:
+            self._arm()
+
+    def _crashed(self) -> None:
+        self.log.failure("TFTP session to {peer} failed", peer=self.peer)
+        self._send([wire.build_error(wire.ERR_UNDEFINED, "Server error")])
+        self.session.abort("server error", self._seconds(), "internal error")
+        self._close()
 
     def _run(self, event, *args) -> None:
         if self._closed:
@@ -106,10 +135,7 @@ class SessionProtocol(DatagramProtocol):
         try:
             out = event(*args)
         except Exception:
-            self.log.failure("TFTP session to {peer} failed", peer=self.peer)
-            self._send([wire.build_error(wire.ERR_UNDEFINED, "Server error")])
-            self.session.abort("server error", self._seconds(), "internal error")
-            self._close()
+            self._crashed()
             return
         if out:
             self._send(out)

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from ownsocket.files import ReadRequest, normalise
 from ownsocket.interfaces import AccessViolation, BackendError
 from ownsocket.tftp import wire
+from ownsocket.tftp.fastport import session_factory
 from ownsocket.tftp.netascii import NetasciiReader
 from ownsocket.tftp.options import Limits, negotiate
 from ownsocket.tftp.protocol import SessionProtocol
@@ -104,6 +105,7 @@ class TFTPServer:
         self.max_sessions_per_client = max_sessions_per_client
         self.recent = recent
         self.transfers: "OrderedDict[tuple, Transfer]" = OrderedDict()
+        self._listen_session = session_factory(reactor)
         self._per_host = {}
         self._garbage_log = RateLimit(reactor, rate=1.0, burst=10)
         self._garbage_answers = RateLimit(reactor, rate=50.0, burst=100)
@@ -183,8 +185,8 @@ class TFTPServer:
         protocol = SessionProtocol(session, transfer.peer, self.reactor,
                                    lambda proto: self._ended(transfer, proto))
         try:
-            self.reactor.listenUDP(0, protocol, interface=transfer.listener.local_host)
-        except CannotListenError as error:
+            self._listen_session(protocol, transfer.listener.local_host, transfer.peer)
+        except (CannotListenError, OSError) as error:
             session.abort("server error", self.reactor.seconds(), f"no session port: {error}")
             transfer.listener.reply(wire.build_error(wire.ERR_UNDEFINED, "Server error"), transfer.peer)
             self._forget(transfer)

@@ -107,11 +107,41 @@ class Session:
 
     def receive(self, datagram: bytes, now: float) -> List[bytes]:
         """A datagram from the peer's TID (the caller filters foreign TIDs)."""
-        if self.state is DONE or len(datagram) < 4:
+        if len(datagram) < 4:
             return []
         opcode, number = _unpack(datagram)
-        if opcode == _ACK:
-            return self._on_ack(number, now)
+        if opcode != _ACK or self.state is not SENDING:
+            return self._not_data_ack(opcode, number, datagram, now)
+        # The per-packet path: an ACK while data flows.
+        base = self._base
+        delta = (number - base) & 0xFFFF
+        if delta == 0 or delta > self._sent - base:
+            return []   # duplicate or stale: only the timer resends
+        self.acked_any = True
+        self._base = base = base + delta
+        del self._packets[:delta]
+        self._progress(now)
+        if base == self._last_block:
+            self.bytes_acked += (delta - 1) * self.blksize + self._last_len
+            self._finish("ok", now)
+            return []
+        self.bytes_acked += delta * self.blksize
+        if base == self._sent:
+            return self._transmit(now, resend=False)
+        if base < self._recover_point:
+            return []   # this window was already restarted once
+        return self._transmit(now, resend=True)
+
+    def _not_data_ack(self, opcode: int, number: int, datagram: bytes, now: float) -> List[bytes]:
+        if self.state is DONE:
+            return []
+        if opcode == _ACK:  # in WAIT_OACK_ACK: only ACK 0 answers the OACK
+            if number != 0:
+                return []
+            self.acked_any = True
+            self.state = SENDING
+            self._progress(now)
+            return self._transmit(now, resend=False)
         if opcode == _ERROR:
             code, message = wire.parse_error(datagram)
             if self.state is WAIT_OACK_ACK and self._tsize_offered:
@@ -146,43 +176,24 @@ class Session:
 
     # -- internals ---------------------------------------------------------
 
-    def _on_ack(self, number: int, now: float) -> List[bytes]:
-        if self.state is WAIT_OACK_ACK:
-            if number != 0:
-                return []
-            self.acked_any = True
-            self.state = SENDING
-            self._progress(now)
-            return self._transmit(now, resend=False)
-        delta = (number - self._base) & 0xFFFF
-        if delta == 0 or delta > self._sent - self._base:
-            return []   # duplicate or stale: only the timer resends
-        self.acked_any = True
-        self._base += delta
-        del self._packets[:delta]
-        self._progress(now)
-        if self._base == self._last_block:
-            self.bytes_acked += (delta - 1) * self.blksize + self._last_len
-            self._finish("ok", now)
-            return []
-        self.bytes_acked += delta * self.blksize
-        if self._base == self._sent:
-            return self._transmit(now, resend=False)
-        if self._base < self._recover_point:
-            return []   # this window was already restarted once
-        return self._transmit(now, resend=True)
-
     def _progress(self, now: float) -> None:
         self._retries_left = self._retries
-        if self._timing is not None:
-            rtt = now - self._timing
-            if self._srtt is None:
-                self._srtt, self._rttvar = rtt, rtt / 2
+        timing = self._timing
+        if timing is not None:
+            rtt = now - timing
+            srtt = self._srtt
+            if srtt is None:
+                srtt, rttvar = rtt, rtt / 2
             else:
-                self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
-                self._srtt = 0.875 * self._srtt + 0.125 * rtt
-            rto = self._srtt + 4 * self._rttvar
-            self._rto = min(max(rto, self._min_rto), self._max_rto)
+                rttvar = 0.75 * self._rttvar + 0.25 * abs(srtt - rtt)
+                srtt = 0.875 * srtt + 0.125 * rtt
+            self._srtt, self._rttvar = srtt, rttvar
+            rto = srtt + 4 * rttvar
+            if rto < self._min_rto:
+                rto = self._min_rto
+            elif rto > self._max_rto:
+                rto = self._max_rto
+            self._rto = rto
 
     def _transmit(self, now: float, resend: bool) -> List[bytes]:
         """Send the window after the last ACK: only unsent blocks, or all."""
