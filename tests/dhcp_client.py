@@ -216,12 +216,13 @@ def reboot(endpoint, mac, address, timeout=4.0):
             "nak": next((o for o in others if o["type"] == "NAK"), None)}
 
 
-def inform(endpoint, mac, ciaddr, timeout=4.0):
+def inform(endpoint, mac, ciaddr, server="255.255.255.255", timeout=4.0):
     """DHCPINFORM from a client that already has C{ciaddr}: the answer is an
-    ACK without a lease, unicast to ciaddr:68."""
+    ACK without a lease, unicast to ciaddr:68.  Broadcast by default; a
+    client on a routed LAN unicasts it to a server it knows."""
     xid = _xid()
-    packet = build(xid, mac, INFORM, ciaddr=ciaddr, flags=0)
-    ack, others = endpoint.exchange(packet, ("255.255.255.255", 67), xid, mac, ("ACK",), timeout)
+    packet = build(xid, mac, INFORM, ciaddr=ciaddr, flags=0, options=[(55, bytes([1, 3, 6]))])
+    ack, others = endpoint.exchange(packet, (server, 67), xid, mac, ("ACK",), timeout)
     return {"mac": mac, "ack": ack, "others": others}
 
 
@@ -239,6 +240,17 @@ def decline(endpoint, mac, extra=(), timeout=4.0):
     time.sleep(0.3)
     result["second"] = dora(endpoint, mac, extra=extra, timeout=timeout)
     return result
+
+
+def renew(endpoint, mac, ciaddr, server, timeout=4.0):
+    """RENEWING (RFC 2131 4.4.5): a REQUEST with ciaddr and neither option
+    50 nor 54, unicast straight to the server that granted the lease (not
+    through any relay), answered to ciaddr:68."""
+    xid = _xid()
+    request = build(xid, mac, REQUEST, ciaddr=ciaddr, flags=0)
+    ack, others = endpoint.exchange(request, (server, 67), xid, mac, ("ACK",), timeout)
+    return {"mac": mac, "ciaddr": ciaddr, "ack": ack,
+            "nak": next((o for o in others if o["type"] == "NAK"), None)}
 
 
 def choose_other(endpoint, mac, other_server, timeout=4.0):
@@ -308,7 +320,7 @@ def main(argv=None):
     junk = sub.add_parser("junk", help="send malformed datagrams to port 67 (no replies awaited)")
     junk.add_argument("--iface")
     junk.add_argument("--count", type=int, default=300)
-    for name in ("dora", "reboot", "bootp", "relay", "inform", "decline", "choose-other"):
+    for name in ("dora", "reboot", "bootp", "relay", "inform", "decline", "choose-other", "renew"):
         command = sub.add_parser(name)
         command.add_argument("--iface", help="device to bind to (SO_BINDTODEVICE)")
         command.add_argument("--mac", action="append", required=True,
@@ -323,7 +335,10 @@ def main(argv=None):
     relay.add_argument("--giaddr", required=True, help="relay address; replies come back to it:67")
     relay.add_argument("--server", required=True, help="server address to unicast to")
     sub.choices["inform"].add_argument("--ciaddr", required=True)
+    sub.choices["inform"].add_argument("--server", default="255.255.255.255")
     sub.choices["choose-other"].add_argument("--other-server", required=True)
+    sub.choices["renew"].add_argument("--ciaddr", required=True)
+    sub.choices["renew"].add_argument("--server", required=True)
     args = parser.parse_args(argv)
     extra = list(UEFI_PXE_OPTIONS) if getattr(args, "uefi_pxe", False) else []
     for text in getattr(args, "option", ()):
@@ -348,6 +363,8 @@ def main(argv=None):
         return 0
     if args.command == "relay":
         endpoint = Endpoint(None, args.giaddr, 67)
+    elif args.command == "renew" or (args.command == "inform" and args.server != "255.255.255.255"):
+        endpoint = Endpoint(args.iface, args.ciaddr, 68)
     else:
         endpoint = Endpoint(args.iface, "0.0.0.0", 68)
     try:
@@ -360,7 +377,11 @@ def main(argv=None):
             elif args.command == "bootp":
                 results.append(bootp(endpoint, entry.lower(), timeout=args.timeout))
             elif args.command == "inform":
-                results.append(inform(endpoint, entry.lower(), args.ciaddr, timeout=args.timeout))
+                results.append(inform(endpoint, entry.lower(), args.ciaddr, args.server,
+                                      timeout=args.timeout))
+            elif args.command == "renew":
+                results.append(renew(endpoint, entry.lower(), args.ciaddr, args.server,
+                                     timeout=args.timeout))
             elif args.command == "choose-other":
                 results.append(choose_other(endpoint, entry.lower(), args.other_server,
                                             timeout=args.timeout))

@@ -532,6 +532,66 @@ class ScriptedClientTests(NamespaceTestCase):
             self.fail_with_log(f"no ACK at the relay: {result}")
         self.assertEqual(ack["yiaddr"], offer["yiaddr"])
 
+    def test_relayed_client_renews_by_unicast(self):
+        """
+        A client behind a relay renews by unicast straight to the server
+        (RFC 2131 4.4.5: no relay in the path, giaddr 0, ciaddr = its
+        address).  The server must find the lease's subnet from ciaddr, not
+        from the interface the packet came in on, and ACK it to ciaddr:68;
+        a NAK here makes every relayed client drop its address at T1.
+        """
+        topology = netns.relayed(self.lab)
+        relayed = Subnet("relayed", "10.79.0.0/24", "10.79.0.100", "10.79.0.150",
+                         router="10.79.0.1")
+        self.server(topology.server, ["srv0"], [LAN, relayed])
+        mac = "02:00:00:79:00:02"
+        got = scripted(topology.relay, "relay", "--giaddr", topology.giaddr,
+                       "--server", topology.server_address, "--mac", mac)[0]
+        if got["ack"] is None:
+            self.fail_with_log(f"no relayed lease: {got}")
+        address = got["ack"]["yiaddr"]
+        # The client now lives on the relayed LAN with that address and a
+        # default route through the relay, which forwards like a router.
+        topology.relay.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        topology.client.ip("addr", "add", f"{address}/24", "dev", topology.client_if)
+        topology.client.ip("route", "add", "default", "via", topology.giaddr)
+        result = scripted(topology.client, "renew", "--ciaddr", address,
+                          "--server", topology.server_address, "--mac", mac)[0]
+        if result["ack"] is None:
+            self.fail_with_log(f"relayed client's unicast renewal not ACKed: {result}")
+        self.assertWellFormed(result["ack"], "renewal ACK")
+        self.assertEqual(result["ack"]["yiaddr"], address)
+        self.assertEqual(result["ack"].get("to"), address, "renewal ACK not sent to ciaddr")
+
+    def test_routed_inform_gets_its_own_subnet(self):
+        """
+        A configured client on a routed LAN (10.79.0.0/24, behind a router
+        that is not a relay agent) unicasts DHCPINFORM to the server.  The
+        answer must describe the client's subnet (found from ciaddr: mask
+        and router of [subnet:relayed]), not the subnet of the interface the
+        packet arrived on, and go to ciaddr:68.
+        """
+        topology = netns.relayed(self.lab)
+        relayed = Subnet("relayed", "10.79.0.0/24", "10.79.0.100", "10.79.0.150",
+                         router="10.79.0.1")
+        lan16 = Subnet("lan", "10.77.0.0/16", "10.77.0.100", "10.77.0.199", interface="srv0",
+                       router="10.77.0.1")
+        self.server(topology.server, ["srv0"], [lan16, relayed])
+        topology.relay.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        topology.client.ip("addr", "add", "10.79.0.20/24", "dev", topology.client_if)
+        topology.client.ip("route", "add", "default", "via", topology.giaddr)
+        result = scripted(topology.client, "inform", "--ciaddr", "10.79.0.20",
+                          "--server", topology.server_address, "--mac", "02:00:00:79:00:03")[0]
+        ack = result["ack"]
+        if ack is None:
+            self.fail_with_log(f"no ACK for a routed INFORM: {result}")
+        self.assertEqual(ack.get("to"), "10.79.0.20")
+        self.assertEqual(ack["options"].get("3"), "0a4f0001",
+                         f"INFORM answered with another subnet's router: {ack}")
+        # Kea 2.2 leaves the mask out of INFORM ACKs; a wrong one is the bug.
+        self.assertIn(ack.get("netmask"), (None, "255.255.255.0"),
+                      f"INFORM answered with another subnet's mask: {ack}")
+
     def test_uefi_pxe_client_gets_address(self):
         """A DISCOVER with a UEFI PXE client's options (93/94/60/97, as OVMF
         sends) completes DORA like any other; the options must not trip
