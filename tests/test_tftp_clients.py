@@ -246,3 +246,65 @@ class FirmwareLikeTests(ClientTestCase):
                 if last:
                     return size, bytes(received)
             raise AssertionError("no end of file")
+
+
+class RealSocketTests(ClientTestCase):
+    """The lean transfer ports, driven by a scripted client on real sockets."""
+
+    @defer.inlineCallbacks
+    def test_foreign_tid_gets_error_5_and_transfer_continues(self):
+        from twisted.internet import threads
+        data = self.serve("f.bin", 5000)
+        got, error = yield threads.deferToThread(self._intruded, self.port)
+        self.assertEqual(got, data)
+        self.assertEqual(error, (5, "Unknown transfer ID"))
+
+    @staticmethod
+    def _intruded(port):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+            sock.settimeout(5)
+            stranger.settimeout(5)
+            sock.bind((LOOPBACK, 0))
+            stranger.bind((LOOPBACK, 0))
+            sock.sendto(wire.build_request(wire.RRQ, b"f.bin"), (LOOPBACK, port))
+            received = bytearray()
+            packet, server = sock.recvfrom(65536)
+            stranger.sendto(wire.build_ack(1), server)
+            reply, source = stranger.recvfrom(65536)
+            assert source == server, (source, server)
+            error = wire.parse_error(reply)
+            for _ in range(100):
+                received += packet[4:]
+                block = wire.unpack_header(packet)[1]
+                sock.sendto(wire.build_ack(block), server)
+                if len(packet) - 4 < 512:
+                    return bytes(received), error
+                packet, source = sock.recvfrom(65536)
+                assert source == server
+            raise AssertionError("no end of file")
+
+    @defer.inlineCallbacks
+    def test_vanished_client_is_dropped_and_reader_finished(self):
+        from twisted.internet import task
+        from twisted.logger import globalLogPublisher
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.serve("f.bin", 5000)
+        self.service.server.retries = 1
+        self.service.server.timeout = 0.2
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            sock.sendto(wire.build_request(wire.RRQ, b"f.bin"), (LOOPBACK, self.port))
+            for _ in range(50):
+                yield task.deferLater(reactor, 0.05, lambda: None)
+                if self.service.server.transfers:
+                    break
+            self.assertEqual(len(self.service.server.transfers), 1)
+        for _ in range(100):  # the client is gone: retries run out
+            yield task.deferLater(reactor, 0.05, lambda: None)
+            if not self.service.server.transfers:
+                break
+        self.assertEqual(self.service.server.transfers, {})
+        self.assertIn("timeout", [e.get("tftp_result") for e in events])

@@ -102,9 +102,12 @@ class SessionPort:
         catcher = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         connected = None
         try:
-            catcher.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             catcher.setblocking(False)
+            # Bind first, allow sharing afterwards: a socket that asks for
+            # port 0 with SO_REUSEADDR already set may be given a port some
+            # other reusable socket holds (Linux counts that as no conflict).
             catcher.bind((interface, 0))
+            catcher.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             connected = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             connected.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             connected.setblocking(False)
