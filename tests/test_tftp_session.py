@@ -223,6 +223,28 @@ class TransferTests(unittest.TestCase):
         self.assertEqual((session.result, reader.finished), ("timeout", 1))
         self.assertIsNone(session.deadline)
 
+    def test_silent_peer_given_up_sooner(self):
+        # A spoofed RRQ never answers: 3 expiries, not the configured 6.
+        reader = SpyReader(os.urandom(3000))
+        session = Session(reader, timeout=1.0, retries=6)
+        session.start(0.0)
+        expiries = 0
+        while not session.done:
+            session.timer_expired(session.deadline)
+            expiries += 1
+            self.assertLess(expiries, 10)
+        self.assertEqual((expiries, session.result, reader.finished), (4, "timeout", 1))
+
+    def test_answering_peer_gets_all_retries(self):
+        session = Session(SpyReader(os.urandom(3000)), timeout=1.0, retries=6)
+        session.start(0.0)
+        session.receive(ack(1), 0.01)
+        expiries = 0
+        while not session.done:
+            session.timer_expired(session.deadline)
+            expiries += 1
+        self.assertEqual(expiries, 7)
+
     def test_progress_resets_retries(self):
         session = Session(SpyReader(os.urandom(3000)), timeout=1.0, retries=1)
         session.start(0.0)
@@ -344,6 +366,12 @@ class SessionProtocolTests(unittest.TestCase):
         self.protocol.datagramReceived(ack(1), self.peer)
         self.assertEqual(decode(self.transport.written[-1][0])[:2], (wire.DATA, 2))
         self.assertEqual(self.transport.written[-1][1], self.peer)
+
+    def test_foreign_tid_answers_are_bounded(self):
+        for port in range(100):
+            self.protocol.datagramReceived(ack(1), ("127.0.0.1", 6000 + port))
+        self.assertEqual(len(self.transport.written), 1 + 8)
+        self.assertEqual(self.session.bytes_acked, 0)
 
     def test_timer_resends_then_drops_vanished_client(self):
         first = self.transport.written[0]

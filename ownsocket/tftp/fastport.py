@@ -58,15 +58,30 @@ class SessionMux:
     def logPrefix(self):
         return "tftp-sessions"
 
+    #: Rounds of the inner set served per reactor event.  In a storm, ACKs
+    #: that arrive while a round is being served are picked up by the next
+    #: round instead of a whole reactor iteration; the bound keeps the
+    #: listener and the timers from waiting behind a busy storm.
+    rounds = 16
+
     def doRead(self):
         readers = self._readers
-        for fd, _ in self._epoll.poll(0):
-            reader = readers.get(fd)
-            if reader is not None:
-                try:
-                    reader()
-                except Exception:
-                    self.log.failure("TFTP session socket failed")
+        poll = self._epoll.poll
+        for _ in range(self.rounds):
+            ready = poll(0)
+            if not ready:
+                return
+            for fd, _ in ready:
+                reader = readers.get(fd)
+                if reader is not None:
+                    try:
+                        reader()
+                    except Exception:
+                        self.log.failure("TFTP session socket failed")
+            if len(ready) < 2:
+                # One transfer in lock-step: its next ACK is a round trip
+                # away, so another poll now would only cost a syscall.
+                return
 
     def connectionLost(self, reason):
         self._registered = False

@@ -13,6 +13,9 @@ from twisted.logger import Logger
 from ownsocket.tftp import wire
 from ownsocket.tftp.session import DONE
 
+#: Error 5 replies one transfer sends to foreign TIDs, at most.
+MAX_STRANGER_ANSWERS = 8
+
 _ERROR_UNKNOWN_TID = wire.build_error(wire.ERR_UNKNOWN_TID, "Unknown transfer ID")
 _ERROR_ILLEGAL = wire.build_error(wire.ERR_ILLEGAL, "Illegal TFTP operation")
 _ERROR_READ_ONLY = wire.build_error(wire.ERR_ACCESS, "Read-only server: writes are refused")
@@ -86,17 +89,21 @@ class SessionProtocol(DatagramProtocol):
         self._on_done = on_done
         self._call = None
         self._closed = False
+        self._strangers_answered = 0
 
     def begin(self) -> None:
         self._run(self.session.start, self._seconds())
 
     def datagramReceived(self, datagram, addr):
         if addr != self.peer:
-            # RFC 1350: answer the stranger, leave the transfer alone.
-            try:
-                self.transport.write(_ERROR_UNKNOWN_TID, addr)
-            except OSError:
-                pass
+            # RFC 1350: answer the stranger, leave the transfer alone.  A
+            # few answers per transfer: more would make us a reflector.
+            if self._strangers_answered < MAX_STRANGER_ANSWERS:
+                self._strangers_answered += 1
+                try:
+                    self.transport.write(_ERROR_UNKNOWN_TID, addr)
+                except OSError:
+                    pass
             return
         # The hot path (one call per ACK): _run, _send and _arm inlined.
         if self._closed:

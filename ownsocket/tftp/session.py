@@ -32,6 +32,8 @@ WAIT_OACK_ACK, SENDING, DONE = "wait-oack-ack", "sending", "done"
 #: can stall a client for longer than a LAN round trip, and a spurious
 #: window resend costs more than a slightly late real one.
 MIN_RTO = 0.2
+#: Expiries tolerated before the first ACK (a spoofed RRQ never answers).
+FIRST_CONTACT_RETRIES = 3
 #: Bytes read from the reader per call, at least one window: fewer syscalls
 #: in lock-step, bounded memory per session.
 READAHEAD = 32768
@@ -60,7 +62,9 @@ class Session:
         self.blksize = blksize
         self.windowsize = windowsize
         self._retries = retries
-        self._retries_left = retries
+        # Until the first ACK the peer may be a spoofed address that will
+        # never answer: give up sooner, so floods free their slots fast.
+        self._retries_left = min(retries, FIRST_CONTACT_RETRIES)
         self._oack = oack
         self._tsize_offered = tsize_offered
         self._max_rto = float(timeout)
