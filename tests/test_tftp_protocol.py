@@ -151,6 +151,13 @@ class ServiceTests(ServiceTestCase):
                          ("ok", 1500, 1000, 1, 0, "192.0.2.10:2000", "f", "0.150s"))
         self.assertFalse(transport.connected)
 
+    def test_control_characters_never_reach_the_log(self):
+        self.make(files={"a\nb": b"x"})
+        self.send(rrq(b"a\nb"))
+        self.sessions()[0][0].datagramReceived(wire.build_ack(1), PEER)
+        [line] = self.lines()
+        self.assertEqual(line["file"], "a\\x0ab")
+
     def test_boot_request_handed_to_backend(self):
         self.make()
         marker = object()

@@ -132,7 +132,7 @@ class TFTPServer:
             if self._evict_log.allow():
                 self._log_line(peer, name, "busy", detail="session limit reached")
             return
-        transfer = Transfer(peer, path, listener, request, self.reactor.seconds())
+        transfer = Transfer(peer, name, listener, request, self.reactor.seconds())
         self.transfers[peer] = transfer
         self._per_host[peer[0]] = self._per_host.get(peer[0], 0) + 1
         boot_request = self.recent.get(peer[0]) if self.recent is not None else None
