@@ -392,3 +392,27 @@ class SelectorTests(ServerTestCase):
         self.assertEqual(reply["type"], wire.OFFER)
         self.assertEqual(reply["file"], b"")
         self.flushLoggedErrors(RuntimeError)
+
+
+class RoutedClientTests(ServerTestCase):
+    def test_relayed_client_renews_by_unicast(self):
+        """A client behind a relay renews straight to the server (giaddr 0):
+        its lease's subnet is found from ciaddr, not from our interface."""
+        data = packets.ovmf_pxe_discover(mac=mac(1))
+        data = data[:24] + IP("10.9.0.1").packed + data[28:]
+        [(offer, _, _)] = self.exchange(data)
+        request = packets.ovmf_pxe_discover(mac=mac(1), message_type=3, extra=[
+            (54, SERVER.packed), (50, IP(offer["yiaddr"]).packed)])
+        request = request[:24] + IP("10.9.0.1").packed + request[28:]
+        [(ack, _, _)] = self.exchange(request)
+        self.assertEqual(ack["type"], wire.ACK)
+        [(renewed, host, port)] = self.exchange(packets.request(mac=mac(1), message_type=3,
+                                                                ciaddr=offer["yiaddr"]))
+        self.assertEqual(renewed["type"], wire.ACK)
+        self.assertEqual((host, port), (offer["yiaddr"], 68))
+        self.assertEqual(renewed["options"][3], IP("10.9.0.1").packed)
+
+    def test_routed_inform_gets_its_own_subnet(self):
+        [(ack, host, _)] = self.exchange(packets.request(mac=mac(2), message_type=8, ciaddr="10.9.0.15"))
+        self.assertEqual(ack["options"][3], IP("10.9.0.1").packed)
+        self.assertEqual(host, "10.9.0.15")

@@ -355,11 +355,16 @@ class DhcpServer:
     # -- subnet and server identity ---------------------------------------
 
     def _subnet_for(self, message, arrival):
+        """RFC 2131 §4.3.1 and §4.4.5: the relay's giaddr names the subnet;
+        a client that already has an address and talks to us directly
+        (renewing, INFORM; possibly routed from a relayed subnet) is on the
+        subnet of its ciaddr; everyone else on the receiving interface's."""
         if message.giaddr != ZERO:
-            for subnet in self.config.subnets:
-                if message.giaddr in subnet.network:
-                    return subnet
-            return None
+            return self._subnet_containing(message.giaddr)
+        if message.ciaddr != ZERO and message.message_type in (REQUEST, INFORM, RELEASE):
+            subnet = self._subnet_containing(message.ciaddr)
+            if subnet is not None:
+                return subnet
         for subnet in self.config.subnets:
             if subnet.interface is not None and subnet.interface == arrival.interface:
                 return subnet
@@ -367,6 +372,12 @@ class DhcpServer:
             for subnet in self.config.subnets:
                 if subnet.interface is None and arrival.local_address in subnet.network:
                     return subnet
+        return None
+
+    def _subnet_containing(self, address):
+        for subnet in self.config.subnets:
+            if address in subnet.network:
+                return subnet
         return None
 
     def _no_subnet_reason(self, message, arrival):
