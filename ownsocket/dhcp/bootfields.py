@@ -52,5 +52,5 @@ def echo_options(message, reply):
     if uuid is not None:
         reply.add(wire.OPT_CLIENT_UUID, uuid)
     relay = message.options.get(wire.OPT_RELAY_INFO)
-    if relay is not None and int(message.giaddr) != 0:
+    if relay is not None and message.relayed:
         reply.add(wire.OPT_RELAY_INFO, relay)

@@ -90,7 +90,7 @@ class ProxyServer:
             add_boot_fields(reply, message, decision, next_server, self.boot_file_size)
             echo_options(message, reply)
             host, port = self._destination(message, arrival, source)
-            if self.recent is not None and message.ciaddr != ZERO:
+            if self.recent is not None and message.has_ciaddr:
                 self.recent.remember(message.ciaddr, request)
             self._log(message, arrival, wire.MESSAGE_NAMES[reply_type],
                       f"boot {decision.filename!r} by {decision.selector or '?'} ({decision.reason})")
@@ -101,11 +101,11 @@ class ProxyServer:
         return answer(decision)
 
     def _destination(self, message, arrival, source):
-        if message.giaddr != ZERO:
+        if message.relayed:
             return str(message.giaddr), self.config.dhcp.port
         if arrival.port == 4011 and source is not None:
             # The boot-server step is unicast; answer where it came from.
-            host = str(message.ciaddr) if message.ciaddr != ZERO else source[0]
+            host = str(message.ciaddr) if message.has_ciaddr else source[0]
             return host, source[1]
         return BROADCAST, self.config.dhcp.client_port
 

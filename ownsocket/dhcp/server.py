@@ -71,7 +71,7 @@ def make_boot_request(message, arrival, server_address=None, phase="dhcp"):
         vendor_class=message.options.get(wire.OPT_VENDOR_CLASS),
         user_class=message.user_classes, client_uuid=message.options.get(wire.OPT_CLIENT_UUID),
         has_ipxe_options=wire.OPT_IPXE in message.options, relay_info=message.relay_info,
-        giaddr=message.giaddr if message.giaddr != ZERO else None,
+        giaddr=message.giaddr if message.relayed else None,
         interface=arrival.interface, phase=phase, server_address=server_address)
 
 
@@ -184,8 +184,8 @@ class DhcpServer:
                 exchange.reason = f"client chose server {server_id}"
                 self._log(exchange)
                 return []
-            wanted = message.requested_address or (message.ciaddr if message.ciaddr != ZERO else None)
-        elif message.ciaddr == ZERO:
+            wanted = message.requested_address or (message.ciaddr if message.has_ciaddr else None)
+        elif not message.has_ciaddr:
             state = "init-reboot"
             wanted = message.requested_address
         else:
@@ -359,9 +359,9 @@ class DhcpServer:
         a client that already has an address and talks to us directly
         (renewing, INFORM; possibly routed from a relayed subnet) is on the
         subnet of its ciaddr; everyone else on the receiving interface's."""
-        if message.giaddr != ZERO:
+        if message.relayed:
             return self._subnet_containing(message.giaddr)
-        if message.ciaddr != ZERO and message.message_type in (REQUEST, INFORM, RELEASE):
+        if message.has_ciaddr and message.message_type in (REQUEST, INFORM, RELEASE):
             subnet = self._subnet_containing(message.ciaddr)
             if subnet is not None:
                 return subnet
@@ -381,7 +381,7 @@ class DhcpServer:
         return None
 
     def _no_subnet_reason(self, message, arrival):
-        if message.giaddr != ZERO:
+        if message.relayed:
             return f"relay {message.giaddr} is on no configured subnet; not answering"
         return (f"no [subnet:...] configured for interface {arrival.interface or '?'} "
                 f"(address {arrival.local_address or 'none'}); not answering")
@@ -461,7 +461,7 @@ class DhcpServer:
         reply.add(wire.OPT_SERVER_ID, exchange.server_id.packed)
         reply.add(wire.OPT_MESSAGE, reason.encode("ascii", "replace")[:200])
         echo_options(message, reply)
-        if message.giaddr != ZERO:
+        if message.relayed:
             reply.flags = message.flags | wire.BROADCAST_FLAG  # RFC 2131 §4.3.2
         exchange.reply_type, exchange.reason = NAK, reason
         host, port = self._destination(message, reply)
@@ -475,9 +475,9 @@ class DhcpServer:
         answered by broadcast even when it cleared the broadcast flag: every
         firmware in FIRMWARE-FACTS accepts that, and a unicast to an address
         nobody can resolve is lost."""
-        if message.giaddr != ZERO:
+        if message.relayed:
             return str(message.giaddr), self.dhcp.port
-        if reply.message_type != NAK and message.ciaddr != ZERO:
+        if reply.message_type != NAK and message.has_ciaddr:
             return str(message.ciaddr), self.dhcp.client_port
         return BROADCAST, self.dhcp.client_port
 
@@ -497,7 +497,7 @@ class DhcpServer:
         self.log.info(
             "{kind} from {mac} via {via} xid {xid:#010x} arch [{arch}] -> {answer}{address}{boot}: {reason}",
             kind=exchange.kind, mac=message.mac,
-            via=(f"relay {message.giaddr}" if message.giaddr != ZERO else exchange.arrival.interface or "?"),
+            via=(f"relay {message.giaddr}" if message.relayed else exchange.arrival.interface or "?"),
             xid=message.xid, arch=arch, answer=answer,
             address=f" {exchange.address}" if exchange.address else "", boot=boot, reason=exchange.reason)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from dhcppython import options as dhcp_options
@@ -25,13 +24,14 @@ IPv4 = ipaddress.IPv4Address
 
 BOOTREQUEST, BOOTREPLY = 1, 2
 MAGIC_COOKIE = b"\x63\x82\x53\x63"
-HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
+HEADER = struct.Struct("!BBBBIHHIIII16s64s128s")
 HEADER_SIZE = HEADER.size  # 236
 MIN_SIZE = HEADER_SIZE  # a BOOTP request without vendor area is still legal
 MAX_SIZE = 4096  # anything larger is not a DHCP client speaking
 MIN_REPLY_SIZE = 300  # RFC 1542 §3.3: some clients ignore shorter replies
 DEFAULT_MAX_REPLY = 576 - 28  # IP datagram minimum less IP and UDP headers
 BROADCAST_FLAG = 0x8000
+ZERO_ADDRESS = IPv4(0)
 
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = range(1, 9)
 MESSAGE_NAMES = {
@@ -64,31 +64,56 @@ class MalformedPacket(ValueError):
     """The datagram is not a well-formed BOOTP/DHCP request; drop it."""
 
 
-@dataclass(frozen=True)
+def _lazy_address(slot):
+    """An address field made into an IPv4Address only when asked for: most
+    requests never look at siaddr or yiaddr, and building the objects was a
+    tenth of the per-packet cost."""
+
+    def get(self):
+        value = getattr(self, slot)
+        if value.__class__ is int:
+            value = IPv4(value)
+            setattr(self, slot, value)
+        return value
+
+    return property(get)
+
+
 class Message:
-    """One parsed BOOTP/DHCP message; options keep their wire bytes."""
+    """One parsed BOOTP/DHCP message; options keep their wire bytes.
 
-    op: int
-    htype: int
-    hlen: int
-    hops: int
-    xid: int
-    secs: int
-    flags: int
-    ciaddr: IPv4
-    yiaddr: IPv4
-    siaddr: IPv4
-    giaddr: IPv4
-    chaddr: bytes
-    sname: bytes
-    file: bytes
-    options: Dict[int, bytes] = field(default_factory=dict)
-    option_order: Tuple[int, ...] = ()
-    has_cookie: bool = True
+    Built only by L{parse}; treat it as read-only."""
 
-    @cached_property
-    def mac(self) -> str:
-        return ":".join(f"{b:02x}" for b in self.chaddr[: self.hlen])
+    __slots__ = ("op", "htype", "hlen", "hops", "xid", "secs", "flags", "_ciaddr", "_yiaddr",
+                 "_siaddr", "_giaddr", "chaddr", "sname", "file", "options", "option_order",
+                 "has_cookie", "mac", "parameter_list")
+
+    def __init__(self, op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr,
+                 chaddr, sname, file, options, option_order=(), has_cookie=True):
+        self.op, self.htype, self.hlen, self.hops = op, htype, hlen, hops
+        self.xid, self.secs, self.flags = xid, secs, flags
+        self._ciaddr, self._yiaddr, self._siaddr, self._giaddr = ciaddr, yiaddr, siaddr, giaddr
+        self.chaddr, self.sname, self.file = chaddr, sname, file
+        self.options, self.option_order, self.has_cookie = options, option_order, has_cookie
+        self.mac = chaddr[:hlen].hex(":")
+        self.parameter_list = tuple(options.get(OPT_PARAMETER_LIST, b""))
+
+    ciaddr = _lazy_address("_ciaddr")
+    yiaddr = _lazy_address("_yiaddr")
+    siaddr = _lazy_address("_siaddr")
+    giaddr = _lazy_address("_giaddr")
+
+    @property
+    def relayed(self) -> bool:
+        """giaddr is set: a relay agent forwarded this request."""
+        return self._giaddr != 0 and self._giaddr != ZERO_ADDRESS
+
+    @property
+    def has_ciaddr(self) -> bool:
+        return self._ciaddr != 0 and self._ciaddr != ZERO_ADDRESS
+
+    def __repr__(self):
+        return f"<Message {MESSAGE_NAMES.get(self.message_type, '?')} from {self.mac} xid {self.xid:#010x}>"
 
     @property
     def message_type(self) -> Optional[int]:
@@ -124,10 +149,6 @@ class Message:
             return DEFAULT_MAX_REPLY
         size = struct.unpack("!H", value)[0]
         return max(size, 576) - 28
-
-    @cached_property
-    def parameter_list(self) -> Tuple[int, ...]:
-        return tuple(self.options.get(OPT_PARAMETER_LIST, b""))
 
     @property
     def arch_types(self) -> Tuple[int, ...]:
@@ -272,13 +293,9 @@ def parse(data: bytes) -> Message:
         for _ in walk_suboptions(bytes(relay)):
             pass
 
-    return Message(
-        op=op, htype=htype, hlen=hlen, hops=hops, xid=xid, secs=secs, flags=flags,
-        ciaddr=IPv4(ciaddr), yiaddr=IPv4(yiaddr), siaddr=IPv4(siaddr), giaddr=IPv4(giaddr),
-        chaddr=chaddr, sname=sname.split(b"\x00", 1)[0], file=file.split(b"\x00", 1)[0],
-        options={code: bytes(value) for code, value in found.items()},
-        option_order=tuple(order), has_cookie=has_cookie,
-    )
+    return Message(op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr,
+                   chaddr, sname.split(b"\x00", 1)[0], file.split(b"\x00", 1)[0],
+                   {code: bytes(value) for code, value in found.items()}, tuple(order), has_cookie)
 
 
 def describe_options(message: Message) -> List[Tuple[int, str, object]]:
