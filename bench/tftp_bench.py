@@ -452,6 +452,13 @@ def inside(args):
         finally:
             for server in started:
                 server.stop()
+        log = os.path.join(work, "ownsocket.log")
+        if os.path.exists(log):
+            import re
+            with open(log, errors="replace") as f:
+                counts = [int(n) for n in re.findall(r"result=ok .* retransmits=(\d+)", f.read())]
+            print(f"ownsocket log: {len(counts)} transfers ok, {sum(counts)} blocks retransmitted, "
+                  f"{sum(1 for n in counts if n)} transfers with retransmissions")
         report(servers, plan, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
