@@ -179,6 +179,29 @@ class ServiceTests(ServiceTestCase):
         proto, transport = self.sessions()[1]
         self.assertEqual(wire.parse_oack(transport.written[0][0]), {"blksize": "1468", "windowsize": "4"})
 
+    def test_new_request_read_before_the_probe_abort(self):
+        # The second RRQ reaches port 69 before the error 8 reaches the
+        # transfer port: it must be served once the abort is seen.
+        self.make()
+        self.send(rrq("f", tsize=0, blksize=1468, windowsize=4))
+        self.send(rrq("f", blksize=1468, windowsize=4))
+        self.assertEqual(len(self.sessions()), 1)
+        proto, _ = self.sessions()[0]
+        proto.datagramReceived(wire.build_error(8, "User aborted the transfer"), PEER)
+        self.assertEqual(len(self.sessions()), 2)
+        proto, transport = self.sessions()[1]
+        self.assertEqual(wire.parse_oack(transport.written[0][0]), {"blksize": "1468", "windowsize": "4"})
+        self.assertEqual([line["tftp_result"] for line in self.lines()], ["size probe"])
+
+    def test_retransmitted_rrq_is_not_served_twice(self):
+        self.make(files={"f": b"x" * 100})
+        self.send(rrq("f"))
+        self.send(rrq("f"))
+        proto, _ = self.sessions()[0]
+        proto.datagramReceived(wire.build_ack(1), PEER)
+        self.assertEqual(len(self.sessions()), 1)
+        self.assertEqual([line["tftp_result"] for line in self.lines()], ["ok"])
+
     def test_no_oack_when_nothing_accepted(self):
         self.make()
         self.send(rrq("f", blksize=4, windowsize=0, bogus=1))

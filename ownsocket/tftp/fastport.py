@@ -49,6 +49,8 @@ class SessionMux:
         self._reactor = reactor
         self._epoll = select.epoll()
         self._readers = {}
+        self._peer_readers = {}
+        self._solo = None
         self._registered = False
 
     # IReadDescriptor
@@ -65,6 +67,17 @@ class SessionMux:
     rounds = 16
 
     def doRead(self):
+        solo = self._solo
+        if solo is not None:
+            # One transfer running (the usual single-client boot): its ACK
+            # is read without asking the inner set first.  If its socket
+            # was empty, something else (a stranger) is ready: poll below.
+            try:
+                if solo():
+                    return
+            except Exception:
+                self.log.failure("TFTP session socket failed")
+                return
         readers = self._readers
         poll = self._epoll.poll
         for _ in range(self.rounds):
@@ -87,10 +100,17 @@ class SessionMux:
         self._registered = False
 
     # ports
-    def add(self, sock, reader):
+    def add(self, sock, reader, peer_reader=None):
+        """
+        @param peer_reader: for a transfer's peer socket, a variant of
+            C{reader} that returns whether it read anything.
+        """
         fd = sock.fileno()
         self._readers[fd] = reader
+        if peer_reader is not None:
+            self._peer_readers[fd] = peer_reader
         self._epoll.register(fd, select.EPOLLIN)
+        self._update_solo()
         if not self._registered:
             self._registered = True
             self._reactor.addReader(self)
@@ -99,9 +119,17 @@ class SessionMux:
         fd = sock.fileno()
         if self._readers.pop(fd, None) is not None:
             self._epoll.unregister(fd)
+        self._peer_readers.pop(fd, None)
+        self._update_solo()
         if not self._readers and self._registered:
             self._registered = False
             self._reactor.removeReader(self)
+
+    def _update_solo(self):
+        if len(self._peer_readers) == 1:
+            self._solo = next(iter(self._peer_readers.values()))
+        else:
+            self._solo = None
 
 
 class SessionPort:
@@ -140,8 +168,8 @@ class SessionPort:
         self.connected = True
 
     def startListening(self):
-        self._mux.add(self._socket, self._read_peer)
         self._mux.add(self._catcher, self._read_stranger)
+        self._mux.add(self._socket, self._read_peer, self._read_peer)
         self.protocol.makeConnection(self)
 
     def _read_peer(self):
@@ -149,9 +177,10 @@ class SessionPort:
             data = self._recv(_MAX_DATAGRAM)
         except OSError as error:
             if error.errno in _TRANSIENT:
-                return
+                return False
             raise
         self.protocol.datagramReceived(data, self.peer)
+        return True
 
     def _read_stranger(self):
         try:

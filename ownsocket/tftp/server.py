@@ -65,7 +65,8 @@ def _printable(name: bytes) -> str:
 class Transfer:
     """Bookkeeping for one request, from RRQ to the last log line."""
 
-    __slots__ = ("peer", "name", "listener", "request", "protocol", "closed", "started")
+    __slots__ = ("peer", "name", "listener", "request", "protocol", "closed", "started",
+                 "next_request")
 
     def __init__(self, peer, name, listener, request, started):
         self.peer = peer
@@ -75,6 +76,7 @@ class Transfer:
         self.protocol: Optional[SessionProtocol] = None
         self.closed = False
         self.started = started
+        self.next_request = None
 
     @property
     def acked_any(self) -> bool:
@@ -119,8 +121,14 @@ class TFTPServer:
             listener.reply(wire.build_error(wire.ERR_ILLEGAL, "Unsupported mode"), peer)
             self._log_line(peer, name, "refused", detail=f"mode {request.mode!r}")
             return
-        if peer in self.transfers:
-            return  # a retransmitted RRQ: the running transfer answers it
+        existing = self.transfers.get(peer)
+        if existing is not None:
+            # Usually a retransmitted RRQ, which the running transfer
+            # answers.  But OVMF aborts its size probe with error 8 and asks
+            # again from the same port at once, and the new RRQ may be read
+            # before the abort: keep it until we know which case this is.
+            existing.next_request = (request, listener)
+            return
         try:
             path = normalise(request.filename)
         except AccessViolation as error:
@@ -208,9 +216,12 @@ class TFTPServer:
     def _ended(self, transfer: Transfer, protocol: SessionProtocol) -> None:
         self._forget(transfer)
         session = protocol.session
-        if session.result == "evicted" and not self._evict_log.allow():
-            return
-        self._log_session(transfer, session)
+        if session.result != "evicted" or self._evict_log.allow():
+            self._log_session(transfer, session)
+        if transfer.next_request is not None and session.result in ("size probe", "client error"):
+            # The client ended this transfer and had already asked again.
+            request, listener = transfer.next_request
+            self.handle_request(request, transfer.peer, listener)
 
     # -- capacity ----------------------------------------------------------
 
