@@ -38,6 +38,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ __all__ = [
     "Capture",
     "Packet",
     "NetNamespace",
+    "Leg",
     "wait_until",
     "dhcp_options",
     "dhcp_message_type",
@@ -161,15 +163,22 @@ class GuestSpec:
         return argv
 
 
-def bios_ipxe(nic="e1000", rom="pxe-e1000.rom"):
+def bios_ipxe(nic="e1000", rom="pxe-e1000.rom", serial_console=True):
     """
     Legacy BIOS PXE as QEMU has it: SeaBIOS runs the iPXE option ROM of the NIC.
 
     SeaBIOS has no network stack, so the DHCP client here is iPXE
     (FIRMWARE-FACTS.md 0): user class ``iPXE``, option 175, arch 0.
+
+    The BIOS builds of iPXE print only through the BIOS video services, which
+    go nowhere without a display.  ``serial_console`` adds ``-machine
+    graphics=off``: QEMU then hands SeaBIOS ``etc/sercon-port`` and SeaBIOS
+    copies text-mode output (its own, the ROM's, undionly.kpxe's) to the
+    serial port, so ``serial_log`` shows what iPXE printed.
     """
+    machine = ("-machine", "graphics=off") if serial_console else ()
     return GuestSpec(name="bios-ipxe-" + nic, nic=nic, romfile=ipxe_rom(rom),
-                     boot_args=("-boot", "order=n"))
+                     machine_args=machine, boot_args=("-boot", "order=n"))
 
 
 def uefi_pxe(nic="virtio-net-pci"):
@@ -510,6 +519,47 @@ def _run(argv, check=True):
     return r
 
 
+# Run as ``python -c _RA_SENDER IFNAME INTERVAL`` inside the namespace.
+_RA_SENDER = r"""
+import socket, struct, sys, time
+ifname, interval = sys.argv[1], float(sys.argv[2])
+index = socket.if_nametoindex(ifname)
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+# type 134, code 0, checksum (the kernel fills it in), cur hop limit 64,
+# flags 0 (no M, no O), router lifetime 0, reachable time 0, retrans timer 0.
+ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 0, 0, 0)
+while True:
+    try:
+        s.sendto(ra, ("ff02::1", 0, 0, index))
+    except OSError as e:  # the bridge's link-local address may still be tentative
+        print("ra:", e, flush=True)
+    time.sleep(interval)
+"""
+
+
+class Leg:
+    """A namespace joined to a :class:`NetNamespace`'s bridge by a veth pair."""
+
+    def __init__(self, parent, name, ifname, address):
+        self.parent, self.name, self.ifname, self.address = parent, name, ifname, address
+
+    @property
+    def ip(self):
+        return self.address.split("/")[0]
+
+    def start(self, argv, **kwargs):
+        return self.parent.start(argv, netns=self.name, **kwargs)
+
+    def run(self, argv, check=True, timeout=30):
+        r = subprocess.run(self.parent.exec_argv(argv, self.name), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise VmnetError("%s failed (%d): %s" % (" ".join(argv), r.returncode, r.stderr.strip()))
+        return r
+
+
 class NetNamespace:
     """
     A network namespace with one bridge and ``taps`` tap devices on it.
@@ -531,6 +581,7 @@ class NetNamespace:
         self.address = address
         self.taps = ["%s%d" % (tap_prefix, i) for i in range(taps)]
         self.processes = []
+        self.legs = []
         self.created = False
 
     @property
@@ -578,23 +629,52 @@ class NetNamespace:
                 proc.stop()
             except Exception:
                 pass
+        self.processes = []
         if not self.created:
             return
-        # Anything else still in the namespace (a child a server forked) would
+        # Anything else still in a namespace (a child a server forked) would
         # keep it alive: kill those by PID too.
-        for _ in range(3):
-            r = _run(["ip", "netns", "pids", self.name], check=False)
-            pids = [int(x) for x in r.stdout.split() if x.isdigit()]
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
-        _run(["ip", "netns", "del", self.name], check=False)
+        for name in [leg.name for leg in self.legs] + [self.name]:
+            for _ in range(3):
+                r = _run(["ip", "netns", "pids", name], check=False)
+                pids = [int(x) for x in r.stdout.split() if x.isdigit()]
+                if not pids:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.2)
+            _run(["ip", "netns", "del", name], check=False)
+        self.legs = []
         self.created = False
+
+    def add_leg(self, suffix, address, ifname="eth0"):
+        """
+        A second namespace joined to the bridge by a veth pair, with ``address``
+        (e.g. ``"10.99.0.2/24"``) on its end ``ifname``.
+
+        For a second server on the same segment that must not share sockets
+        (port 67) with the first: e.g. dnsmasq handing out addresses next to
+        ownsocket in proxyDHCP mode.  Processes started with ``leg.start``
+        are tracked and stopped like the others; the leg's namespace is
+        deleted with this one.
+        """
+        if not self.created:
+            raise VmnetError("namespace not created")
+        leg = Leg(self, "%s-%s" % (self.name, suffix), ifname, address)
+        _run(["ip", "netns", "add", leg.name])
+        self.legs.append(leg)
+        host_end = ("v" + suffix)[:15]
+        _run(["ip", "-n", self.name, "link", "add", host_end, "type", "veth",
+              "peer", "name", ifname, "netns", leg.name])
+        _run(["ip", "-n", self.name, "link", "set", host_end, "master", self.bridge])
+        _run(["ip", "-n", self.name, "link", "set", host_end, "up"])
+        _run(["ip", "-n", leg.name, "link", "set", "lo", "up"])
+        _run(["ip", "-n", leg.name, "addr", "add", address, "dev", ifname])
+        _run(["ip", "-n", leg.name, "link", "set", ifname, "up"])
+        return leg
 
     @staticmethod
     def list_namespaces():
@@ -603,9 +683,9 @@ class NetNamespace:
 
     # -- running things inside -----------------------------------------------
 
-    def exec_argv(self, argv):
-        """``argv`` prefixed so that it runs inside this namespace."""
-        return ["ip", "netns", "exec", self.name] + list(argv)
+    def exec_argv(self, argv, netns=None):
+        """``argv`` prefixed so that it runs inside this namespace (or ``netns``)."""
+        return ["ip", "netns", "exec", netns or self.name] + list(argv)
 
     def run(self, argv, check=True, timeout=30):
         """Run a short command inside the namespace and wait for it (e.g. ``ip addr``)."""
@@ -616,7 +696,7 @@ class NetNamespace:
             raise VmnetError("%s failed (%d): %s" % (" ".join(argv), r.returncode, r.stderr.strip()))
         return r
 
-    def start(self, argv, *, name=None, log=None, stdout=None, cwd=None, env=None):
+    def start(self, argv, *, name=None, log=None, stdout=None, cwd=None, env=None, netns=None):
         """
         Start a long-running command (a server, a capture) inside the namespace.
 
@@ -630,7 +710,7 @@ class NetNamespace:
         logf = open(log, "ab") if log else subprocess.DEVNULL
         try:
             popen = subprocess.Popen(
-                self.exec_argv(argv),
+                self.exec_argv(argv, netns),
                 stdin=subprocess.DEVNULL,
                 stdout=stdout if stdout is not None else logf,
                 stderr=logf if (log or stdout is not None) else subprocess.DEVNULL,
@@ -672,6 +752,20 @@ class NetNamespace:
                               debugcon_log=debugcon_log, uuid=uuid, extra_args=extra_args)
         return self.start(argv, name="qemu-" + spec.name, log=log)
 
+    def start_router_advertiser(self, interval=0.5, interface=None, log=None):
+        """
+        Send an IPv6 Router Advertisement on the bridge every ``interval`` s.
+
+        iPXE 1.0.0 waits for IPv6 autoconfiguration as well as DHCP before it
+        fetches its boot file; with no router on the segment that costs it
+        ~13 s per iPXE stage (FIRMWARE-FACTS.md 3).  An RA with no prefix, the
+        M and O flags clear and router lifetime 0 ("I am not a default
+        router, there is nothing to configure") ends that wait at once, as a
+        real network's router would.  It changes nothing on the DHCP/TFTP side.
+        """
+        return self.start([sys.executable, "-c", _RA_SENDER, interface or self.bridge, str(interval)],
+                          name="router-advertiser", log=log)
+
     def capture(self, bpf="", *, interface=None, pcap=None, log=None, ready_timeout=10):
         """
         Capture on the bridge (default) from now on; returns a :class:`Capture`.
@@ -696,3 +790,197 @@ class NetNamespace:
         cap = Capture(proc, pcap=pcap)
         cap.wait_ready(ready_timeout)
         return cap
+
+
+# ---------------------------------------------------------------------------
+# Boot flows: a TFTP root with iPXE, server command lines, "did it boot?"
+# ---------------------------------------------------------------------------
+#
+# Shared by tests/test_boot_e2e.py and bench/boot_bench.py.  The flow is the
+# usual iPXE chain: firmware -> first stage (undionly.kpxe / snponly.efi) ->
+# iPXE -> boot.ipxe -> marker-${platform}.ipxe, whose only job is to print a
+# line nobody else prints.  The guest proves it ran the file meant for its
+# own platform by printing that line on its serial console.
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_IPXE_FILE_DIRS = ("/usr/lib/ipxe", "/usr/share/ipxe")
+FIRST_STAGES = ("undionly.kpxe", "snponly.efi")
+
+#: iPXE's ${platform} for each guest kind.
+PLATFORM_OF = {"bios": "pcbios", "uefi-pxe": "efi", "uefi-http": "efi"}
+
+_ANSI = None
+
+
+def ipxe_file(name):
+    """Path of an iPXE boot file from Debian's ``ipxe`` package."""
+    for d in _IPXE_FILE_DIRS:
+        path = os.path.join(d, name)
+        if os.path.exists(path):
+            return path
+    raise VmnetError("%s not found in %s (install ipxe)" % (name, ", ".join(_IPXE_FILE_DIRS)))
+
+
+def marker_text(platform, token):
+    """The line ``marker-<platform>.ipxe`` echoes (short: SeaBIOS's serial console wraps at 80)."""
+    return "OWNSOCKET-MARKER %s %s" % (platform, token)
+
+
+def write_boot_root(root, token):
+    """
+    Fill ``root`` with the first stages, ``boot.ipxe`` and one marker script
+    per platform; return ``{platform: marker text}``.
+
+    ``root`` is made world-readable (dnsmasq's TFTP reads it too); its parent
+    directories must be traversable (``chmod 755`` a ``mkdtemp`` directory).
+    """
+    os.makedirs(root, exist_ok=True)
+    for name in FIRST_STAGES:
+        shutil.copy(ipxe_file(name), os.path.join(root, name))
+    with open(os.path.join(root, "boot.ipxe"), "w") as f:
+        f.write("#!ipxe\n"
+                "echo boot.ipxe: platform ${platform} next-server ${next-server}\n"
+                # Relative to this script's own URL: under proxyDHCP
+                # ${next-server} is the *address* server's siaddr (dnsmasq
+                # puts its own address there), not the proxy's.
+                "chain marker-${platform}.ipxe\n")
+    markers = {}
+    for platform in ("pcbios", "efi"):
+        markers[platform] = marker_text(platform, token)
+        with open(os.path.join(root, "marker-%s.ipxe" % platform), "w") as f:
+            # Debian's iPXE 1.0.0 has no poweroff: sleep until the test stops QEMU.
+            f.write("#!ipxe\necho %s\nsleep 600\n" % markers[platform])
+    os.chmod(root, 0o755)
+    return markers
+
+
+def ownsocket_config(path, workdir, tftp_root, *, mode="server", interface="br0", http=True,
+                     ipxe_mode="stateful", script="boot.ipxe"):
+    """
+    Write an ownsocket config for the iPXE flow on ``interface``; return ``path``.
+
+    ``mode="proxy"``: proxyDHCP, no subnet (another server owns the addresses).
+    """
+    lines = ["[dhcp]", "interfaces = %s" % interface,
+             "leases = %s" % os.path.join(workdir, "leases.sqlite")]
+    if mode == "proxy":
+        lines += ["mode = proxy"]
+    else:
+        lines += ["", "[subnet:lab]", "network = %s" % SERVER_NETWORK,
+                  "pool = 10.99.0.100-10.99.0.200", "router = %s" % SERVER_ADDRESS]
+    lines += ["", "[tftp]", "root = %s" % tftp_root,
+              "", "[http]", "enabled = %s" % ("true" if http else "false"), "port = 80",
+              "", "[boot]", "default = undionly.kpxe", "arch.0 = undionly.kpxe", "arch.7 = snponly.efi",
+              "", "[selector:ipxe]", "script = %s" % script, "mode = %s" % ipxe_mode, ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def ownsocket_argv(config, logfile):
+    """twistd running the checkout's ownsocket with this interpreter, in the foreground."""
+    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; "
+            "sys.argv[0] = 'twistd'; run()",
+            "-n", "--pidfile=", "--logfile=%s" % logfile, "ownsocket", "--config", config]
+
+
+def ownsocket_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def dnsmasq_base_argv(interface, workdir, *, dhcp_range="10.99.0.100,10.99.0.200,255.255.255.0"):
+    """dnsmasq as a DHCP server only (no DNS), logging every exchange to stderr."""
+    return ["dnsmasq", "-d", "--conf-file=/dev/null", "--port=0",
+            "--log-facility=-", "--log-dhcp",
+            "--dhcp-leasefile=%s" % os.path.join(workdir, "dnsmasq.leases"),
+            "--interface=%s" % interface, "--bind-interfaces",
+            "--dhcp-range=%s" % dhcp_range,
+            "--dhcp-option=3,%s" % SERVER_ADDRESS]
+
+
+def dnsmasq_boot_argv(interface, workdir, tftp_root, http_url=None):
+    """
+    dnsmasq set up for the same iPXE flow as ownsocket, the way it is usually
+    done: option 175 tags iPXE (``dhcp-match=set:ipxe,175``), iPXE gets the
+    script, everyone else a first stage by architecture (``tag:!ipxe``), and
+    no-pxedhcp (175.176) for iPXE as in dnsmasq's example config.
+
+    dnsmasq cannot tell the iPXE *ROM* from the chained iPXE (FIRMWARE-FACTS
+    1b), so a BIOS guest whose ROM is iPXE gets ``boot.ipxe`` straight away
+    and never fetches undionly.kpxe (no loop: the script is not a first stage).
+    ``http_url``: the first stage for UEFI HTTP boot (dnsmasq serves no HTTP;
+    run ``python3 -m http.server`` next to it).
+    """
+    argv = dnsmasq_base_argv(interface, workdir) + [
+        "--enable-tftp", "--tftp-root=%s" % tftp_root,
+        "--dhcp-match=set:ipxe,175",
+        "--dhcp-match=set:efi64,option:client-arch,7",
+        "--dhcp-match=set:efihttp,option:client-arch,16",
+        "--dhcp-option=tag:ipxe,encap:175,176,1b",
+        "--dhcp-boot=tag:ipxe,boot.ipxe",
+        "--dhcp-boot=tag:!ipxe,tag:efi64,snponly.efi",
+        "--dhcp-boot=tag:!ipxe,tag:!efi64,tag:!efihttp,undionly.kpxe",
+    ]
+    if http_url:
+        argv += ["--dhcp-option-force=tag:efihttp,60,HTTPClient",
+                 "--dhcp-boot=tag:!ipxe,tag:efihttp,%s" % http_url]
+    return argv
+
+
+def listening(ns, udp=(), tcp=(), netns=None):
+    """Whether every port in ``udp``/``tcp`` has a listening socket in the namespace."""
+    argv = ns.exec_argv(["ss", "-H", "-ln", "-u", "-t"], netns)
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL, text=True, timeout=10)
+    udp_ports, tcp_ports = set(), set()
+    for line in r.stdout.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        port = fields[4].rsplit(":", 1)[-1]
+        if port.isdigit():
+            (udp_ports if fields[0] == "udp" else tcp_ports).add(int(port))
+    return set(udp) <= udp_ports and set(tcp) <= tcp_ports
+
+
+def read_text(path):
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, "r", errors="replace") as f:
+        return f.read()
+
+
+def console_text(raw):
+    """Serial console bytes as plain lines: ANSI/VT escapes and CRs removed."""
+    import re
+    global _ANSI
+    if _ANSI is None:
+        _ANSI = re.compile(r"\x1b(\[[0-9;=?]*[A-Za-z]|[()][0-9A-Za-z])")
+    text = _ANSI.sub("", raw).replace("\r", "")
+    return "\n".join(line.rstrip() for line in text.split("\n") if line.strip())
+
+
+def wait_for_boot(vm, serial_log, marker, server_done, timeout, watch=(), interval=0.1):
+    """
+    Wait (at most ``timeout`` s) until the guest printed ``marker`` on its
+    serial console and ``server_done()`` is true (the server logged the fetch).
+
+    Returns ``(marker_seconds, server_ok)``: the seconds from QEMU's start to
+    the first poll that saw the marker (``None`` if it never came), and whether
+    the server side was seen.  Stops early if a process in ``watch`` (or the
+    guest) exits.
+    """
+    seen = {}
+
+    def check():
+        if "marker" not in seen and marker in read_text(serial_log):
+            seen["marker"] = vm.elapsed()
+        if "server" not in seen and server_done():
+            seen["server"] = vm.elapsed()
+        return "marker" in seen and "server" in seen
+
+    wait_until(check, timeout, interval=interval, watch=list(watch) + [vm])
+    check()
+    return seen.get("marker"), "server" in seen

@@ -1,0 +1,281 @@
+"""
+End to end: real BIOS and UEFI firmware in QEMU boots from ownsocket.
+
+Each scenario builds a throw-away network namespace (bridge 10.99.0.1/24 and
+a tap, see L{tests.vmnet}), starts ownsocket in it with a TFTP root holding
+Debian's iPXE builds, boots a QEMU guest (TCG) on the tap and waits until
+both
+
+  - ownsocket's log shows the guest fetching C{marker-<platform>.ipxe}, the
+    file named after iPXE's own C{${platform}} (pcbios or efi), and
+  - the guest's serial console shows the line that file echoes (a token
+    unique to the run).
+
+The chain is firmware -> first stage (undionly.kpxe / snponly.efi, over TFTP
+or HTTP) -> iPXE -> boot.ipxe -> marker-${platform}.ipxe, so a pass means
+ownsocket's DHCP, stateful iPXE selection, TFTP and HTTP all did their part
+for that firmware.  On failure the message holds ownsocket's DHCP/TFTP/HTTP
+lines, the serial console and QEMU's stderr, and the working directory is
+kept.
+
+Needs root, working C{ip netns}, C{qemu-system-x86_64}, OVMF (Debian
+C{ovmf}), the iPXE ROMs (C{ipxe-qemu}) and boot files (C{ipxe}), C{ss}, and
+dnsmasq for the proxyDHCP scenario; skips with the reason otherwise.
+
+A Router Advertisement sender runs on the bridge (see
+L{tests.vmnet.NetNamespace.start_router_advertiser}): without one iPXE spends
+~13 s per stage waiting for IPv6 autoconfiguration.  Set
+C{OWNSOCKET_E2E_RA=0} to boot without it (each scenario then takes 15-30 s
+longer).  C{OWNSOCKET_E2E_KEEP=1} keeps every working directory.
+
+    sudo PYTHONPATH=. python3 -m twisted.trial tests.test_boot_e2e
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+
+from twisted.trial import unittest
+
+from tests import netns, vmnet
+
+#: Seconds from QEMU start until both signs of success must be there.
+BOOT_TIMEOUT = 150
+GUEST_MAC = vmnet.DEFAULT_MAC
+
+
+def _missing():
+    """Why the scenarios cannot run here, or None."""
+    ok, why = netns.available()
+    if not ok:
+        return why
+    for tool in (vmnet.QEMU, "ss"):
+        if shutil.which(tool) is None:
+            return "%s is not installed (apt-get install qemu-system-x86 iproute2)" % tool
+    try:
+        vmnet.ovmf_firmware()
+        vmnet.ipxe_rom("pxe-e1000.rom")
+        for name in vmnet.FIRST_STAGES:
+            vmnet.ipxe_file(name)
+    except vmnet.VmnetError as e:
+        return str(e)
+    return None
+
+
+SKIP = _missing()
+
+
+def _server_lines(text):
+    """ownsocket's per-exchange lines (DHCP, proxy, TFTP, HTTP), message part only."""
+    out = []
+    for line in text.splitlines():
+        if re.search(r"(DISCOVER|REQUEST|INFORM|RELEASE|DECLINE) from |proxy \w+ from |tftp peer=|http peer=", line):
+            out.append(line.split("] ", 1)[-1])
+    return out
+
+
+class _Run:
+    """One scenario's working directory, namespace, processes and evidence."""
+
+    def __init__(self, test, name):
+        self.test = test
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix="ownsocket-e2e-%s-" % name)
+        os.chmod(self.dir, 0o755)
+        self.root = os.path.join(self.dir, "tftpboot")
+        self.token = uuid.uuid4().hex[:8]
+        self.markers = vmnet.write_boot_root(self.root, self.token)
+        self.log = os.path.join(self.dir, "ownsocket.log")
+        self.serial = os.path.join(self.dir, "serial.log")
+        self.qemu_log = os.path.join(self.dir, "qemu.log")
+        self.extra_logs = {}
+        self.ns = vmnet.NetNamespace()
+        self.ns.__enter__()
+        test.addCleanup(self.cleanup)
+        self.failed = True
+        self.seconds = None
+        if os.environ.get("OWNSOCKET_E2E_RA", "1") != "0":
+            self.ns.start_router_advertiser(log=os.path.join(self.dir, "ra.log"))
+
+    def cleanup(self):
+        self.ns.destroy()
+        if not self.failed and os.environ.get("OWNSOCKET_E2E_KEEP") != "1":
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def start_ownsocket(self, **config):
+        cfg = vmnet.ownsocket_config(os.path.join(self.dir, "ownsocket.ini"), self.dir, self.root, **config)
+        self.server = self.ns.start(vmnet.ownsocket_argv(cfg, self.log), name="ownsocket",
+                                    log=os.path.join(self.dir, "ownsocket.out"),
+                                    env=vmnet.ownsocket_env(), cwd=self.dir)
+        tcp = (80,) if config.get("http", True) else ()
+        udp = (67, 69) + ((4011,) if config.get("mode") == "proxy" else ())
+        if not vmnet.wait_until(lambda: vmnet.listening(self.ns, udp=udp, tcp=tcp), 30,
+                                interval=0.3, watch=[self.server]):
+            self.test.fail("ownsocket did not open UDP %s / TCP %s within 30 s:\n%s\n%s" % (
+                udp, tcp, vmnet.read_text(self.server.log)[-3000:], vmnet.read_text(self.log)[-3000:]))
+        return self.server
+
+    def boot(self, spec, platform, server_done, watch=()):
+        self.vm = self.ns.start_guest(spec, serial_log=self.serial, log=self.qemu_log)
+        self.seconds, self.server_ok = vmnet.wait_for_boot(
+            self.vm, self.serial, self.markers[platform], server_done, BOOT_TIMEOUT,
+            watch=[self.server] + list(watch))
+        self.guest_running = self.vm.running
+        self.ns.stop(self.vm)  # nothing in the guest powers it off
+        return self.seconds
+
+    def ownsocket_text(self):
+        return vmnet.read_text(self.log)
+
+    def evidence(self):
+        """Everything a person needs to see why a boot failed, as text."""
+        parts = ["scenario %s, working directory %s (kept), marker %r" % (
+            self.name, self.dir, self.markers)]
+        vm = getattr(self, "vm", None)
+        if vm is not None:
+            parts.append("QEMU pid %s, exit code %s (None = still ran when stopped), marker after %s s" % (
+                vm.pid, vm.returncode if not getattr(self, "guest_running", True) else None, self.seconds))
+        lines = _server_lines(self.ownsocket_text())
+        parts.append("--- ownsocket exchanges (%d) ---\n%s" % (
+            len(lines), "\n".join(lines[-60:]) or vmnet.read_text(self.log)[-4000:]))
+        out = vmnet.read_text(os.path.join(self.dir, "ownsocket.out")).strip()
+        if out:
+            parts.append("--- ownsocket stdout/stderr ---\n" + out[-2000:])
+        for title, path in self.extra_logs.items():
+            # dnsmasq --log-dhcp is verbose: keep the exchange lines.
+            lines = [line for line in vmnet.read_text(path).splitlines()
+                     if re.search(r"DHCP[A-Z]+\(|next server|sent |failed|error", line)]
+            parts.append("--- %s ---\n%s" % (title, "\n".join(lines[-40:])))
+        serial = vmnet.console_text(vmnet.read_text(self.serial))
+        parts.append("--- guest serial console (last 40 lines) ---\n" + "\n".join(serial.splitlines()[-40:]))
+        qemu = vmnet.read_text(self.qemu_log).strip()
+        if qemu:
+            parts.append("--- QEMU stderr ---\n" + qemu[-2000:])
+        return "\n".join(parts)
+
+    def check(self, condition, what):
+        if not condition:
+            self.test.fail("%s\n%s" % (what, self.evidence()))
+
+    def passed(self):
+        self.failed = False
+        sys.stderr.write("[boot-e2e] %s: marker on the serial console %.1f s after QEMU start\n"
+                         % (self.name, self.seconds))
+
+
+def _tftp_ok(name):
+    return re.compile(r"tftp peer=\S+ file=%s result=ok" % re.escape(name))
+
+
+class FirmwareBootTests(unittest.TestCase):
+    """BIOS (SeaBIOS + iPXE ROM), UEFI PXE and UEFI HTTP boot from ownsocket."""
+
+    if SKIP:
+        skip = SKIP
+    timeout = BOOT_TIMEOUT + 120
+
+    def _marker_fetched(self, run, platform):
+        pattern = _tftp_ok("marker-%s.ipxe" % platform)
+        return lambda: pattern.search(run.ownsocket_text())
+
+    def _common_checks(self, run, platform):
+        text = run.ownsocket_text()
+        other = "efi" if platform == "pcbios" else "pcbios"
+        run.check(run.seconds is not None, "the guest never printed its marker %r" % run.markers[platform])
+        run.check(run.server_ok, "ownsocket's log never showed marker-%s.ipxe being sent" % platform)
+        run.check(_tftp_ok("boot.ipxe").search(text), "boot.ipxe was never fetched")
+        run.check(re.search(r"boot 'boot\.ipxe' by ipxe \(", text),
+                  "the chained iPXE was not given the script by the ipxe selector")
+        run.check(not re.search(r"file=marker-%s\.ipxe" % other, text),
+                  "the guest fetched the other platform's marker")
+        run.check(run.markers[other] not in vmnet.read_text(run.serial), "the other platform's marker printed")
+
+    def test_bios_ipxe_rom_tftp(self):
+        """
+        SeaBIOS + iPXE NIC ROM (option 93 = 0) -> undionly.kpxe over TFTP ->
+        chained iPXE -> boot.ipxe -> marker-pcbios.ipxe.  The ROM and the
+        chained iPXE send identical options, so undionly.kpxe being fetched
+        shows that the stateful selector gave the ROM the first stage.
+        """
+        run = _Run(self, "bios")
+        run.start_ownsocket()
+        run.boot(vmnet.bios_ipxe(), "pcbios", self._marker_fetched(run, "pcbios"))
+        text = run.ownsocket_text()
+        run.check(re.search(r"DISCOVER from %s via br0 .*arch \[0 x86 BIOS\] -> OFFER \S+ boot 'undionly\.kpxe'"
+                            % GUEST_MAC, text), "the ROM's DISCOVER was not offered undionly.kpxe")
+        run.check(_tftp_ok("undionly.kpxe").search(text), "undionly.kpxe (first stage) was never fetched")
+        self._common_checks(run, "pcbios")
+        run.check(text.index("file=undionly.kpxe") < text.index("file=boot.ipxe"),
+                  "boot.ipxe was fetched before the first stage")
+        run.passed()
+
+    def test_uefi_pxe_tftp(self):
+        """
+        OVMF's own PXE client (virtio-net, no ROM; option 93 = 7) ->
+        snponly.efi over TFTP with windowsize 4 -> iPXE -> boot.ipxe ->
+        marker-efi.ipxe.
+        """
+        run = _Run(self, "uefi-pxe")
+        run.start_ownsocket()
+        run.boot(vmnet.uefi_pxe(), "efi", self._marker_fetched(run, "efi"))
+        text = run.ownsocket_text()
+        run.check(re.search(r"DISCOVER from %s via br0 .*arch \[7 EFI x64\] -> OFFER \S+ boot 'snponly\.efi'"
+                            % GUEST_MAC, text), "OVMF's DISCOVER was not offered snponly.efi")
+        run.check(re.search(r"tftp peer=\S+ file=snponly\.efi result=ok .*windowsize=4 ", text),
+                  "snponly.efi was not sent with the windowsize 4 OVMF asks for")
+        self._common_checks(run, "efi")
+        run.passed()
+
+    def test_uefi_http_boot(self):
+        """
+        OVMF HTTP boot (option 93 = 16; IPv4/IPv6 PXE off through fw_cfg) ->
+        snponly.efi over ownsocket's HTTP -> iPXE -> boot.ipxe ->
+        marker-efi.ipxe.
+        """
+        run = _Run(self, "uefi-http")
+        run.start_ownsocket(http=True)
+        run.boot(vmnet.uefi_http(), "efi", self._marker_fetched(run, "efi"))
+        text = run.ownsocket_text()
+        run.check(re.search(r"DISCOVER from %s via br0 .*arch \[16 [^]]*\] -> OFFER \S+ boot "
+                            r"'http://%s/snponly\.efi' by uefi-http" % (GUEST_MAC, vmnet.SERVER_ADDRESS), text),
+                  "OVMF's HTTP-boot DISCOVER was not offered the snponly.efi URL")
+        run.check(re.search(r"http peer=\S+ method=GET path=/snponly\.efi status=200 .*UefiHttpBoot", text),
+                  "OVMF did not GET snponly.efi over HTTP")
+        run.check(not re.search(r"file=snponly\.efi", text), "snponly.efi went over TFTP, not HTTP")
+        self._common_checks(run, "efi")
+        run.passed()
+
+    def test_proxydhcp_uefi_pxe(self):
+        """
+        proxyDHCP with a real client: dnsmasq (in its own namespace, on a veth
+        leg of the bridge, 10.99.0.2) hands out the address and nothing else;
+        ownsocket in proxy mode on 10.99.0.1 gives OVMF's PXE client
+        snponly.efi over its TFTP, then the chained iPXE the script.
+        """
+        if shutil.which("dnsmasq") is None:
+            raise unittest.SkipTest("dnsmasq is not installed (apt-get install dnsmasq)")
+        run = _Run(self, "proxy-uefi-pxe")
+        leg = run.ns.add_leg("dh", "10.99.0.2/24")
+        dnsmasq_log = os.path.join(run.dir, "dnsmasq.log")
+        run.extra_logs["dnsmasq (address-only DHCP server)"] = dnsmasq_log
+        dnsmasq = leg.start(vmnet.dnsmasq_base_argv(leg.ifname, run.dir), name="dnsmasq", log=dnsmasq_log)
+        if not vmnet.wait_until(lambda: vmnet.listening(run.ns, udp=(67,), netns=leg.name), 20,
+                                interval=0.3, watch=[dnsmasq]):
+            self.fail("dnsmasq did not start:\n" + vmnet.read_text(dnsmasq_log))
+        run.start_ownsocket(mode="proxy", http=False)
+        run.boot(vmnet.uefi_pxe(), "efi", self._marker_fetched(run, "efi"), watch=[dnsmasq])
+        text = run.ownsocket_text()
+        dtext = vmnet.read_text(dnsmasq_log)
+        run.check(re.search(r"DHCPACK\(eth0\) 10\.99\.0\.\d+ %s" % GUEST_MAC, dtext),
+                  "dnsmasq never gave the guest its address")
+        run.check(re.search(r"proxy DISCOVER from %s via br0:67 arch \[7 EFI x64\] -> OFFER: boot 'snponly\.efi'"
+                            % GUEST_MAC, text), "ownsocket made no proxy offer of snponly.efi to OVMF")
+        run.check(re.search(r"tftp peer=10\.99\.0\.\d+:\d+ file=snponly\.efi result=ok", text),
+                  "snponly.efi was not fetched from ownsocket's TFTP")
+        run.check(not re.search(r"-> (OFFER|ACK) 10\.99\.", text), "ownsocket handed out an address in proxy mode")
+        self._common_checks(run, "efi")
+        run.passed()
