@@ -33,6 +33,7 @@ port = 67
 interfaces =
 leases = ownsocket-leases.sqlite
 decline_time = 600
+bootp_dynamic = false
 bootp_compat_offer = false
 
 [tftp]
@@ -106,6 +107,7 @@ class DhcpConfig:
     leases: str = "ownsocket-leases.sqlite"
     decline_time: int = 600
     bootp_compat_offer: bool = False
+    bootp_dynamic: bool = False
     offer_hold: int = 60
     server_address: Optional[IPv4] = None
 
@@ -317,6 +319,7 @@ _DHCP_KEYS: Dict[str, Tuple[str, Callable]] = {
     "leases": ("leases", parse_text),
     "decline_time": ("decline_time", _int_between(0, 86400 * 7)),
     "bootp_compat_offer": ("bootp_compat_offer", parse_bool),
+    "bootp_dynamic": ("bootp_dynamic", parse_bool),
     "offer_hold": ("offer_hold", _int_between(1, 3600)),
     "server_address": ("server_address", parse_optional_address),
 }

@@ -27,6 +27,7 @@ CONFIG = """
 [dhcp]
 decline_time = 300
 offer_hold = 30
+bootp_dynamic = true
 [subnet:lab]
 network = 10.0.0.0/24
 pool = 10.0.0.100-10.0.0.103
@@ -322,6 +323,16 @@ class OtherMessageTests(ServerTestCase):
         self.assertEqual(reply["file"], b"undionly.kpxe")
         self.assertEqual(self.store.lookup(mac(1)).expires, float("inf"))
         self.assertEqual(host, "255.255.255.255")
+
+    def test_bootp_unknown_host_refused_without_bootp_dynamic(self):
+        import dataclasses
+        self.config = dataclasses.replace(self.config, dhcp=dataclasses.replace(
+            self.config.dhcp, bootp_dynamic=False))
+        self.server = self.make_server()
+        self.assertEqual(self.exchange(packets.request(mac=mac(1), message_type=None)), [])
+        self.assertIsNone(self.store.lookup(mac(1)))
+        [(reply, _, _)] = self.exchange(packets.request(mac="52:54:00:00:00:aa", message_type=None))
+        self.assertEqual(reply["yiaddr"], "10.0.0.50")
 
     def test_bootp_reserved_host(self):
         [(reply, _, _)] = self.exchange(packets.request(mac="52:54:00:00:00:aa", message_type=None))

@@ -247,6 +247,14 @@ class DhcpServer:
         now = self.clock.seconds()
         if host is not None and host.address is not None and host.address in exchange.subnet.network:
             address, why = host.address, f"BOOTP: fixed address of [host:{host.name}]"
+        elif not self.dhcp.bootp_dynamic:
+            # A BOOTP binding never expires, and a DHCP packet cut off before
+            # option 53 looks like BOOTP: handing out pool addresses to any
+            # such packet would let junk drain the pool for good.
+            exchange.reason = (f"BOOTP client without a [host:...] address "
+                               f"(set [dhcp] bootp_dynamic = true to lease it a pool address for good)")
+            self._log(exchange)
+            return []
         else:
             address, why = self._choose_address(message, exchange.subnet, bootp=True)
             if address is None:
