@@ -308,3 +308,45 @@ class RealSocketTests(ClientTestCase):
                 break
         self.assertEqual(self.service.server.transfers, {})
         self.assertIn("timeout", [e.get("tftp_result") for e in events])
+
+
+class FloodTests(ClientTestCase):
+    """Silent requesters (as spoofed RRQs would be) against a real client."""
+    skip = need("curl")
+
+    @defer.inlineCallbacks
+    def test_flood_of_silent_requests_does_not_lock_out_a_client(self):
+        import time
+        data = self.serve("snponly.efi", 200000)
+        flooders = []
+        try:
+            for _ in range(300):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.bind((LOOPBACK, 0))
+                sock.sendto(wire.build_request(wire.RRQ, b"snponly.efi", "octet", {"blksize": "1468"}),
+                            (LOOPBACK, self.port))
+                flooders.append(sock)
+            started = time.monotonic()
+            yield self.fetch_and_compare(
+                ["curl", "-sS", "--max-time", "20", "--tftp-blksize", "1468", "-o", self.local(),
+                 f"tftp://{LOOPBACK}:{self.port}/snponly.efi"], data)
+            self.assertLess(time.monotonic() - started, 3.0)
+            self.assertLessEqual(len(self.service.server.transfers), self.service.config.max_sessions)
+        finally:
+            for sock in flooders:
+                sock.close()
+
+
+class BindErrorTests(unittest.TestCase):
+
+    def test_port_in_use(self):
+        from ownsocket.tftp.service import BindError
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+            holder.bind((LOOPBACK, 0))
+            port = holder.getsockname()[1]
+            config = TftpConfig(port=port, root=self.mktemp(), addresses=(ipaddress.IPv4Address(LOOPBACK),))
+            service = TFTPService(config, reactor=reactor)
+            error = self.assertRaises(BindError, service.privilegedStartService)
+        self.assertEqual(str(error), f"cannot bind UDP 127.0.0.1:{port}: address already in use "
+                                     "(is another TFTP server, e.g. tftpd-hpa or dnsmasq, running?)")
+        self.assertEqual(service.ports, [])

@@ -16,6 +16,7 @@ right one on a host with one address per LAN, the usual PXE set-up.
 from __future__ import annotations
 
 import errno
+import socket
 
 from twisted.application import service
 from twisted.internet import defer
@@ -51,6 +52,29 @@ def _bind_error(host: str, port: int, error: CannotListenError) -> BindError:
     else:
         reason = getattr(cause, "strerror", None) or str(cause)
     return BindError(host or "0.0.0.0", port, reason)
+
+
+#: Receive buffer of the request port.  A burst of a few hundred RRQs (a
+#: boot storm, or a spoofed flood) overflows the default 208 KiB on Linux,
+#: where each queued datagram costs a couple of KiB, and a dropped RRQ costs
+#: the client its retransmission timeout (curl: 6 s).
+LISTENER_RCVBUF = 4 * 1024 * 1024
+
+
+def _enlarge_receive_buffer(port) -> None:
+    """SO_RCVBUFFORCE while still root (it ignores net.core.rmem_max), else
+    SO_RCVBUF, which the kernel silently caps."""
+    sock = getattr(port, "socket", None)
+    if sock is None:
+        return
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, LISTENER_RCVBUF)
+            return
+        except OSError:
+            continue
 
 
 class TFTPService(service.Service):
@@ -101,6 +125,7 @@ class TFTPService(service.Service):
                     port = self.reactor.listenUDP(self.config.port, protocol, interface=host)
                 except CannotListenError as error:
                     raise _bind_error(host, self.config.port, error) from None
+                _enlarge_receive_buffer(port)
                 self.ports.append(port)
         except BindError:
             self._close_ports()
