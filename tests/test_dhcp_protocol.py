@@ -26,7 +26,7 @@ default = undionly.kpxe
 """
 
 
-class ProtocolTests(unittest.TestCase):
+class ProtocolTestCase(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         config = configuration.load(text=CONFIG, known_interfaces={"eth0"})
@@ -43,8 +43,14 @@ class ProtocolTests(unittest.TestCase):
     def test_broadcast_enabled(self):
         self.assertTrue(self.transport.broadcast_allowed)
 
+    def receive(self, data, addr=("0.0.0.0", 68)):
+        self.protocol.datagramReceived(data, addr)
+        self.clock.advance(0)
+
+
+class ProtocolTests(ProtocolTestCase):
     def test_discover_answered(self):
-        self.protocol.datagramReceived(packets.ovmf_pxe_discover(), ("0.0.0.0", 68))
+        self.receive(packets.ovmf_pxe_discover())
         [(data, addr)] = self.transport.written
         self.assertEqual(addr, ("255.255.255.255", 68))
         self.assertEqual(packets.parse_reply(data)["type"], 2)
@@ -58,21 +64,21 @@ class ProtocolTests(unittest.TestCase):
     def test_garbage_dropped_with_rate_limited_log(self):
         rng = random.Random(7)
         for _ in range(500):
-            self.protocol.datagramReceived(rng.randbytes(rng.randint(0, 600)), ("10.0.0.9", 68))
+            self.receive(rng.randbytes(rng.randint(0, 600)), ("10.0.0.9", 68))
         self.assertEqual(self.transport.written, [])
         drops = [e for e in self.events if e.get("log_format", "").startswith("dropped")]
         self.assertEqual(len(drops), 10)
         self.clock.advance(11)
-        self.protocol.datagramReceived(b"x", ("10.0.0.9", 68))
+        self.receive(b"x", ("10.0.0.9", 68))
         summary = [e for e in self.events if "suppressed" in e.get("log_format", "")]
         self.assertEqual(summary[0]["count"], 490)
         # ... and it still serves a real client afterwards.
-        self.protocol.datagramReceived(packets.ovmf_pxe_discover(), ("0.0.0.0", 68))
+        self.receive(packets.ovmf_pxe_discover())
         self.assertEqual(len(self.transport.written), 1)
 
     def test_send_errors_do_not_escape(self):
         self.transport.fail_with = OSError(errno.ENETUNREACH, "Network is unreachable")
-        self.protocol.datagramReceived(packets.ovmf_pxe_discover(), ("0.0.0.0", 68))
+        self.receive(packets.ovmf_pxe_discover())
         warnings = [e for e in self.events if "cannot send" in e.get("log_format", "")]
         self.assertEqual(len(warnings), 1)
 
@@ -83,12 +89,63 @@ class ProtocolTests(unittest.TestCase):
         rng = random.Random(99)
         for i in range(3000):
             mac = ":".join(f"{rng.randrange(256):02x}" for _ in range(6))
-            self.protocol.datagramReceived(packets.ovmf_pxe_discover(mac=mac, xid=i), ("0.0.0.0", 68))
+            self.receive(packets.ovmf_pxe_discover(mac=mac, xid=i))
         self.assertEqual(len(self.transport.written), 3000)
         self.transport.written.clear()
-        self.protocol.datagramReceived(packets.ipxe_bios_discover(mac="52:54:00:99:99:99"), ("0.0.0.0", 68))
+        self.receive(packets.ipxe_bios_discover(mac="52:54:00:99:99:99"))
         [(data, _)] = self.transport.written
         self.assertEqual(packets.parse_reply(data)["type"], 2)
+
+
+class BatchTests(ProtocolTestCase):
+    """Several datagrams read in one reactor turn are one batch."""
+
+    def discover_then_request(self, client):
+        self.receive(packets.ovmf_pxe_discover(mac=client))
+        offer = packets.parse_reply(self.transport.written[-1][0])
+        return packets.ovmf_pxe_discover(mac=client, message_type=3, extra=[
+            (54, ipaddress.IPv4Address("10.0.0.1").packed),
+            (50, ipaddress.IPv4Address(offer["yiaddr"]).packed)])
+
+    def test_requests_before_discovers_and_one_commit(self):
+        requests = [self.discover_then_request(f"52:54:00:00:02:{i:02x}") for i in range(3)]
+        self.transport.written.clear()
+        store = self.protocol.server.store
+        commits = []
+        original = store.batch
+
+        def counting_batch():
+            commits.append(1)
+            return original()
+
+        store.batch = counting_batch
+        self.protocol.datagramReceived(packets.ovmf_pxe_discover(mac="52:54:00:00:03:01"), ("0.0.0.0", 68))
+        for request in requests:
+            self.protocol.datagramReceived(request, ("0.0.0.0", 68))
+        self.assertEqual(self.transport.written, [])  # nothing before the batch runs
+        self.clock.advance(0)
+        kinds = [packets.parse_reply(data)["type"] for data, _ in self.transport.written]
+        self.assertEqual(kinds, [5, 5, 5, 2])
+        self.assertEqual(commits, [1])
+
+    def test_discovers_shed_beyond_budget(self):
+        self.protocol.discover_budget = 10
+        for i in range(30):
+            self.protocol.datagramReceived(packets.ovmf_pxe_discover(mac=f"52:54:00:00:04:{i:02x}"),
+                                           ("0.0.0.0", 68))
+        self.clock.advance(0)
+        self.assertEqual(len(self.transport.written), 10)
+        shed = [e for e in self.events if "overloaded" in e.get("log_format", "")]
+        self.assertEqual(shed[0]["count"], 20)
+
+    def test_no_reply_when_commit_fails(self):
+        request = self.discover_then_request("52:54:00:00:05:01")
+        self.transport.written.clear()
+        store = self.protocol.server.store
+        store._db.execute("CREATE TRIGGER refuse BEFORE INSERT ON leases BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        self.receive(request)
+        self.assertEqual(self.transport.written, [])
+        self.flushLoggedErrors()
 
 
 class ServiceTests(unittest.TestCase):
@@ -125,6 +182,7 @@ class ServiceTests(unittest.TestCase):
         self.assertTrue(opened[0][0].closed)
         [(_, protocol, _, transport)] = reactor.ports
         protocol.datagramReceived(packets.ovmf_pxe_discover(), ("0.0.0.0", 68))
+        reactor.advance(0)
         self.assertEqual(len(transport.written), 1)
         service.stopService()
         self.assertFalse(transport.connected)

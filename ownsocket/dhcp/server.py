@@ -113,6 +113,10 @@ class DhcpServer:
 
     # -- entry point -------------------------------------------------------
 
+    def batch(self):
+        """Group the lease writes of several requests into one commit."""
+        return self.store.batch()
+
     def handle(self, message: Message, arrival: Arrival, source=None):
         """Answer one request: a list of L{Outgoing}, or a Deferred of one.
 
