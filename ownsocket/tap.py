@@ -41,15 +41,30 @@ def fail(message):
     raise SystemExit(f"ownsocket: {message}")
 
 
-def boot_file_size_function(tftp):
-    """Option 13 wants the size of the boot file as TFTP will serve it."""
+def boot_file_size_function(tftp, clock, ttl=5.0):
+    """
+    Option 13 wants the size of the boot file as TFTP will serve it.
+
+    Resolving the name safely (realpath and all) for every reply was a fifth
+    of the DHCP time under load; a boot storm asks for the same two or three
+    files thousands of times, so sizes are remembered for a few seconds.
+    """
     root = os.path.abspath(tftp.root)
+    cache = {}
 
     def size(name):
+        now = clock.seconds()
+        hit = cache.get(name)
+        if hit is not None and hit[0] > now:
+            return hit[1]
         try:
-            return os.stat(resolve(root, name, tftp.case_insensitive)).st_size
+            value = os.stat(resolve(root, name, tftp.case_insensitive)).st_size
         except (OSError, BackendError):
-            return None
+            value = None
+        if len(cache) > 4096:
+            cache.clear()
+        cache[name] = (now + ttl, value)
+        return value
 
     return size
 
@@ -84,7 +99,7 @@ def makeService(options, reactor=None):
     backend = build_backend(config, selectors)
     if config.dhcp.enabled:
         DhcpService(config, build_selector(config, reactor, selectors), reactor,
-                    boot_file_size=boot_file_size_function(config.tftp),
+                    boot_file_size=boot_file_size_function(config.tftp, reactor),
                     recent=recent).setServiceParent(services)
     if config.tftp.enabled:
         TFTPService(config.tftp, backend=backend, reactor=reactor, recent=recent).setServiceParent(services)
