@@ -300,14 +300,25 @@ class Server:
         self.process = None
 
     def start(self, probe_name):
+        # A file, not a pipe: nobody reads stderr during the run, and a full
+        # pipe would stall the server mid-benchmark.
+        self.errors = tempfile.TemporaryFile()
         self.meter = CpuMeter(self.name)
         self.process = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        stdout=subprocess.DEVNULL, stderr=self.errors,
                                         preexec_fn=self.meter.enter)
         self.meter.pid = self.process.pid
+        try:
+            self._wait_ready(probe_name)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, probe_name):
         for _ in range(100):
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.process.stderr.read().decode()[-500:]}")
+                self.errors.seek(0)
+                raise RuntimeError(f"{self.name} exited: {self.errors.read().decode(errors='replace')[-500:]}")
             probe = Fetch((LOOPBACK, self.port), probe_name, timeout=0.1, retries=1)
             fetch_all([probe], 1.0)
             if probe.error is None:
@@ -334,7 +345,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-        self.process.stderr.close()
+        self.errors.close()
         self.process = None
 
 
