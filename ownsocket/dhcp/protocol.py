@@ -35,7 +35,7 @@ class DhcpProtocol(DatagramProtocol):
     log = Logger()
     noisy = False  # the service logs one line per interface itself
 
-    def __init__(self, server, arrival: Arrival, clock, discover_budget=128):
+    def __init__(self, server, arrival: Arrival, clock, discover_budget=512):
         self.server = server
         self.arrival = arrival
         self.clock = clock
