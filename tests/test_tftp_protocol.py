@@ -272,6 +272,16 @@ class ListenerTests(ServiceTestCase):
         self.send(b"\x00\x09nonsense")
         self.assertEqual(self.events[-1]["more"], " (490 more not logged)")
 
+    def test_refusal_logging_is_rate_limited(self):
+        self.make()
+        for index in range(300):
+            self.send(rrq("../etc/passwd"), ("192.0.2.30", 1000 + index))
+        self.assertEqual(len(self.replies()), 300)  # every request is answered
+        self.assertEqual(len(self.lines()), 50)
+        self.reactor.advance(1)
+        self.send(rrq("missing"), ("192.0.2.31", 1))
+        self.assertIn("250 more refusals not logged", self.lines()[-1]["detail"])
+
     def test_garbage_answers_are_rate_limited(self):
         self.make()
         for _ in range(1000):

@@ -112,6 +112,9 @@ class TFTPServer:
         self._garbage_log = RateLimit(reactor, rate=1.0, burst=10)
         self._garbage_answers = RateLimit(reactor, rate=50.0, burst=100)
         self._evict_log = RateLimit(reactor, rate=1.0, burst=10)
+        # Refusals and missing files: PXELINUX alone probes ~10 names per
+        # boot, so the bound is generous, but a scanner cannot fill the log.
+        self._refusal_log = RateLimit(reactor, rate=20.0, burst=50)
 
     # -- requests ----------------------------------------------------------
 
@@ -119,7 +122,7 @@ class TFTPServer:
         name = _printable(request.filename)
         if request.mode not in wire.MODES:
             listener.reply(wire.build_error(wire.ERR_ILLEGAL, "Unsupported mode"), peer)
-            self._log_line(peer, name, "refused", detail=f"mode {request.mode!r}")
+            self._log_refusal(peer, name, "refused", f"mode {request.mode!r}")
             return
         existing = self.transfers.get(peer)
         if existing is not None:
@@ -133,7 +136,7 @@ class TFTPServer:
             path = normalise(request.filename)
         except AccessViolation as error:
             listener.reply(wire.build_error(wire.ERR_ACCESS, "Access violation"), peer)
-            self._log_line(peer, name, "refused", detail=str(error))
+            self._log_refusal(peer, name, "refused", str(error))
             return
         if not self._make_room(peer[0]):
             listener.reply(wire.build_error(wire.ERR_UNDEFINED, "Server busy, try again"), peer)
@@ -211,7 +214,7 @@ class TFTPServer:
         if not isinstance(failure.value, BackendError):
             self.log.failure("TFTP backend failed for {name}", failure, name=transfer.name)
         transfer.listener.reply(wire.build_error(code, message), transfer.peer)
-        self._log_line(transfer.peer, transfer.name, "error", detail=f"{code} {message}")
+        self._log_refusal(transfer.peer, transfer.name, "error", f"{code} {message}")
 
     def _ended(self, transfer: Transfer, protocol: SessionProtocol) -> None:
         self._forget(transfer)
@@ -268,6 +271,13 @@ class TFTPServer:
                 self._per_host.pop(host, None)
 
     # -- logging -----------------------------------------------------------
+
+    def _log_refusal(self, peer, name, result, detail) -> None:
+        if self._refusal_log.allow():
+            suppressed = self._refusal_log.take_suppressed()
+            if suppressed:
+                detail += f"; {suppressed} more refusals not logged"
+            self._log_line(peer, name, result, detail=detail)
 
     def _log_session(self, transfer: Transfer, session: Session) -> None:
         ended = session.ended if session.ended is not None else self.reactor.seconds()
