@@ -139,6 +139,11 @@ class FileReader:
     def read(self, n: int) -> bytes:
         return self._file.read(n)
 
+    def seek(self, offset: int) -> None:
+        """Optional beyond IReader: lets an HTTP Range start mid-file
+        without reading and discarding everything before it."""
+        self._file.seek(offset)
+
     def finish(self) -> None:
         self._file.close()
 
