@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import sys
 from typing import List, Optional
 

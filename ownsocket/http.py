@@ -13,21 +13,18 @@ served; symlinks out of the root are the backend's business (L{resolve}).
 
 from __future__ import annotations
 
-import errno
 from urllib.parse import unquote_to_bytes
 
-from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from ownsocket import listening
 from ownsocket.files import ReadRequest, normalise
 from ownsocket.interfaces import AccessViolation, BackendError, FileNotFound
-from ownsocket.tftp import service as tftp_service
 
 #: Bytes read from the backend per write; the transport's buffer decides pace.
 CHUNK = 64 * 1024
@@ -45,28 +42,8 @@ TEXT_SUFFIXES = (".ipxe", ".cfg", ".txt")
 #: One namespace for every line this module writes, so it can be filtered.
 _log = Logger(namespace="ownsocket.http")
 
-_HINTS = {
-    errno.EACCES: "permission denied (run as root or grant CAP_NET_BIND_SERVICE)",
-    errno.EPERM: "permission denied (run as root or grant CAP_NET_BIND_SERVICE)",
-    errno.EADDRINUSE: "address already in use (is another web server running?)",
-    errno.EADDRNOTAVAIL: "address not available (no interface has this address)",
-}
-
-
-class BindError(tftp_service.BindError):
-    """A TCP port could not be opened.  A subclass of the TFTP one so that
-    start-up code catching that class turns this into one line as well."""
-
-    def __init__(self, host: str, port: int, reason: str):
-        super().__init__(host, port, reason)
-        self.args = (f"cannot bind TCP {host}:{port}: {reason}",)
-
-
-def _bind_error(host: str, port: int, error: CannotListenError) -> BindError:
-    cause = error.socketError
-    reason = _HINTS.get(getattr(cause, "errno", None)) or getattr(cause, "strerror", None) \
-        or str(cause)
-    return BindError(host or "0.0.0.0", port, reason)
+# One class for every listening service, so start-up code catches one type.
+BindError = listening.BindError
 
 
 def _printable(raw: bytes, limit: int = 300) -> str:
@@ -479,7 +456,7 @@ class BootSite(server.Site):
             transport.abortConnection()
 
 
-class HTTPService(service.Service):
+class HTTPService(listening.ListeningService):
     """
     @param config: an L{ownsocket.config.HttpConfig}.
     @param backend: an L{ownsocket.interfaces.IFileBackend}; the caller picks
@@ -490,8 +467,11 @@ class HTTPService(service.Service):
     """
 
     name = "http"
+    transport = "TCP"
+    in_use_hint = "address already in use (is another web server running?)"
 
     def __init__(self, config, backend, reactor=None, recent=None):
+        listening.ListeningService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
         self.config = config
@@ -499,42 +479,11 @@ class HTTPService(service.Service):
         self.backend = backend
         self.resource = BootFileResource(backend, reactor, recent)
         self.site = BootSite(self.resource, reactor)
-        self.ports = []
 
-    def privilegedStartService(self):
-        self._bind()
-        super().privilegedStartService()
-
-    def startService(self):
-        self._bind()
-        super().startService()
-
-    def _bind(self) -> None:
-        if self.ports:
-            return
-        hosts = [str(address) for address in self.config.addresses] or [""]
-        try:
-            for host in hosts:
-                try:
-                    port = self.reactor.listenTCP(self.config.port, self.site, interface=host)
-                except CannotListenError as error:
-                    raise _bind_error(host, self.config.port, error) from None
-                self.ports.append(port)
-        except BindError:
-            self._close_ports()
-            raise
+    def _listen(self, host):
+        return self.reactor.listenTCP(self.config.port, self.site, interface=host)
 
     def stopService(self):
-        super().stopService()
-        closed = self._close_ports()
+        closed = listening.ListeningService.stopService(self)
         self.site.close_connections()
         return closed
-
-    def _close_ports(self):
-        ports, self.ports = self.ports, []
-        return defer.gatherResults(
-            [defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
-
-    def listening_addresses(self):
-        """(host, port) of each listener: tests bind port 0 and ask."""
-        return [(port.getHost().host, port.getHost().port) for port in self.ports]

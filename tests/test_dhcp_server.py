@@ -1,7 +1,6 @@
 """The DHCP/BOOTP policy on a task.Clock, with no sockets."""
 
 import ipaddress
-import os
 import struct
 
 from twisted.internet import defer

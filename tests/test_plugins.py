@@ -14,7 +14,7 @@ import ownsocket.plugins
 from ownsocket import config as configuration
 from ownsocket.boot.loader import available_plugins, load_selectors
 from ownsocket.boot.request import BootRequest
-from ownsocket.interfaces import IBootFileSelector, ISelectorFactory
+from ownsocket.interfaces import ISelectorFactory
 
 BASE = "[boot]\ndefault = undionly.kpxe\n"
 

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from ownsocket.boot.request import ARCH_NAMES
 from ownsocket.dhcp import wire
 from ownsocket.dhcp.bootfields import add_boot_fields, echo_options
-from ownsocket.dhcp.server import BROADCAST, ZERO, Outgoing
+from ownsocket.dhcp.server import BROADCAST, Outgoing
 from ownsocket.dhcp.wire import ACK, DISCOVER, INFORM, OFFER, REQUEST, Reply
 
 #: Option 43 for a proxy offer: PXE_DISCOVERY_CONTROL (sub-option 6) = 8,

@@ -101,7 +101,6 @@ class DhcpServer:
         self.pools: Dict[str, AddressPool] = {
             subnet.name: AddressPool(subnet, self.reserved_by_address) for subnet in config.subnets}
         self._expiries: List[Tuple[float, int, IPv4]] = []
-        now = clock.seconds()
         for lease in store.all_leases():
             pool = self._pool_of(lease.address)
             if pool is not None:
@@ -248,15 +247,14 @@ class DhcpServer:
     def _bootp(self, exchange):
         message = exchange.message
         host = self.hosts.get(message.mac)
-        now = self.clock.seconds()
         if host is not None and host.address is not None and host.address in exchange.subnet.network:
             address, why = host.address, f"BOOTP: fixed address of [host:{host.name}]"
         elif not self.dhcp.bootp_dynamic:
             # A BOOTP binding never expires, and a DHCP packet cut off before
             # option 53 looks like BOOTP: handing out pool addresses to any
             # such packet would let junk drain the pool for good.
-            exchange.reason = (f"BOOTP client without a [host:...] address "
-                               f"(set [dhcp] bootp_dynamic = true to lease it a pool address for good)")
+            exchange.reason = ("BOOTP client without a [host:...] address "
+                               "(set [dhcp] bootp_dynamic = true to lease it a pool address for good)")
             self._log(exchange)
             return []
         else:

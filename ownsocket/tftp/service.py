@@ -15,43 +15,16 @@ right one on a host with one address per LAN, the usual PXE set-up.
 
 from __future__ import annotations
 
-import errno
 import socket
 
-from twisted.application import service
-from twisted.internet import defer
-from twisted.internet.error import CannotListenError
-
+from ownsocket import listening
 from ownsocket.files import FilesystemBackend
 from ownsocket.tftp.options import Limits
 from ownsocket.tftp.protocol import ListenerProtocol
 from ownsocket.tftp.server import TFTPServer
 
-_HINTS = {
-    errno.EACCES: "permission denied (run as root or grant CAP_NET_BIND_SERVICE)",
-    errno.EPERM: "permission denied (run as root or grant CAP_NET_BIND_SERVICE)",
-    errno.EADDRINUSE: "address already in use (is another TFTP server, e.g. tftpd-hpa "
-                      "or dnsmasq, running?)",
-    errno.EADDRNOTAVAIL: "address not available (no interface has this address)",
-}
-
-
-class BindError(Exception):
-    """A listening port could not be opened; the message is one log line."""
-
-    def __init__(self, host: str, port: int, reason: str):
-        self.host, self.port, self.reason = host, port, reason
-        super().__init__(f"cannot bind UDP {host}:{port}: {reason}")
-
-
-def _bind_error(host: str, port: int, error: CannotListenError) -> BindError:
-    cause = error.socketError
-    code = getattr(cause, "errno", None)
-    if code in _HINTS:
-        reason = _HINTS[code]
-    else:
-        reason = getattr(cause, "strerror", None) or str(cause)
-    return BindError(host or "0.0.0.0", port, reason)
+# Kept under its old name: start-up code and tests catch it from here.
+BindError = listening.BindError
 
 
 #: Receive buffer of the request port.  A burst of a few hundred RRQs (a
@@ -77,7 +50,7 @@ def _enlarge_receive_buffer(port) -> None:
             continue
 
 
-class TFTPService(service.Service):
+class TFTPService(listening.ListeningService):
     """
     @param config: an L{ownsocket.config.TftpConfig}.
     @param backend: an L{ownsocket.interfaces.IFileBackend}; by default the
@@ -87,8 +60,11 @@ class TFTPService(service.Service):
     """
 
     name = "tftp"
+    transport = "UDP"
+    in_use_hint = "address already in use (is another TFTP server, e.g. tftpd-hpa or dnsmasq, running?)"
 
     def __init__(self, config, backend=None, reactor=None, recent=None):
+        listening.ListeningService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
         if backend is None:
@@ -96,7 +72,6 @@ class TFTPService(service.Service):
         self.config = config
         self.reactor = reactor
         self.backend = backend
-        self.ports = []
         self.server = TFTPServer(
             backend, reactor,
             limits=Limits(config.max_blksize, config.max_windowsize,
@@ -106,41 +81,11 @@ class TFTPService(service.Service):
             max_sessions_per_client=config.max_sessions_per_client,
             recent=recent)
 
-    def privilegedStartService(self):
-        self._bind()
-        super().privilegedStartService()
-
-    def startService(self):
-        self._bind()
-        super().startService()
-
-    def _bind(self) -> None:
-        if self.ports:
-            return
-        hosts = [str(address) for address in self.config.addresses] or [""]
-        try:
-            for host in hosts:
-                protocol = ListenerProtocol(self.server, host)
-                try:
-                    port = self.reactor.listenUDP(self.config.port, protocol, interface=host)
-                except CannotListenError as error:
-                    raise _bind_error(host, self.config.port, error) from None
-                _enlarge_receive_buffer(port)
-                self.ports.append(port)
-        except BindError:
-            self._close_ports()
-            raise
+    def _listen(self, host):
+        port = self.reactor.listenUDP(self.config.port, ListenerProtocol(self.server, host), interface=host)
+        _enlarge_receive_buffer(port)
+        return port
 
     def stopService(self):
-        super().stopService()
         self.server.stop()
-        return self._close_ports()
-
-    def _close_ports(self):
-        ports, self.ports = self.ports, []
-        return defer.gatherResults(
-            [defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
-
-    def listening_addresses(self):
-        """(host, port) of each listener: tests bind port 0 and ask."""
-        return [(port.getHost().host, port.getHost().port) for port in self.ports]
+        return listening.ListeningService.stopService(self)
