@@ -34,7 +34,6 @@ longer).  C{OWNSOCKET_E2E_KEEP=1} keeps every working directory.
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -124,7 +123,7 @@ class _Run:
         self.seconds, self.server_ok = vmnet.wait_for_boot(
             self.vm, self.serial, self.markers[platform], server_done, BOOT_TIMEOUT,
             watch=[self.server] + list(watch))
-        self.guest_running = self.vm.running
+        self.guest_exit = self.vm.returncode  # None: still running, as it should be
         self.ns.stop(self.vm)  # nothing in the guest powers it off
         return self.seconds
 
@@ -137,8 +136,9 @@ class _Run:
             self.name, self.dir, self.markers)]
         vm = getattr(self, "vm", None)
         if vm is not None:
-            parts.append("QEMU pid %s, exit code %s (None = still ran when stopped), marker after %s s" % (
-                vm.pid, vm.returncode if not getattr(self, "guest_running", True) else None, self.seconds))
+            parts.append("QEMU pid %s, exit code before the test stopped it: %s (None = still running); "
+                         "marker after %s s; server side seen: %s" % (
+                             vm.pid, getattr(self, "guest_exit", None), self.seconds, getattr(self, "server_ok", None)))
         lines = _server_lines(self.ownsocket_text())
         parts.append("--- ownsocket exchanges (%d) ---\n%s" % (
             len(lines), "\n".join(lines[-60:]) or vmnet.read_text(self.log)[-4000:]))

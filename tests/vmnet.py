@@ -62,6 +62,20 @@ __all__ = [
     "dhcp_options",
     "dhcp_message_type",
     "VmnetError",
+    "FIRST_STAGES",
+    "PLATFORM_OF",
+    "ipxe_file",
+    "marker_text",
+    "write_boot_root",
+    "ownsocket_config",
+    "ownsocket_argv",
+    "ownsocket_env",
+    "dnsmasq_base_argv",
+    "dnsmasq_boot_argv",
+    "listening",
+    "read_text",
+    "console_text",
+    "wait_for_boot",
 ]
 
 #: Address of the bridge inside the namespace: where servers under test listen.
