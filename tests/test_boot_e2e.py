@@ -249,16 +249,15 @@ class FirmwareBootTests(unittest.TestCase):
         self._common_checks(run, "efi")
         run.passed()
 
-    def test_proxydhcp_uefi_pxe(self):
+    def _proxy_run(self, name, spec, platform, first_stage, arch_label):
         """
         proxyDHCP with a real client: dnsmasq (in its own namespace, on a veth
         leg of the bridge, 10.99.0.2) hands out the address and nothing else;
-        ownsocket in proxy mode on 10.99.0.1 gives OVMF's PXE client
-        snponly.efi over its TFTP, then the chained iPXE the script.
+        ownsocket in proxy mode on 10.99.0.1 gives the boot file over its TFTP.
         """
         if shutil.which("dnsmasq") is None:
             raise unittest.SkipTest("dnsmasq is not installed (apt-get install dnsmasq)")
-        run = _Run(self, "proxy-uefi-pxe")
+        run = _Run(self, name)
         leg = run.ns.add_leg("dh", "10.99.0.2/24")
         dnsmasq_log = os.path.join(run.dir, "dnsmasq.log")
         run.extra_logs["dnsmasq (address-only DHCP server)"] = dnsmasq_log
@@ -267,15 +266,35 @@ class FirmwareBootTests(unittest.TestCase):
                                 interval=0.3, watch=[dnsmasq]):
             self.fail("dnsmasq did not start:\n" + vmnet.read_text(dnsmasq_log))
         run.start_ownsocket(mode="proxy", http=False)
-        run.boot(vmnet.uefi_pxe(), "efi", self._marker_fetched(run, "efi"), watch=[dnsmasq])
+        run.boot(spec, platform, self._marker_fetched(run, platform), watch=[dnsmasq])
         text = run.ownsocket_text()
         dtext = vmnet.read_text(dnsmasq_log)
         run.check(re.search(r"DHCPACK\(eth0\) 10\.99\.0\.\d+ %s" % GUEST_MAC, dtext),
                   "dnsmasq never gave the guest its address")
-        run.check(re.search(r"proxy DISCOVER from %s via br0:67 arch \[7 EFI x64\] -> OFFER: boot 'snponly\.efi'"
-                            % GUEST_MAC, text), "ownsocket made no proxy offer of snponly.efi to OVMF")
-        run.check(re.search(r"tftp peer=10\.99\.0\.\d+:\d+ file=snponly\.efi result=ok", text),
-                  "snponly.efi was not fetched from ownsocket's TFTP")
+        run.check(re.search(r"proxy DISCOVER from %s via br0:67 arch \[%s\] -> OFFER: boot '%s'"
+                            % (GUEST_MAC, re.escape(arch_label), re.escape(first_stage)), text),
+                  "ownsocket made no proxy offer of %s" % first_stage)
+        run.check(_tftp_ok(first_stage).search(text), "%s was not fetched from ownsocket's TFTP" % first_stage)
         run.check(not re.search(r"-> (OFFER|ACK) 10\.99\.", text), "ownsocket handed out an address in proxy mode")
-        self._common_checks(run, "efi")
+        self._common_checks(run, platform)
+        return run
+
+    def test_proxydhcp_uefi_pxe(self):
+        """
+        proxyDHCP next to dnsmasq, OVMF's PXE client: address from dnsmasq,
+        snponly.efi from ownsocket's TFTP (OVMF takes the boot file from the
+        proxy offer, option 43 discovery control 8, without port 4011), then
+        the chained iPXE gets the script from the proxy.
+        """
+        run = self._proxy_run("proxy-uefi-pxe", vmnet.uefi_pxe(), "efi", "snponly.efi", "7 EFI x64")
+        run.passed()
+
+    def test_proxydhcp_bios_ipxe_rom(self):
+        """
+        proxyDHCP next to dnsmasq, SeaBIOS + iPXE ROM: address from dnsmasq,
+        undionly.kpxe and then the script from ownsocket, so the stateful
+        iPXE selection also works from proxy offers.  (iPXE 1.0.0 used the
+        proxy offer as it was: no ProxyDHCP REQUEST to port 4011 was seen.)
+        """
+        run = self._proxy_run("proxy-bios", vmnet.bios_ipxe(), "pcbios", "undionly.kpxe", "0 x86 BIOS")
         run.passed()
