@@ -512,8 +512,16 @@ class Capture:
         return [p for p in self.udp(sport=68, dport=67)
                 if p.chaddr == mac.lower() and (msg_type is None or p.dhcp_type == msg_type)]
 
-    def stop(self):
-        """Stop the tool (it flushes on SIGTERM) and let the reader drain the pipe."""
+    def stop(self, settle=1.0):
+        """
+        Stop the tool and let the reader drain the pipe.
+
+        ``settle`` seconds pass first: packets the kernel still holds for the
+        tool when SIGTERM arrives are lost (seen: the last ~1 s of a guest's
+        packets while QEMU kept both cores busy).
+        """
+        if settle and self.process.running:
+            time.sleep(settle)
         self.process.stop()
         self._thread.join(5)
         if not self._thread.is_alive() and self.process.popen.stdout:
