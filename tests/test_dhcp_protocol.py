@@ -186,3 +186,48 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(len(transport.written), 1)
         service.stopService()
         self.assertFalse(transport.connected)
+
+
+class CheckpointTests(unittest.TestCase):
+    """The lease log is checkpointed when the network is quiet, and at the
+    latest every few minutes, never in the middle of a storm's batches."""
+
+    def test_checkpoint_waits_for_quiet(self):
+        reactor = FakeUDPReactor()
+        config = configuration.load(text=CONFIG, known_interfaces={"eth0"})
+        checkpoints = []
+
+        class Store(SqliteLeaseStore):
+            def checkpoint(self):
+                checkpoints.append(reactor.seconds())
+
+        service = DhcpService(config, build_selector(config, reactor), reactor,
+                              store_factory=lambda path: Store(":memory:"),
+                              interfaces=lambda names: [("eth0", ipaddress.IPv4Address("10.0.0.1"))],
+                              open_socket=lambda name, port, address=None: _FakeSocket())
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        [(_, protocol, _, _)] = reactor.ports
+        # A steady stream of requests: no checkpoint for the first 300 s ...
+        for second in range(299):
+            protocol.datagramReceived(packets.ovmf_pxe_discover(mac=f"52:54:00:00:{second // 256:02x}:{second % 256:02x}"),
+                                      ("0.0.0.0", 68))
+            reactor.advance(0.5)
+            reactor.advance(0.5)
+        self.assertEqual(checkpoints, [])
+        # ... then one forced checkpoint, and one as soon as it is quiet.
+        for _ in range(3):
+            protocol.datagramReceived(packets.ovmf_pxe_discover(), ("0.0.0.0", 68))
+            reactor.advance(1)
+        self.assertEqual(len(checkpoints), 1)
+        reactor.advance(2)
+        self.assertEqual(len(checkpoints), 2)
+
+
+class _FakeSocket:
+    def fileno(self):
+        return 99
+
+    def close(self):
+        pass

@@ -101,6 +101,7 @@ class DhcpServer:
         self.pools: Dict[str, AddressPool] = {
             subnet.name: AddressPool(subnet, self.reserved_by_address) for subnet in config.subnets}
         self._expiries: List[Tuple[float, int, IPv4]] = []
+        self.last_activity = clock.seconds()
         for lease in store.all_leases():
             pool = self._pool_of(lease.address)
             if pool is not None:
@@ -114,6 +115,7 @@ class DhcpServer:
 
     def batch(self):
         """Group the lease writes of several requests into one commit."""
+        self.last_activity = self.clock.seconds()
         return self.store.batch()
 
     def handle(self, message: Message, arrival: Arrival, source=None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 
 from twisted.application.service import Service
+from twisted.internet import task
 from twisted.logger import Logger
 
 from ownsocket.dhcp.leases import SqliteLeaseStore
@@ -20,11 +21,22 @@ from ownsocket.dhcp.server import Arrival, DhcpServer, make_boot_request
 from ownsocket.dhcp.sockets import candidate_interfaces, open_interface_socket
 
 
+#: How often to look whether the lease log can be checkpointed, how long
+#: the network must have been quiet, and the longest a checkpoint may wait.
+CHECKPOINT_POLL = 1.0
+QUIET = 1.0
+CHECKPOINT_MAX = 300.0
+
+
+def sqlite_store(path):
+    return SqliteLeaseStore(path, manual_checkpoints=True)
+
+
 class DhcpService(Service):
     log = Logger()
 
     def __init__(self, config, selector, reactor, boot_file_size=None, recent=None,
-                 store_factory=SqliteLeaseStore, interfaces=candidate_interfaces,
+                 store_factory=sqlite_store, interfaces=candidate_interfaces,
                  open_socket=open_interface_socket):
         self.config = config
         self.selector = selector
@@ -53,6 +65,7 @@ class DhcpService(Service):
     def _start_server(self):
         dhcp = self.config.dhcp
         self.store = self._store_factory(dhcp.leases)
+        self._checkpoints = None
         self.server = DhcpServer(self.config, self.store, self.selector, self.reactor,
                                  boot_file_size=self.boot_file_size, recent=self.recent)
         for name, address in self._listening_interfaces():
@@ -90,7 +103,29 @@ class DhcpService(Service):
         self.log.info("DHCP listening on {interface} ({address}) port {port}",
                       interface=name, address=arrival.local_address or "no IPv4 address", port=port)
 
+    def startService(self):
+        Service.startService(self)
+        if self.store is not None and hasattr(self.store, "checkpoint"):
+            self._last_checkpoint = self.reactor.seconds()
+            self._checkpoints = task.LoopingCall(self._maybe_checkpoint)
+            self._checkpoints.clock = self.reactor
+            self._checkpoints.start(CHECKPOINT_POLL, now=False)
+
+    def _maybe_checkpoint(self):
+        """Checkpoint the lease log when no request came for a while, or at
+        the latest every CHECKPOINT_MAX seconds even in a long storm."""
+        now = self.reactor.seconds()
+        quiet = now - self.server.last_activity >= QUIET
+        if quiet or now - self._last_checkpoint >= CHECKPOINT_MAX:
+            try:
+                self.store.checkpoint()
+            except Exception as error:
+                self.log.warn("{error}", error=error)
+            self._last_checkpoint = now
+
     def stopService(self):
+        if getattr(self, "_checkpoints", None) is not None and self._checkpoints.running:
+            self._checkpoints.stop()
         Service.stopService(self)
         for port in self.ports:
             port.stopListening()
