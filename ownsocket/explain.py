@@ -121,7 +121,9 @@ def _show_decision(decision) -> str:
 def explain(args, out=sys.stdout, clock=None):
     from twisted.internet import reactor
     clock = clock or reactor
-    config = configuration.load(args.config)
+    # The config may be meant for another host or namespace (its interfaces
+    # need not exist here): explain only asks the selectors.
+    config = configuration.load(args.config, known_interfaces=configuration.AnyInterface())
     selectors = load_selectors(config, clock)
     request = describe_request(args)
     if args.after_first_stage:

@@ -79,3 +79,14 @@ class ExplainTests(unittest.TestCase):
         self.assertEqual(bad.returncode, 2)
         self.assertIn("ownsocket explain: /nonexistent.ini: cannot read", bad.stderr)
         self.assertNotIn("Traceback", bad.stderr)
+
+    def test_config_for_another_host(self):
+        """A config naming interfaces this host lacks (a namespace's br0)
+        is still explained: only the selectors matter here."""
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write("[dhcp]\ninterfaces = br-not-here\n[boot]\ndefault = x.efi\n")
+        out = io.StringIO()
+        args = build_parser().parse_args(["--config", path, "--arch", "7"])
+        self.assertEqual(self.successResultOf(explain(args, out=out, clock=Clock())), 0)
+        self.assertIn("decision: x.efi", out.getvalue())

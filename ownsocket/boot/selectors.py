@@ -20,10 +20,6 @@ from ownsocket.boot.request import (ARCH_NAMES, HTTP_ARCHES, BootDecision, BootR
                                     _arch_from_vendor_class)
 from ownsocket.interfaces import IBootFileSelector, ITransferObserver
 
-#: Option 175 (iPXE encapsulated) with sub-option 176 "no-pxedhcp" = 1: iPXE
-#: then sends its REQUEST at once instead of waiting ~2 s for proxyDHCP offers.
-IPXE_NO_PXEDHCP = (175, b"\xb0\x01\x01")
-
 #: The non-HTTP architecture whose boot file an HTTP-boot client of each
 #: HTTP architecture can run (the same binary, fetched over HTTP).
 HTTP_TO_PXE_ARCH = {15: 6, 16: 7, 18: 10, 19: 11, 26: 25, 28: 27, 40: 39}
@@ -179,12 +175,11 @@ class IpxeChainSelector:
             return None
         script = expand(self.script, request)
         if not self.stateful:
-            return BootDecision(filename=script, extra_options=(IPXE_NO_PXEDHCP,),
-                                reason="iPXE client -> script (stateless)")
+            return BootDecision(filename=script, reason="iPXE client -> script (stateless)")
         fetched = self._fetched.get(request.mac)
         if fetched is None or self._now() - fetched > self.remember:
             return None
-        return BootDecision(filename=script, extra_options=(IPXE_NO_PXEDHCP,),
+        return BootDecision(filename=script,
                             reason="iPXE client that already fetched its first stage -> script")
 
     def file_opened(self, read_request) -> None:

@@ -22,6 +22,9 @@ from twisted.logger import Logger
 from ownsocket.boot.request import ARCH_NAMES, BootDecision, BootRequest
 from ownsocket.dhcp import wire
 from ownsocket.dhcp.bootfields import add_boot_fields, echo_options
+
+#: Option 175 (iPXE) carrying sub-option 176 "no-pxedhcp" = 1.
+IPXE_NO_PXEDHCP = b"\xb0\x01\x01"
 from ownsocket.dhcp.leases import BOUND, DECLINED, FOREVER, OFFERED, Lease
 from ownsocket.dhcp.pool import AddressPool
 from ownsocket.dhcp.wire import (ACK, DECLINE, DISCOVER, INFORM, NAK, OFFER, RELEASE, REQUEST,
@@ -458,6 +461,11 @@ class DhcpServer:
             reply.add(wire.OPT_DOMAIN, subnet.domain.encode("ascii", "replace"))
         if host is not None and host.hostname:
             reply.add(wire.OPT_HOSTNAME, host.hostname.encode("ascii", "replace"))
+        if wire.OPT_IPXE in message.options and not bootp:
+            # Every iPXE client, the first stage included (under QEMU the PXE
+            # ROM is iPXE): 175.176 "no-pxedhcp" lets it REQUEST at once
+            # instead of waiting ~2 s for proxyDHCP offers that never come.
+            reply.add(wire.OPT_IPXE, IPXE_NO_PXEDHCP)
         next_server = ((decision.next_server if decision else None) or
                        (host.next_server if host else None) or subnet.next_server or
                        exchange.server_id)
