@@ -166,7 +166,7 @@ class ServiceTests(unittest.TestCase):
             def close(self):
                 self.closed = True
 
-        def open_socket(name, port, address=None):
+        def open_socket(name, port, address=None, shared=False):
             sock = FakeSocket(name)
             opened.append((sock, port))
             return sock
@@ -204,7 +204,7 @@ class CheckpointTests(unittest.TestCase):
         service = DhcpService(config, build_selector(config, reactor), reactor,
                               store_factory=lambda path: Store(":memory:"),
                               interfaces=lambda names: [("eth0", ipaddress.IPv4Address("10.0.0.1"))],
-                              open_socket=lambda name, port, address=None: _FakeSocket())
+                              open_socket=lambda name, port, address=None, shared=False: _FakeSocket())
         service.privilegedStartService()
         service.startService()
         self.addCleanup(service.stopService)
@@ -231,3 +231,27 @@ class _FakeSocket:
 
     def close(self):
         pass
+
+
+class SocketTests(unittest.TestCase):
+    """Real sockets on the loopback device, on an unprivileged port."""
+
+    def setUp(self):
+        import os
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("SO_BINDTODEVICE needs root (CAP_NET_RAW) on older kernels")
+
+    def test_second_server_on_same_interface_is_refused(self):
+        from ownsocket.dhcp.sockets import SocketError, open_interface_socket
+        first = open_interface_socket("lo", 16767)
+        self.addCleanup(first.close)
+        error = self.assertRaises(SocketError, open_interface_socket, "lo", 16767)
+        self.assertIn("cannot bind UDP port 16767 on interface lo: address in use", str(error))
+        self.assertIn("another DHCP server", str(error))
+
+    def test_proxy_sockets_may_share(self):
+        from ownsocket.dhcp.sockets import open_interface_socket
+        first = open_interface_socket("lo", 16768, shared=True)
+        self.addCleanup(first.close)
+        second = open_interface_socket("lo", 16768, shared=True)
+        second.close()

@@ -81,7 +81,7 @@ class DhcpService(Service):
                                   boot_file_size=self.boot_file_size, recent=self.recent)
         self.log.info("proxyDHCP mode: answering PXE/HTTP boot clients only, never with an address")
         for name, address in self._listening_interfaces():
-            self._listen(name, dhcp.port, ProxyArrival(name, address, 67))
+            self._listen(name, dhcp.port, ProxyArrival(name, address, 67), shared=True)
             self._listen(name, dhcp.proxy_port, ProxyArrival(name, address, 4011))
 
     def _listening_interfaces(self):
@@ -93,8 +93,8 @@ class DhcpService(Service):
                 continue
             yield name, address
 
-    def _listen(self, name, port, arrival):
-        sock = self._open_socket(name, port, arrival.local_address)
+    def _listen(self, name, port, arrival, shared=False):
+        sock = self._open_socket(name, port, arrival.local_address, shared)
         try:
             protocol = DhcpProtocol(self.server, arrival, self.reactor)
             self.ports.append(self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET, protocol))

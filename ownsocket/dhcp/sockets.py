@@ -53,17 +53,24 @@ def candidate_interfaces(names=()) -> List[Tuple[str, Optional[ipaddress.IPv4Add
     return [(name, interface_address(name)) for name in names]
 
 
-def open_interface_socket(name: str, port: int, address: Optional[ipaddress.IPv4Address] = None) -> socket.socket:
+def open_interface_socket(name: str, port: int, address: Optional[ipaddress.IPv4Address] = None,
+                          shared: bool = False) -> socket.socket:
     """
     A non-blocking UDP socket on C{port} that sees only interface C{name}.
 
-    Where the platform has no SO_BINDTODEVICE the socket is bound to the
-    interface's address instead (C{address}), which is how Windows tells
+    Sockets bound to different devices do not conflict on Linux, so no
+    SO_REUSEADDR is needed for one socket per interface, and leaving it off
+    makes a second DHCP server on the same interface (another ownsocket, a
+    dnsmasq) a clear start-up error instead of two servers answering.
+    C{shared} (proxyDHCP, which is meant to run beside a DHCP server) sets
+    it.  Where the platform has no SO_BINDTODEVICE the socket is bound to
+    the interface's address instead (C{address}), which is how Windows tells
     interfaces apart; that path is untested here.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         if SO_BINDTODEVICE is not None:
             sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, name.encode() + b"\0")
