@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 
 from twisted.application.service import MultiService
+from twisted.logger import Logger
 from twisted.python import usage
 
+from ownsocket import __version__
 from ownsocket import config as configuration
 from ownsocket.boot.chain import SelectorChain
 from ownsocket.boot.loader import load_selectors
@@ -106,16 +108,38 @@ def makeService(options, reactor=None):
     if config.http.enabled:
         http_backend = build_backend(config, selectors, config.http.root) if config.http.root else backend
         HTTPService(config.http, http_backend, reactor=reactor, recent=recent).setServiceParent(services)
-    return StartupGuard(services)
+    return StartupGuard(services, config, selectors)
 
 
 class StartupGuard(MultiService):
     """Turns a failure to bind a port or open the lease database into one
-    line and a non-zero exit, instead of a traceback from twistd."""
+    line and a non-zero exit, instead of a traceback from twistd, and says
+    at start-up what the server will do."""
 
-    def __init__(self, inner):
+    log = Logger()
+
+    def __init__(self, inner, config, selectors):
         MultiService.__init__(self)
         inner.setServiceParent(self)
+        self.config = config
+        self.selectors = selectors
+
+    def startService(self):
+        MultiService.startService(self)
+        config = self.config
+        self.log.info("ownsocket {version} with {source}: DHCP {dhcp}, TFTP {tftp}, HTTP {http}; "
+                      "selectors {selectors}",
+                      version=__version__, source=config.source,
+                      dhcp=("off" if not config.dhcp.enabled else
+                            "proxy mode" if config.dhcp.mode == "proxy" else
+                            f"{len(config.subnets)} subnet(s)"),
+                      tftp=f"port {config.tftp.port}, root {os.path.abspath(config.tftp.root)}"
+                      if config.tftp.enabled else "off",
+                      http=f"port {config.http.port}" if config.http.enabled else "off",
+                      selectors=", ".join(s.name for s in self.selectors))
+        if config.tftp.enabled and not os.path.isdir(config.tftp.root):
+            self.log.warn("[tftp] root {root} is not a directory: every request will get 'file not found'",
+                          root=os.path.abspath(config.tftp.root))
 
     def privilegedStartService(self):
         try:

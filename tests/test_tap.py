@@ -29,3 +29,28 @@ class BootFileSizeTests(unittest.TestCase):
         self.assertIsNone(size("missing.efi"))
         self.assertIsNone(size("../etc/passwd"))
         self.assertIsNone(size("escape"))
+
+
+class MakeServiceTests(unittest.TestCase):
+    def test_startup_summary_and_missing_root_warning(self):
+        from twisted.logger import globalLogPublisher, formatEvent
+        from ownsocket.tap import Options, makeService
+        from tests.fakes import FakeUDPReactor
+        path = self.mktemp()
+        missing = os.path.abspath(self.mktemp())
+        with open(path, "w") as handle:
+            handle.write(f"[dhcp]\nenabled = false\n[tftp]\nport = 16969\nroot = {missing}\n")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        options = Options()
+        options.parseOptions(["--config", path])
+        reactor = FakeUDPReactor()
+        service = makeService(options, reactor=reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        lines = [formatEvent(event) for event in events]
+        self.assertTrue(any("DHCP off, TFTP port 16969" in line for line in lines), lines)
+        self.assertTrue(any(f"[tftp] root {missing} is not a directory" in line for line in lines), lines)
+        self.assertEqual([port for port, _, _, _ in reactor.ports], [16969])
