@@ -15,6 +15,12 @@ reported so one can see it is not the bottleneck.  Server CPU is read from
 transfer and reaps it, so children count).
 
 Usage (as root):  python3 bench/tftp_bench.py [--quick]
+
+Lock-step results depend on where the scheduler puts server and client:
+on the same CPU a round trip costs both processes' CPU time per packet, on
+two CPUs it costs two cross-CPU wake-ups (on a VM, tens of microseconds),
+whatever the server does.  Unpinned runs mix both; C{--pin same} and
+C{--pin apart} measure one each.
 """
 
 from __future__ import annotations
@@ -541,8 +547,10 @@ def main():
     parser.add_argument("--quick", action="store_true", help="16 MiB and 1 MiB files instead of 64 and 4")
     parser.add_argument("--servers", default="ownsocket,tftpd-hpa,dnsmasq",
                         help="comma-separated subset of ownsocket,tftpd-hpa,dnsmasq")
-    parser.add_argument("--pin", action="store_true",
-                        help="pin the server to CPU 0 and the client to CPU 1 (steadier lock-step numbers)")
+    parser.add_argument("--pin", nargs="?", const="apart", choices=("apart", "same"),
+                        help="pin the server to CPU 0 and the client to CPU 1 ('apart', the default: "
+                             "lock-step then measures cross-CPU wake-up latency), or both to CPU 0 "
+                             "('same': lock-step then measures server plus client CPU per packet)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="runs per scenario and server, best kept (default 3, 2 with --quick)")
     parser.add_argument("--only", default="", help="run only scenarios whose label contains this text")
@@ -564,7 +572,7 @@ def main():
         enter_namespace(namespace)
         if args.pin:
             global PIN
-            PIN = (0, 1)
+            PIN = (0, 1) if args.pin == "apart" else (0, 0)
             os.sched_setaffinity(0, {PIN[1]})
         inside(args)
     finally:

@@ -285,6 +285,73 @@ class RealSocketTests(ClientTestCase):
             raise AssertionError("no end of file")
 
     @defer.inlineCallbacks
+    def test_reactor_is_served_while_a_transfer_holds_the_wait(self):
+        """
+        While ACKs flow, the transfer ports wait on their own set instead
+        of the reactor's: timed calls and other sockets must still be
+        served promptly, and the ports rejoin the reactor afterwards.
+        """
+        from twisted.internet import threads
+        data = self.serve("big.bin", 4 * 1024 * 1024)
+        lateness = []
+        pending = []
+
+        def tick(expected):
+            lateness.append(reactor.seconds() - expected)
+            pending[:] = [reactor.callLater(0.01, tick, reactor.seconds() + 0.01)]
+        tick(reactor.seconds())
+
+        class Echo(protocol.DatagramProtocol):
+            def datagramReceived(self, datagram, addr):
+                self.transport.write(datagram, addr)
+        echo = reactor.listenUDP(0, Echo(), interface=LOOPBACK)
+        self.addCleanup(echo.stopListening)
+        try:
+            got, pings = yield threads.deferToThread(
+                self._lock_step_with_pings, self.port, echo.getHost().port)
+        finally:
+            pending[0].cancel()
+        self.assertEqual(got, data)
+        self.assertGreater(len(pings), 10)
+        self.assertLess(max(pings), 0.25)
+        self.assertGreater(len(lateness), 5)
+        self.assertLess(max(lateness), 0.25)
+        mux = self.service.server._listen_session.mux
+        self.assertFalse(mux._holding)
+        self.assertEqual(mux._readers, {})
+
+    @staticmethod
+    def _lock_step_with_pings(port, echo_port):
+        """Fetch big.bin in lock-step (blksize 512); every 256 blocks, time
+        a datagram's round trip through another reactor socket."""
+        import time
+        pings = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as pinger:
+            sock.settimeout(5)
+            pinger.settimeout(5)
+            sock.bind((LOOPBACK, 0))
+            sock.sendto(wire.build_request(wire.RRQ, b"big.bin"), (LOOPBACK, port))
+            received = bytearray()
+            packet, server = sock.recvfrom(65536)
+            expected = 1
+            while True:
+                block = wire.unpack_header(packet)[1]
+                if block == expected & 0xFFFF:
+                    received += packet[4:]
+                    expected += 1
+                sock.sendto(wire.build_ack(block), server)
+                if len(packet) - 4 < 512:
+                    return bytes(received), pings
+                if block % 256 == 0:
+                    sent = time.monotonic()
+                    pinger.sendto(b"ping", (LOOPBACK, echo_port))
+                    pinger.recvfrom(64)
+                    pings.append(time.monotonic() - sent)
+                packet, source = sock.recvfrom(65536)
+                assert source == server
+
+    @defer.inlineCallbacks
     def test_vanished_client_is_dropped_and_reader_finished(self):
         from twisted.internet import task
         from twisted.logger import globalLogPublisher

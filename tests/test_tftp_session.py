@@ -139,6 +139,18 @@ class TransferTests(unittest.TestCase):
         self.assertEqual([(decode(p)[1], len(decode(p)[2])) for p in packets], [(1, 512), (2, 512), (3, 0)])
         self.assertEqual(session.bytes_acked, 1024)
 
+    def test_windows_across_read_boundaries(self):
+        # Blocks are cut from reads of READAHEAD bytes (or a window, if
+        # larger): windows that straddle two reads, files that end exactly
+        # on a read, one byte before or after.
+        from ownsocket.tftp.session import READAHEAD
+        for size in (READAHEAD - 1, READAHEAD, READAHEAD + 1, 3 * READAHEAD + 700):
+            for blksize, windowsize in ((512, 1), (1468, 16), (1000, 7), (8192, 8)):
+                data = os.urandom(size)
+                session = Session(SpyReader(data), blksize=blksize, windowsize=windowsize)
+                self.assertEqual(run_to_end(session), data, (size, blksize, windowsize))
+                self.assertEqual((session.result, session.bytes_acked), ("ok", size))
+
     def test_empty_file(self):
         session = Session(SpyReader(b""))
         out = session.start(0.0)
@@ -413,8 +425,10 @@ class SessionProtocolTests(unittest.TestCase):
         def broken(n):
             raise OSError(5, "Input/output error")
         self.reader.read = broken
+        # Forget what was read ahead: the next block needs a read.
         self.session._eof = False
-        self.session._buffer = memoryview(b"")
+        self.session._ready = []
+        self.session._ready_at = 0
         self.protocol.datagramReceived(ack(1), self.peer)
         self.assertEqual(wire.parse_error(self.transport.written[-1][0])[0], 0)
         self.assertEqual(self.session.result, "server error")

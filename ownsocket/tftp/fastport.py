@@ -30,6 +30,10 @@ import select
 import socket
 
 from twisted.internet.address import IPv4Address
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # no epoll on this platform
+    EPollReactor = None
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 
@@ -41,9 +45,26 @@ _MAX_DATAGRAM = 2048  # ACKs are 4 bytes, ERRORs a short text
 
 
 class SessionMux:
-    """An inner epoll set of transfer sockets, read as one reactor reader."""
+    """
+    An inner epoll set of transfer sockets, read as one reactor reader.
+
+    On Twisted's epoll reactor the mux also takes the wait over while
+    transfers run (L{slice}): each reactor iteration costs a few
+    microseconds of Python (timed calls, the logging context around every
+    event), as much as serving the ACK itself, and in lock-step there is
+    one iteration per block.  So when the inner set is ready, the mux
+    leaves the reactor's set and puts the reactor's own epoll descriptor
+    into its inner set instead, then serves ACKs and blocks on the inner
+    set alone until the reactor has something else to do: another
+    descriptor is ready (then the reactor's descriptor is), its next timed
+    call is due, a transfer starts or ends, or the slice is over.  Then it
+    rejoins the reactor's set, and the reactor sees everything as before.
+    """
 
     log = Logger()
+
+    #: The longest the mux keeps the wait (seconds).
+    slice = 0.05
 
     def __init__(self, reactor):
         self._reactor = reactor
@@ -52,6 +73,13 @@ class SessionMux:
         self._peer_readers = {}
         self._solo = None
         self._registered = False
+        self._holding = False
+        self._changed = False
+        poller = getattr(reactor, "_poller", None)
+        self._reactor_fd = None
+        if EPollReactor is not None and isinstance(reactor, EPollReactor) \
+                and isinstance(poller, select.epoll):
+            self._reactor_fd = poller.fileno()
 
     # IReadDescriptor
     def fileno(self):
@@ -60,13 +88,17 @@ class SessionMux:
     def logPrefix(self):
         return "tftp-sessions"
 
-    #: Rounds of the inner set served per reactor event.  In a storm, ACKs
-    #: that arrive while a round is being served are picked up by the next
-    #: round instead of a whole reactor iteration; the bound keeps the
-    #: listener and the timers from waiting behind a busy storm.
+    #: Rounds of the inner set served per reactor event (without L{slice}).
+    #: In a storm, ACKs that arrive while a round is being served are
+    #: picked up by the next round instead of a whole reactor iteration;
+    #: the bound keeps the listener and the timers from waiting behind a
+    #: busy storm.
     rounds = 16
 
     def doRead(self):
+        if self._reactor_fd is not None and self._readers:
+            self._hold()
+            return
         solo = self._solo
         if solo is not None:
             # One transfer running (the usual single-client boot): its ACK
@@ -96,6 +128,52 @@ class SessionMux:
                 # away, so another poll now would only cost a syscall.
                 return
 
+    def _hold(self):
+        """Serve the inner set, waiting on it, until the reactor is needed."""
+        reactor = self._reactor
+        seconds = reactor.seconds
+        wait = reactor.timeout()   # until the reactor's next timed call
+        if wait is None or wait > self.slice:
+            wait = self.slice
+        end = seconds() + wait
+        reactor_fd = self._reactor_fd
+        readers = self._readers
+        poll = self._epoll.poll
+        epoll = self._epoll
+        if self._registered:
+            reactor.removeReader(self)
+            self._registered = False
+        epoll.register(reactor_fd, select.EPOLLIN)
+        self._holding = True
+        self._changed = False
+        try:
+            timeout = 0
+            while True:
+                ready = poll(timeout)
+                if not ready:
+                    return   # the next timed call is due
+                leave = False
+                for fd, _ in ready:
+                    reader = readers.get(fd)
+                    if reader is not None:
+                        try:
+                            reader()
+                        except Exception:
+                            self.log.failure("TFTP session socket failed")
+                    elif fd == reactor_fd:
+                        leave = True
+                if leave or self._changed:
+                    return
+                timeout = end - seconds()
+                if timeout <= 0:
+                    return
+        finally:
+            self._holding = False
+            epoll.unregister(reactor_fd)
+            if self._readers and not self._registered:
+                self._registered = True
+                reactor.addReader(self)
+
     def connectionLost(self, reason):
         self._registered = False
 
@@ -111,7 +189,8 @@ class SessionMux:
             self._peer_readers[fd] = peer_reader
         self._epoll.register(fd, select.EPOLLIN)
         self._update_solo()
-        if not self._registered:
+        self._changed = True
+        if not self._registered and not self._holding:
             self._registered = True
             self._reactor.addReader(self)
 
@@ -121,6 +200,7 @@ class SessionMux:
             self._epoll.unregister(fd)
         self._peer_readers.pop(fd, None)
         self._update_solo()
+        self._changed = True
         if not self._readers and self._registered:
             self._registered = False
             self._reactor.removeReader(self)
@@ -165,12 +245,21 @@ class SessionPort:
         self._socket = connected
         self._send = connected.send
         self._recv = connected.recv
+        #: For the protocol: a datagram to the peer, no address handling
+        #: (OSError propagates: the protocol treats it as a lost packet).
+        self.send_to_peer = connected.send
         self.connected = True
 
     def startListening(self):
         self._mux.add(self._catcher, self._read_stranger)
         self._mux.add(self._socket, self._read_peer, self._read_peer)
         self.protocol.makeConnection(self)
+        # The connected socket only ever delivers the peer's datagrams.
+        received = getattr(self.protocol, "peerDatagramReceived", None)
+        if received is None:
+            protocol, peer = self.protocol, self.peer
+            received = lambda data: protocol.datagramReceived(data, peer)  # noqa: E731
+        self._peer_received = received
 
     def _read_peer(self):
         try:
@@ -179,7 +268,7 @@ class SessionPort:
             if error.errno in _TRANSIENT:
                 return False
             raise
-        self.protocol.datagramReceived(data, self.peer)
+        self._peer_received(data)
         return True
 
     def _read_stranger(self):
@@ -230,6 +319,7 @@ def session_factory(reactor):
             port = SessionPort(mux, protocol, interface, peer)
             port.startListening()
             return port
+        listen.mux = mux
         return listen
 
     def listen(protocol, interface, peer):

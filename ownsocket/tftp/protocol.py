@@ -15,6 +15,7 @@ from ownsocket.tftp.session import DONE
 
 #: Error 5 replies one transfer sends to foreign TIDs, at most.
 MAX_STRANGER_ANSWERS = 8
+_NEVER = float("inf")
 
 _ERROR_UNKNOWN_TID = wire.build_error(wire.ERR_UNKNOWN_TID, "Unknown transfer ID")
 _ERROR_ILLEGAL = wire.build_error(wire.ERR_ILLEGAL, "Illegal TFTP operation")
@@ -88,8 +89,22 @@ class SessionProtocol(DatagramProtocol):
         self._seconds = reactor.seconds
         self._on_done = on_done
         self._call = None
+        #: When the pending DelayedCall fires (infinity when none is
+        #: pending): the per-ACK check is one comparison with it.
+        self._call_at = _NEVER
         self._closed = False
         self._strangers_answered = 0
+        self._send_peer = None
+
+    def makeConnection(self, transport):
+        # A transport with a socket connected to the peer (the fast ports)
+        # sends without an address; any other gets one.
+        send = getattr(transport, "send_to_peer", None)
+        if send is None:
+            write, peer = transport.write, self.peer
+            send = lambda datagram: write(datagram, peer)  # noqa: E731
+        self._send_peer = send
+        DatagramProtocol.makeConnection(self, transport)
 
     def begin(self) -> None:
         self._run(self.session.start, self._seconds())
@@ -105,7 +120,14 @@ class SessionProtocol(DatagramProtocol):
                 except OSError:
                     pass
             return
-        # The hot path (one call per ACK): _run, _send and _arm inlined.
+        self.peerDatagramReceived(datagram)
+
+    def peerDatagramReceived(self, datagram):
+        """
+        A datagram from the peer: the hot path, one call per ACK (_run,
+        _send and _arm inlined).  Transports that know the sender is the
+        peer (a connected socket) call this directly.
+        """
         if self._closed:
             return
         session = self.session
@@ -115,19 +137,18 @@ class SessionProtocol(DatagramProtocol):
             self._crashed()
             return
         if out:
-            write, peer = self.transport.write, self.peer
+            send = self._send_peer
             try:
                 for packet in out:
-                    write(packet, peer)
+                    send(packet)
             except OSError:
                 pass  # a full socket buffer is a lost packet: the timer recovers it
-        if session.state is DONE:
-            self._close()
+        deadline = session.deadline
+        if deadline is None:
+            if session.state is DONE:
+                self._close()
             return
-        call = self._call
-        if call is None or call.cancelled or call.called:
-            self._arm()
-        elif call.time > session.deadline:
+        if deadline < self._call_at:
             self._arm()
 
     def _crashed(self) -> None:
@@ -152,15 +173,16 @@ class SessionProtocol(DatagramProtocol):
             self._arm()
 
     def _send(self, packets) -> None:
-        write, peer = self.transport.write, self.peer
+        send = self._send_peer
         try:
             for packet in packets:
-                write(packet, peer)
+                send(packet)
         except OSError:
             # A full socket buffer is a lost packet: the timer recovers it.
             pass
 
     def _arm(self) -> None:
+        """Have the timer fire at the session's deadline or earlier."""
         deadline = self.session.deadline
         if deadline is None:
             return
@@ -169,15 +191,21 @@ class SessionProtocol(DatagramProtocol):
             self._call = self._reactor.callLater(max(0.0, deadline - self._seconds()), self._fire)
         elif call.getTime() > deadline:
             call.reset(max(0.0, deadline - self._seconds()))
+        else:
+            self._call_at = call.getTime()
+            return
+        self._call_at = self._call.getTime()
 
     def _fire(self) -> None:
         self._call = None
+        self._call_at = _NEVER
         deadline = self.session.deadline
         if deadline is None or self._closed:
             return
         now = self._seconds()
         if now < deadline:
-            self._call = self._reactor.callLater(deadline - now, self._fire)
+            # Pushed back by ACKs since it was set: sleep the remainder.
+            self._arm()
             return
         self._run(self.session.timer_expired, now)
 
@@ -193,6 +221,7 @@ class SessionProtocol(DatagramProtocol):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        self._call_at = _NEVER
         if self.transport is not None:
             self.transport.stopListening()
         self._on_done(self)

@@ -82,9 +82,13 @@ class Session:
         self._recover_point = 0
         readahead = max(READAHEAD, blksize * windowsize)
         self._readahead = -(-readahead // blksize) * blksize
-        self._buffer = memoryview(b"")
-        self._offset = 0
-        self._eof = False
+        # Packets built from the last read, not yet in the window: a whole
+        # read is cut into DATA packets at once, so taking the next block is
+        # a list index, not a slice, a header and a concatenation per call.
+        self._ready: List[bytes] = []
+        self._ready_at = 0
+        self._built = 0         # highest block (absolute) built
+        self._eof = False       # the reader is exhausted (the last block is built)
 
         self.state = WAIT_OACK_ACK if oack is not None else SENDING
         self.deadline: Optional[float] = None
@@ -116,22 +120,34 @@ class Session:
         opcode, number = _unpack(datagram)
         if opcode != _ACK or self.state is not SENDING:
             return self._not_data_ack(opcode, number, datagram, now)
-        # The per-packet path: an ACK while data flows.
+        # The per-packet path: an ACK while data flows.  _progress and
+        # _transmit are inlined for the usual case (the whole window
+        # acknowledged): it runs once per ACK, so every call counts.
         base = self._base
+        sent = self._sent
         delta = (number - base) & 0xFFFF
-        if delta == 0 or delta > self._sent - base:
+        if delta == 0 or delta > sent - base:
             return []   # duplicate or stale: only the timer resends
         self.acked_any = True
         self._base = base = base + delta
-        del self._packets[:delta]
-        self._progress(now)
+        packets = self._packets
+        del packets[:delta]
+        self._retries_left = self._retries
+        if self._timing is not None:
+            self._sample(now - self._timing)
         if base == self._last_block:
             self.bytes_acked += (delta - 1) * self.blksize + self._last_len
             self._finish("ok", now)
             return []
         self.bytes_acked += delta * self.blksize
-        if base == self._sent:
-            return self._transmit(now, resend=False)
+        if base == sent:
+            # Everything sent was acknowledged: the next window, all new.
+            # (Not the last block, so more data remains to be read.)
+            self._fill()
+            self._timing = now
+            self._sent = base + len(packets)
+            self.deadline = now + self._rto
+            return packets[:]
         if base < self._recover_point:
             return []   # this window was already restarted once
         return self._transmit(now, resend=True)
@@ -182,22 +198,24 @@ class Session:
 
     def _progress(self, now: float) -> None:
         self._retries_left = self._retries
-        timing = self._timing
-        if timing is not None:
-            rtt = now - timing
-            srtt = self._srtt
-            if srtt is None:
-                srtt, rttvar = rtt, rtt / 2
-            else:
-                rttvar = 0.75 * self._rttvar + 0.25 * abs(srtt - rtt)
-                srtt = 0.875 * srtt + 0.125 * rtt
-            self._srtt, self._rttvar = srtt, rttvar
-            rto = srtt + 4 * rttvar
-            if rto < self._min_rto:
-                rto = self._min_rto
-            elif rto > self._max_rto:
-                rto = self._max_rto
-            self._rto = rto
+        if self._timing is not None:
+            self._sample(now - self._timing)
+
+    def _sample(self, rtt: float) -> None:
+        """One round-trip sample (RFC 6298 smoothing, bounded RTO)."""
+        srtt = self._srtt
+        if srtt is None:
+            srtt, rttvar = rtt, rtt / 2
+        else:
+            rttvar = 0.75 * self._rttvar + 0.25 * abs(srtt - rtt)
+            srtt = 0.875 * srtt + 0.125 * rtt
+        self._srtt, self._rttvar = srtt, rttvar
+        rto = srtt + 4 * rttvar
+        if rto < self._min_rto:
+            rto = self._min_rto
+        elif rto > self._max_rto:
+            rto = self._max_rto
+        self._rto = rto
 
     def _transmit(self, now: float, resend: bool) -> List[bytes]:
         """Send the window after the last ACK: only unsent blocks, or all."""
@@ -218,34 +236,48 @@ class Session:
         return out
 
     def _fill(self) -> None:
+        """Top the window up to C{windowsize} packets from the built ones."""
         packets = self._packets
-        blksize = self.blksize
-        number = self._base + len(packets)
         missing = self.windowsize - len(packets)
-        buffer, offset = self._buffer, self._offset
+        ready, at = self._ready, self._ready_at
         while missing > 0:
-            end = offset + blksize
-            if end > len(buffer) and not self._eof:
-                buffer, offset = self._refill(buffer[offset:]), 0
-                end = blksize
-            payload = buffer[offset:end]
-            offset += len(payload)
-            number += 1
-            missing -= 1
-            packets.append(_pack_data(_DATA, number & 0xFFFF) + payload)
-            if len(payload) < blksize:
-                self._last_block = number
-                self._last_len = len(payload)
+            left = len(ready) - at
+            if left <= 0:
+                if self._eof:
+                    break
+                ready, at = self._build(), 0
+                continue
+            if missing == 1:
+                packets.append(ready[at])
+                at += 1
                 break
-        self._buffer, self._offset = buffer, offset
+            take = missing if missing < left else left
+            packets += ready[at:at + take]
+            at += take
+            missing -= take
+        if at >= len(ready) and self._eof:
+            # The last block is in the window now.
+            self._last_block = self._base + len(packets)
+            self._last_len = len(packets[-1]) - 4
+            ready, at = [], 0
+        self._ready, self._ready_at = ready, at
 
-    def _refill(self, rest) -> memoryview:
-        chunk = self._reader.read(self._readahead)
-        if len(chunk) < self._readahead:
+    def _build(self) -> List[bytes]:
+        """Read the next chunk and cut it into DATA packets.  A short read
+        is the end of the file: its last packet is shorter than a block
+        (empty when the size is a multiple of the block size)."""
+        size = self._readahead
+        chunk = self._reader.read(size)
+        blksize = self.blksize
+        view = memoryview(chunk)
+        first = self._built + 1
+        count = len(chunk) // blksize
+        if len(chunk) < size:
             self._eof = True
-        if len(rest):
-            chunk = rest.tobytes() + chunk
-        return memoryview(chunk)
+            count += 1   # the short (maybe empty) last block
+        self._built += count
+        return [_pack_data(_DATA, (first + i) & 0xFFFF) + view[i * blksize:(i + 1) * blksize]
+                for i in range(count)]
 
     def _finish(self, result: str, now: float, detail: str = "") -> None:
         self.state = DONE
@@ -254,7 +286,7 @@ class Session:
         self.deadline = None
         self.ended = now
         self._packets = []
-        self._buffer = memoryview(b"")
+        self._ready = []
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.finish()
