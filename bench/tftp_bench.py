@@ -47,6 +47,7 @@ MiB = 1024 * 1024
 
 _HDR = struct.Struct("!HH")
 RRQ, DATA, ACK, ERROR, OACK = 1, 3, 4, 5, 6
+_ACKS = [_HDR.pack(ACK, block) for block in range(65536)]
 
 
 # ---------------------------------------------------------------------------
@@ -92,22 +93,27 @@ class Fetch:
     def _send(self, packet):
         self.last_sent = packet
         try:
-            self.sock.sendto(packet, self.tid)
-        except BlockingIOError:
+            self.sock.send(packet)
+        except (BlockingIOError, ConnectionRefusedError):
             pass
 
     def readable(self, now):
-        recv = self.sock.recvfrom_into
         buffer, view = self.buffer, self.view
+        sock = self.sock
         while not self.done:
             try:
-                n, addr = recv(buffer)
-            except BlockingIOError:
+                if self.tid is None:
+                    n, addr = sock.recvfrom_into(buffer)
+                    # The server's transfer port: connect to it, so the
+                    # kernel filters strangers and every later packet is a
+                    # cheap recv_into and send (the client's CPU time must
+                    # not be what limits a storm).
+                    self.tid = addr
+                    sock.connect(addr)
+                else:
+                    n = sock.recv_into(buffer)
+            except (BlockingIOError, ConnectionRefusedError):
                 return
-            if self.tid is None:
-                self.tid = addr
-            elif addr != self.tid:
-                continue
             if n < 4:
                 continue
             opcode, block = _HDR.unpack_from(buffer)
@@ -122,22 +128,22 @@ class Fetch:
                     self.gap_reported = False
                     self.in_window += 1
                     if payload < self.blksize:
-                        self._send(_HDR.pack(ACK, block))
+                        self._send(_ACKS[block])
                         self.done = True
                         self.sock.close()
                         return
                     if self.in_window >= self.window:
                         self.in_window = 0
-                        self._send(_HDR.pack(ACK, block))
+                        self._send(_ACKS[block])
                         if self.window == 1:
                             # Lock-step: nothing else can be queued; polling
-                            # again is cheaper than a failing recvfrom.
+                            # again is cheaper than a failing recv.
                             return
                 elif not self.gap_reported:
                     # RFC 7440: report the last in-order block once per gap.
                     self.gap_reported = True
                     self.in_window = 0
-                    self._send(_HDR.pack(ACK, (self.next - 1) & 0xFFFF))
+                    self._send(_ACKS[(self.next - 1) & 0xFFFF])
             elif opcode == OACK and self.next == 1:
                 fields = bytes(view[2:n]).split(b"\x00")
                 options = dict(zip(fields[0::2], fields[1::2]))
@@ -145,7 +151,7 @@ class Fetch:
                 self.window = int(options.get(b"windowsize", 1))
                 self.negotiated = f"b{self.blksize}/w{self.window}"
                 self.deadline = now + self.timeout
-                self._send(_HDR.pack(ACK, 0))
+                self._send(_ACKS[0])
             elif opcode == ERROR:
                 self.error = bytes(view[4:n]).split(b"\x00")[0].decode("ascii", "replace")
                 self.done = True

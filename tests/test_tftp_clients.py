@@ -66,6 +66,12 @@ def run(argv, cwd, timeout=CLIENT_TIMEOUT):
     return done.addBoth(stop_killer)
 
 
+def threads_recvfrom(sock):
+    """A blocking recvfrom off the reactor thread (the server runs on it)."""
+    from twisted.internet import threads
+    return threads.deferToThread(sock.recvfrom, 65536)
+
+
 class ClientTestCase(unittest.TestCase):
     timeout = 240
 
@@ -350,6 +356,31 @@ class RealSocketTests(ClientTestCase):
                     pings.append(time.monotonic() - sent)
                 packet, source = sock.recvfrom(65536)
                 assert source == server
+
+    @defer.inlineCallbacks
+    def test_long_error_from_the_peer_ends_the_transfer(self):
+        # The peer's socket is read with a small buffer (ACKs are 4 bytes):
+        # a long ERROR is cut short, and still ends the transfer.
+        from twisted.internet import task
+        from twisted.logger import globalLogPublisher
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.serve("f.bin", 5000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            sock.settimeout(5)
+            sock.sendto(wire.build_request(wire.RRQ, b"f.bin"), (LOOPBACK, self.port))
+            packet, server = yield threads_recvfrom(sock)
+            sock.sendto(wire.build_error(wire.ERR_UNDEFINED, "x" * 1400), server)
+            for _ in range(100):
+                yield task.deferLater(reactor, 0.02, lambda: None)
+                if not self.service.server.transfers:
+                    break
+        self.assertEqual(self.service.server.transfers, {})
+        details = [e.get("detail", "") for e in events if e.get("tftp_result") == "client error"]
+        self.assertEqual(len(details), 1)
+        self.assertIn("error 0: xxxx", details[0])
 
     @defer.inlineCallbacks
     def test_vanished_client_is_dropped_and_reader_finished(self):

@@ -42,6 +42,11 @@ _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 #: shortages: the session's timer deals with all of them.
 _TRANSIENT = _AGAIN + (errno.ECONNREFUSED, errno.ENOBUFS, errno.EHOSTUNREACH, errno.ENETUNREACH)
 _MAX_DATAGRAM = 2048  # ACKs are 4 bytes, ERRORs a short text
+#: What is read from the peer's socket.  A transfer's peer sends 4-byte
+#: ACKs and at most an ERROR, whose text is only logged: a buffer this size
+#: stays in Python's small-object allocator (2048 costs a malloc and a
+#: realloc per ACK, measurable in a storm); a longer ERROR is cut short.
+_PEER_DATAGRAM = 256
 
 
 class SessionMux:
@@ -263,7 +268,7 @@ class SessionPort:
 
     def _read_peer(self):
         try:
-            data = self._recv(_MAX_DATAGRAM)
+            data = self._recv(_PEER_DATAGRAM)
         except OSError as error:
             if error.errno in _TRANSIENT:
                 return False
