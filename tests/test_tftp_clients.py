@@ -7,6 +7,7 @@ naming the missing binary, when a client is not installed (Debian packages
 tftp-hpa, atftp, curl, busybox).
 """
 
+import errno
 import hashlib
 import ipaddress
 import os
@@ -448,3 +449,56 @@ class BindErrorTests(unittest.TestCase):
         self.assertEqual(str(error), f"cannot bind UDP 127.0.0.1:{port}: address already in use "
                                      "(is another TFTP server, e.g. tftpd-hpa or dnsmasq, running?)")
         self.assertEqual(service.ports, [])
+
+
+class SendWindowTests(unittest.TestCase):
+    """A transfer port sends a window in one go (UDP segmentation offload
+    where the kernel has it) and falls back to one datagram per call."""
+
+    def setUp(self):
+        from ownsocket.tftp.fastport import SessionPort
+        self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(self.peer.close)
+        self.peer.bind((LOOPBACK, 0))
+        self.peer.settimeout(2)
+        self.port = SessionPort(None, protocol.DatagramProtocol(), LOOPBACK,
+                                self.peer.getsockname())
+        self.addCleanup(self.port._socket.close)
+        self.addCleanup(self.port._catcher.close)
+
+    def window(self, count, blksize, last):
+        packets = [wire.build_data(n, os.urandom(blksize)) for n in range(1, count)]
+        return packets + [wire.build_data(count, os.urandom(last))]
+
+    def received(self, count):
+        return [self.peer.recv(65536) for _ in range(count)]
+
+    def test_window_arrives_as_separate_datagrams(self):
+        # 100 blocks: more than one segmentation group of 64.
+        for count, blksize, last in ((16, 1468, 1468), (16, 1468, 7), (100, 512, 0), (9, 8192, 100)):
+            packets = self.window(count, blksize, last)
+            self.port.send_window(packets)
+            self.assertEqual(self.received(count), packets)
+        self.assertTrue(self.port._gso, "the kernel refused UDP_SEGMENT on loopback")
+
+    def test_refused_segmentation_falls_back_for_good(self):
+        calls = []
+
+        def refuse(buffers, ancillary):
+            calls.append(len(buffers[0]))
+            raise OSError(errno.EIO, "no checksum offload")
+        self.port._sendmsg = refuse
+        packets = self.window(5, 1000, 10)
+        self.port.send_window(packets)
+        self.assertEqual(self.received(5), packets)
+        self.port.send_window(packets)
+        self.assertEqual(self.received(5), packets)
+        self.assertEqual(len(calls), 1)
+        self.assertFalse(self.port._gso)
+
+    def test_other_errors_propagate(self):
+        def full(buffers, ancillary):
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        self.port._sendmsg = full
+        self.assertRaises(OSError, self.port.send_window, self.window(3, 512, 512))
+        self.assertTrue(self.port._gso)

@@ -95,15 +95,23 @@ class SessionProtocol(DatagramProtocol):
         self._closed = False
         self._strangers_answered = 0
         self._send_peer = None
+        self._send_window = None
 
     def makeConnection(self, transport):
         # A transport with a socket connected to the peer (the fast ports)
-        # sends without an address; any other gets one.
+        # sends without an address, and a window in one go; any other
+        # gets an address and one call per datagram.
         send = getattr(transport, "send_to_peer", None)
         if send is None:
             write, peer = transport.write, self.peer
             send = lambda datagram: write(datagram, peer)  # noqa: E731
         self._send_peer = send
+        window = getattr(transport, "send_window", None)
+        if window is None:
+            def window(packets):
+                for packet in packets:
+                    send(packet)
+        self._send_window = window
         DatagramProtocol.makeConnection(self, transport)
 
     def begin(self) -> None:
@@ -137,10 +145,11 @@ class SessionProtocol(DatagramProtocol):
             self._crashed()
             return
         if out:
-            send = self._send_peer
             try:
-                for packet in out:
-                    send(packet)
+                if len(out) == 1:
+                    self._send_peer(out[0])
+                else:
+                    self._send_window(out)
             except OSError:
                 pass  # a full socket buffer is a lost packet: the timer recovers it
         deadline = session.deadline
@@ -173,10 +182,11 @@ class SessionProtocol(DatagramProtocol):
             self._arm()
 
     def _send(self, packets) -> None:
-        send = self._send_peer
         try:
-            for packet in packets:
-                send(packet)
+            if len(packets) == 1:
+                self._send_peer(packets[0])
+            else:
+                self._send_window(packets)
         except OSError:
             # A full socket buffer is a lost packet: the timer recovers it.
             pass
