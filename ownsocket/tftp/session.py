@@ -143,6 +143,17 @@ class Session:
         if base == sent:
             # Everything sent was acknowledged: the next window, all new.
             # (Not the last block, so more data remains to be read.)
+            at = self._ready_at
+            if self.windowsize == 1 and at < len(self._ready) - 1:
+                # Lock-step, and the next block is built and not the
+                # last one: _fill's work is one list index.
+                packet = self._ready[at]
+                self._ready_at = at + 1
+                packets.append(packet)
+                self._timing = None if base & 7 else now
+                self._sent = base + 1
+                self.deadline = now + self._rto
+                return [packet]
             self._fill()
             # Karn's rule allows a sample from any clean window; one in
             # eight is plenty (RFC 6298 asks for one per round trip) and
