@@ -502,3 +502,66 @@ class SendWindowTests(unittest.TestCase):
         self.port._sendmsg = full
         self.assertRaises(OSError, self.port.send_window, self.window(3, 512, 512))
         self.assertTrue(self.port._gso)
+
+
+class SessionMuxHoldTests(unittest.TestCase):
+    """The mux's hold, on an epoll reactor of its own (never run)."""
+
+    def setUp(self):
+        from twisted.internet.epollreactor import EPollReactor
+        from ownsocket.tftp.fastport import SessionMux
+        self.reactor = EPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.addCleanup(self.reactor.waker.connectionLost, None)
+        self.mux = SessionMux(self.reactor)
+        self.session = self.udp()
+        self.served = []
+        self.mux.add(self.session, lambda: self.served.append(self.session.recv(64)))
+
+    def udp(self):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.bind((LOOPBACK, 0))
+        sock.setblocking(False)
+        return sock
+
+    def datagram_to(self, sock):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"ack", sock.getsockname())
+
+    def test_hold_serves_until_the_slice_ends_then_rejoins(self):
+        self.mux.slice = 0.05
+        self.datagram_to(self.session)
+        self.mux.doRead()
+        self.assertEqual(self.served, [b"ack"])
+        self.assertFalse(self.mux._holding)
+        self.assertIn(self.mux, self.reactor.getReaders())
+        self.assertEqual(self.mux._plain_events, 0)
+
+    def test_busy_reactor_ends_the_hold_and_backs_off(self):
+        from twisted.internet.abstract import FileDescriptor
+
+        class Busy(FileDescriptor):
+            def __init__(self, sock):
+                FileDescriptor.__init__(self, reactor=None)
+                self.sock = sock
+
+            def fileno(self):
+                return self.sock.fileno()
+
+            def doRead(self):
+                pass
+        other = self.udp()
+        self.reactor.addReader(Busy(other))
+        self.datagram_to(other)      # the reactor has work, and keeps it
+        self.datagram_to(self.session)
+        self.mux.slice = 5.0         # only the reactor's work may end the hold
+        self.mux.doRead()
+        self.assertEqual(self.served, [b"ack"])
+        self.assertIn(self.mux, self.reactor.getReaders())
+        self.assertEqual(self.mux._plain_events, self.mux.busy_backoff)
+        # The next events are served without a hold.
+        self.datagram_to(self.session)
+        self.mux.doRead()
+        self.assertEqual(self.served, [b"ack", b"ack"])
+        self.assertEqual(self.mux._plain_events, self.mux.busy_backoff - 1)

@@ -269,7 +269,7 @@ class Session:
             packets += ready[at:at + take]
             at += take
             missing -= take
-        if at >= len(ready) and self._eof:
+        if at >= len(ready) and self._eof and self._last_block is None:
             # The last block is in the window now.
             self._last_block = self._base + len(packets)
             self._last_len = len(packets[-1]) - 4
