@@ -35,8 +35,11 @@ class LoadTests(unittest.TestCase):
         conf = os.path.join(here, "conf")
         examples = [name for name in os.listdir(conf) if name.endswith(".example.ini")]
         self.assertGreaterEqual(len(examples), 3)
+        from twisted.internet.task import Clock
+        from ownsocket.boot.loader import load_selectors
         for name in examples:
-            configuration.load(path=os.path.join(conf, name), known_interfaces={"eth0", "eth1", "eth2"})
+            config = configuration.load(path=os.path.join(conf, name), known_interfaces={"eth0", "eth1", "eth2"})
+            load_selectors(config, Clock())  # every [selector:...] of the examples is valid too
 
     def test_full_subnet(self):
         config = self.load("""
