@@ -30,6 +30,8 @@ class ListenerProtocol(DatagramProtocol):
     usually scans), and logged at a bounded rate by the server.
     """
 
+    noisy = False  # the start-up summary names the TFTP port already
+
     def __init__(self, server, local_host: str = ""):
         self.server = server
         self.local_host = local_host
