@@ -144,23 +144,32 @@ class SessionMux:
             except Exception:
                 self.log.failure("TFTP session socket failed")
                 return
-        readers = self._readers
         poll = self._epoll.poll
         for _ in range(self.rounds):
             ready = poll(0)
             if not ready:
                 return
-            for fd, _ in ready:
-                reader = readers.get(fd)
-                if reader is not None:
-                    try:
-                        reader()
-                    except Exception:
-                        self.log.failure("TFTP session socket failed")
+            self._serve(ready)
             if len(ready) < 2:
                 # One transfer in lock-step: its next ACK is a round trip
                 # away, so another poll now would only cost a syscall.
                 return
+
+    def _serve(self, ready):
+        """Run the reader of each ready transfer socket; True when the
+        reactor's own descriptor was among them (it has work of its own)."""
+        readers = self._readers
+        reactor_ready = False
+        for fd, _ in ready:
+            reader = readers.get(fd)
+            if reader is not None:
+                try:
+                    reader()
+                except Exception:
+                    self.log.failure("TFTP session socket failed")
+            elif fd == self._reactor_fd:
+                reactor_ready = True
+        return reactor_ready
 
     def _hold(self):
         """Serve the inner set, waiting on it, until the reactor is needed."""
@@ -171,7 +180,6 @@ class SessionMux:
             wait = self.slice
         end = seconds() + wait
         reactor_fd = self._reactor_fd
-        readers = self._readers
         poll = self._epoll.poll
         epoll = self._epoll
         if self._registered:
@@ -187,17 +195,7 @@ class SessionMux:
                 ready = poll(timeout)
                 if not ready:
                     return   # the next timed call is due
-                leave = False
-                for fd, _ in ready:
-                    reader = readers.get(fd)
-                    if reader is not None:
-                        try:
-                            reader()
-                        except Exception:
-                            self.log.failure("TFTP session socket failed")
-                    elif fd == reactor_fd:
-                        leave = True
-                if leave:
+                if self._serve(ready):
                     if first:
                         self._plain_events = self.busy_backoff
                     return
