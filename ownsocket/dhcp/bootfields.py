@@ -10,7 +10,28 @@ from __future__ import annotations
 
 import struct
 
+from twisted.internet import defer
+from twisted.logger import Logger
+
 from ownsocket.dhcp import wire
+
+_log = Logger()
+
+
+def with_decision(selector, request, then):
+    """
+    Ask the selector about C{request} and call C{then(decision)} with its
+    answer, at once or when its Deferred fires.  A selector that raises gives
+    no decision (the reply still goes out, without a boot file).
+    """
+    try:
+        decision = selector.select(request)
+    except Exception:
+        _log.failure("boot selection failed for {mac}", mac=request.mac)
+        decision = None
+    if isinstance(decision, defer.Deferred):
+        return decision.addCallback(then)
+    return then(decision)
 
 
 def add_boot_fields(reply, message, decision, next_server, boot_file_size=None):

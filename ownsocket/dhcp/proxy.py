@@ -14,12 +14,11 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Optional
 
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from ownsocket.boot.request import ARCH_NAMES
 from ownsocket.dhcp import wire
-from ownsocket.dhcp.bootfields import add_boot_fields, echo_options
+from ownsocket.dhcp.bootfields import add_boot_fields, echo_options, with_decision
 from ownsocket.dhcp.server import BROADCAST, Outgoing
 from ownsocket.dhcp.wire import ACK, DISCOVER, INFORM, OFFER, REQUEST, Reply
 
@@ -72,12 +71,6 @@ class ProxyServer:
         request = self.boot_request(message, arrival, server_id, phase)
         if self.recent is not None:
             self.recent.remember_mac(request)
-        try:
-            decision = self.selector.select(request)
-        except Exception:
-            self.log.failure("boot selection failed for {mac}", mac=message.mac)
-            decision = None
-
         def answer(decision):
             if decision is None or not (decision.filename or decision.extra_options):
                 return self._skip(message, arrival, "no selector chose a boot file")
@@ -96,9 +89,7 @@ class ProxyServer:
                       f"boot {decision.filename!r} by {decision.selector or '?'} ({decision.reason})")
             return [Outgoing(wire.build(reply), host, port)]
 
-        if isinstance(decision, defer.Deferred):
-            return decision.addCallback(answer)
-        return answer(decision)
+        return with_decision(self.selector, request, answer)
 
     def _destination(self, message, arrival, source):
         if message.relayed:

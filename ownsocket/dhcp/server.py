@@ -16,12 +16,11 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from ownsocket.boot.request import ARCH_NAMES, BootDecision, BootRequest
 from ownsocket.dhcp import wire
-from ownsocket.dhcp.bootfields import add_boot_fields, echo_options
+from ownsocket.dhcp.bootfields import add_boot_fields, echo_options, with_decision
 
 #: Option 175 (iPXE) carrying sub-option 176 "no-pxedhcp" = 1.
 IPXE_NO_PXEDHCP = b"\xb0\x01\x01"
@@ -416,11 +415,6 @@ class DhcpServer:
 
     def _with_decision(self, exchange, build):
         request = self.boot_request(exchange.message, exchange.arrival, exchange.server_id)
-        try:
-            decision = self.selector.select(request)
-        except Exception:
-            self.log.failure("boot selection failed for {mac}", mac=request.mac)
-            decision = None
 
         def finish(decision):
             exchange.decision = decision
@@ -430,9 +424,7 @@ class DhcpServer:
             self._log(exchange)
             return replies
 
-        if isinstance(decision, defer.Deferred):
-            return decision.addCallback(finish)
-        return finish(decision)
+        return with_decision(self.selector, request, finish)
 
     def _compose(self, exchange, lease_time, bootp=False):
         """One OFFER/ACK (or BOOTP reply) for the exchange's address and boot decision."""
