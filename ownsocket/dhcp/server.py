@@ -104,6 +104,10 @@ class DhcpServer:
             subnet.name: AddressPool(subnet, self.reserved_by_address) for subnet in config.subnets}
         self._expiries: List[Tuple[float, int, IPv4]] = []
         self.last_activity = clock.seconds()
+        self._handlers = {
+            None: self._bootp, DISCOVER: self._discover, REQUEST: self._request,
+            DECLINE: self._decline, RELEASE: self._release, INFORM: self._inform,
+        }
         for lease in store.all_leases():
             pool = self._pool_of(lease.address)
             if pool is not None:
@@ -138,11 +142,7 @@ class DhcpServer:
             exchange.reason = "no server address for this subnet (set server_address)"
             self._log(exchange)
             return []
-        handler = {
-            None: self._bootp, DISCOVER: self._discover, REQUEST: self._request,
-            DECLINE: self._decline, RELEASE: self._release, INFORM: self._inform,
-        }[kind]
-        return handler(exchange)
+        return self._handlers[kind](exchange)
 
     # -- message types -----------------------------------------------------
 
