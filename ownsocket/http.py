@@ -23,6 +23,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from ownsocket import listening
+from ownsocket.events import EventBus
 from ownsocket.files import ReadRequest, normalise
 from ownsocket.interfaces import AccessViolation, BackendError, FileNotFound
 
@@ -464,16 +465,18 @@ class HTTPService(listening.ListeningService):
         caller knows.
     @param reactor: injected for tests; the global reactor otherwise.
     @param recent: L{ownsocket.boot.recent.RecentRequests} shared with DHCP.
+    @param events: the L{ownsocket.events.EventBus} requests are published on.
     """
 
     name = "http"
     transport = "TCP"
     in_use_hint = "address already in use (is another web server running?)"
 
-    def __init__(self, config, backend, reactor=None, recent=None):
+    def __init__(self, config, backend, reactor=None, recent=None, events=None):
         listening.ListeningService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
+        self.events = events if events is not None else EventBus(reactor)
         self.config = config
         self.reactor = reactor
         self.backend = backend

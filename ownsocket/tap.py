@@ -21,6 +21,7 @@ from ownsocket.boot.recent import RecentRequests
 from ownsocket.dhcp.leases import LeaseStoreError
 from ownsocket.dhcp.service import DhcpService
 from ownsocket.dhcp.sockets import SocketError
+from ownsocket.events import EventBus
 from ownsocket.filechain import BackendChain
 from ownsocket.files import FilesystemBackend, resolve
 from ownsocket.interfaces import BackendError, IFileBackend, ITransferObserver
@@ -98,16 +99,17 @@ def makeService(options, reactor=None):
         fail(str(error))
     services = MultiService()
     recent = RecentRequests()
+    events = EventBus(reactor)
     backend = build_backend(config, selectors)
     if config.dhcp.enabled:
         DhcpService(config, build_selector(config, reactor, selectors), reactor,
                     boot_file_size=boot_file_size_function(config.tftp, reactor),
-                    recent=recent).setServiceParent(services)
+                    recent=recent, events=events).setServiceParent(services)
     if config.tftp.enabled:
-        TFTPService(config.tftp, backend=backend, reactor=reactor, recent=recent).setServiceParent(services)
+        TFTPService(config.tftp, backend=backend, reactor=reactor, recent=recent, events=events).setServiceParent(services)
     if config.http.enabled:
         http_backend = build_backend(config, selectors, config.http.root) if config.http.root else backend
-        HTTPService(config.http, http_backend, reactor=reactor, recent=recent).setServiceParent(services)
+        HTTPService(config.http, http_backend, reactor=reactor, recent=recent, events=events).setServiceParent(services)
     return StartupGuard(services, config, selectors)
 
 

@@ -15,6 +15,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from ownsocket.dhcp.leases import SqliteLeaseStore
+from ownsocket.events import EventBus
 from ownsocket.dhcp.protocol import DhcpProtocol
 from ownsocket.dhcp.proxy import ProxyArrival, ProxyServer
 from ownsocket.dhcp.server import Arrival, DhcpServer, make_boot_request
@@ -37,8 +38,9 @@ class DhcpService(Service):
 
     def __init__(self, config, selector, reactor, boot_file_size=None, recent=None,
                  store_factory=sqlite_store, interfaces=candidate_interfaces,
-                 open_socket=open_interface_socket):
+                 open_socket=open_interface_socket, events=None):
         self.config = config
+        self.events = events if events is not None else EventBus(reactor)
         self.selector = selector
         self.reactor = reactor
         self.boot_file_size = boot_file_size

@@ -18,6 +18,7 @@ from __future__ import annotations
 import socket
 
 from ownsocket import listening
+from ownsocket.events import EventBus
 from ownsocket.files import FilesystemBackend
 from ownsocket.tftp.options import Limits
 from ownsocket.tftp.protocol import ListenerProtocol
@@ -57,16 +58,18 @@ class TFTPService(listening.ListeningService):
         files under C{config.root}.
     @param reactor: injected for tests; the global reactor otherwise.
     @param recent: L{ownsocket.boot.recent.RecentRequests} shared with DHCP.
+    @param events: the L{ownsocket.events.EventBus} transfers are published on.
     """
 
     name = "tftp"
     transport = "UDP"
     in_use_hint = "address already in use (is another TFTP server, e.g. tftpd-hpa or dnsmasq, running?)"
 
-    def __init__(self, config, backend=None, reactor=None, recent=None):
+    def __init__(self, config, backend=None, reactor=None, recent=None, events=None):
         listening.ListeningService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
+        self.events = events if events is not None else EventBus(reactor)
         if backend is None:
             backend = FilesystemBackend(config.root, config.case_insensitive)
         self.config = config
