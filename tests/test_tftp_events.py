@@ -245,3 +245,41 @@ class ReconfigureTests(EventsTestCase):
         self.assertEqual(self.service.listening_addresses(), [("0.0.0.0", 6969)])
         self.assertEqual((self.service.config.port, self.service.config.max_sessions), (6969, 7))
         self.assertEqual(self.service.server.max_sessions, 7)
+
+
+class FakeResource:
+    RLIMIT_NOFILE = 7
+    RLIM_INFINITY = -1
+
+    def __init__(self, soft, hard, refuse=False):
+        self.limits = (soft, hard)
+        self.refuse = refuse
+
+    def getrlimit(self, which):
+        return self.limits
+
+    def setrlimit(self, which, limits):
+        if self.refuse:
+            raise ValueError("not allowed")
+        self.limits = limits
+
+
+class DescriptorLimitTests(unittest.TestCase):
+
+    def test_soft_limit_raised_within_the_hard_one(self):
+        from ownsocket.tftp.service import _ensure_descriptors
+        fake = FakeResource(1024, 524288)
+        self.assertIsNone(_ensure_descriptors(1600, fake))
+        self.assertEqual(fake.limits, (1600, 524288))
+        fake = FakeResource(4096, 524288)
+        self.assertIsNone(_ensure_descriptors(1600, fake))
+        self.assertEqual(fake.limits, (4096, 524288))   # never lowered
+
+    def test_warns_when_the_hard_limit_is_too_low(self):
+        from ownsocket.tftp.service import _ensure_descriptors
+        fake = FakeResource(256, 1000)
+        warning = _ensure_descriptors(1600, fake)
+        self.assertEqual(fake.limits, (1000, 1000))
+        self.assertIn("open-file limit 1000 is below the 1600", warning)
+        fake = FakeResource(256, 4096, refuse=True)
+        self.assertIn("open-file limit 256", _ensure_descriptors(1600, fake))
