@@ -58,6 +58,31 @@ class LeaseStoreError(Exception):
     """The lease database cannot be opened or written."""
 
 
+def _lease_from_row(path, row) -> Lease:
+    """
+    A row read back from the database, checked: SQLite keeps any type in any
+    column, and a file edited by hand or damaged must stop the server with
+    one line naming the row, not a traceback (nor hand out an address that
+    an unreadable row may hold).
+    """
+    address, mac, state, expires, hostname = row
+    try:
+        if not isinstance(address, str):
+            raise ValueError("address is not text")
+        parsed = IPv4(address)
+        if mac is not None and not isinstance(mac, str):
+            raise ValueError("mac is not text")
+        if state not in (OFFERED, BOUND, DECLINED):
+            raise ValueError(f"unknown state {state!r}")
+        if isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires != expires:
+            raise ValueError(f"expires is not a number: {expires!r}")
+        if hostname is not None and not isinstance(hostname, str):
+            raise ValueError("hostname is not text")
+    except ValueError as error:
+        raise LeaseStoreError(f"lease database {path}: bad row for address {address!r:.60}: {error}") from None
+    return Lease(mac, parsed, state, float(expires), hostname)
+
+
 @implementer(ILeaseStore)
 class SqliteLeaseStore:
     """
@@ -85,16 +110,18 @@ class SqliteLeaseStore:
                 self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_SCHEMA)
             rows = self._db.execute("SELECT address, mac, state, expires, hostname FROM leases").fetchall()
-        except sqlite3.Error as error:
+        except (sqlite3.Error, UnicodeDecodeError) as error:
+            # A damaged file can make SQLite hand back text that is not
+            # UTF-8, which the sqlite3 module raises as UnicodeDecodeError.
             raise LeaseStoreError(f"cannot open lease database {path}: {error}") from None
         self._by_address: Dict[IPv4, Lease] = {}
         self._by_mac: Dict[str, Lease] = {}
         self._in_batch = False
-        for address, mac, state, expires, hostname in rows:
-            lease = Lease(mac, IPv4(address), state, expires, hostname)
+        for row in rows:
+            lease = _lease_from_row(path, row)
             self._by_address[lease.address] = lease
-            if mac is not None:
-                self._by_mac[mac] = lease
+            if lease.mac is not None:
+                self._by_mac[lease.mac] = lease
 
     def lookup(self, mac: str) -> Optional[Lease]:
         return self._by_mac.get(mac)
