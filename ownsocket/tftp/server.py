@@ -45,6 +45,8 @@ from twisted.logger import Logger
 from ownsocket.events import EventBus
 from ownsocket.files import ReadRequest, normalise
 from ownsocket.interfaces import AccessViolation, BackendError, FileNotFound
+from ownsocket.ratelimit import RateLimit
+from ownsocket.text import printable
 from ownsocket.tftp import wire
 from ownsocket.tftp.fastport import session_factory
 from ownsocket.tftp.netascii import NetasciiReader
@@ -63,38 +65,6 @@ MAX_WAITING = 1024
 WAITING_POLL = 0.05
 
 _ERROR_BUSY = wire.build_error(wire.ERR_UNDEFINED, "Server busy, try again")
-
-
-class RateLimit:
-    """A token bucket; counts what it refused so the next line can say so."""
-
-    def __init__(self, clock, rate: float, burst: int):
-        self._clock = clock
-        self._rate = rate
-        self._burst = burst
-        self._tokens = float(burst)
-        self._stamp = clock.seconds()
-        self.suppressed = 0
-
-    def allow(self) -> bool:
-        now = self._clock.seconds()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        self.suppressed += 1
-        return False
-
-    def take_suppressed(self) -> int:
-        count, self.suppressed = self.suppressed, 0
-        return count
-
-
-def _printable(name: bytes) -> str:
-    """File names go into log lines: no control characters, bounded."""
-    text = name[:300].decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
 #: Session results as the "finished" event names them (see events.KINDS).
@@ -192,7 +162,7 @@ class TFTPServer:
     # -- requests ----------------------------------------------------------
 
     def handle_request(self, request: wire.Request, peer, listener) -> None:
-        name = _printable(request.filename)
+        name = printable(request.filename)
         if request.mode not in wire.MODES:
             listener.reply(wire.build_error(wire.ERR_ILLEGAL, "Unsupported mode"), peer)
             self._log_refusal(peer, name, "refused", f"mode {request.mode!r}")
