@@ -56,8 +56,8 @@ from ownsocket.tftp.session import MIN_RTO, Session
 
 #: After a scan of the transfers found none that may be evicted, the next
 #: scan waits this long (seconds): under a flood above capacity every RRQ
-#: would otherwise walk the whole table.  No transfer can turn silent sooner
-#: than its first timer, which is at least MIN_RTO after it started.
+#: would otherwise walk the whole table.  A transfer that turns silent
+#: meanwhile is found this much later, which only matters when full.
 RESCAN_AFTER = 0.01
 #: Requests that wait for a slot, at most; more are refused at once.
 MAX_WAITING = 1024
