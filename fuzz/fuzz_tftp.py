@@ -23,7 +23,8 @@ What counts as a bug:
     something not asked for or out of the configured bounds; a packet
     that is not DATA, OACK or ERROR;
   - after a long quiet time: a transfer still in the table, a reader not
-    finished exactly once, a "finished" event missing or twice.
+    finished exactly once, a started transfer without exactly one
+    "finished" event, a result outside events.KINDS' list.
 """
 
 import os
@@ -58,6 +59,7 @@ NAMES = [b"a", b"b", b"c", b"d/e.txt"]
 MAX_BLKSIZE, MAX_WINDOW = 1468, 8
 CLIENTS = [("192.0.2.10", 1000), ("192.0.2.10", 1001), ("192.0.2.11", 2000), ("198.51.100.7", 69)]
 STRANGER = ("203.0.113.9", 4242)
+RESULTS = {"ok", "not-found", "denied", "size-probe", "timeout", "aborted", "refused", "error"}
 
 
 class Reader(BytesReader):
@@ -199,10 +201,19 @@ def test_one_input(data: bytes) -> None:
     assert service.transfers_in_flight() == []
     assert all(reader.finished == 1 for reader in backend.readers), \
         [reader.finished for reader in backend.readers]
-    started = [e for e in seen.events if e.kind == "started"]
-    finished = [e for e in seen.events if e.kind == "finished"]
-    assert len(finished) >= len(started), (len(started), len(finished))
-    assert len(started) == len(backend.readers) or len(started) < len(backend.readers)
+    # Every started transfer finished exactly once, before its client's
+    # next one started; refusals finish without starting.
+    open_transfers = {}
+    for event in seen.events:
+        key = (event.peer, event.fields.get("port"))
+        if event.kind == "started":
+            assert key not in open_transfers, ("started twice", key)
+            open_transfers[key] = event
+        elif event.kind == "finished":
+            open_transfers.pop(key, None)
+            assert event.fields["result"] in RESULTS, event.fields["result"]
+    assert not open_transfers, ("never finished", open_transfers)
+    assert len([e for e in seen.events if e.kind == "started"]) <= len(backend.readers)
     service.stopService()
     trap.check()
 
