@@ -3,8 +3,9 @@
 TFTP: request and option parsing, and the whole server (listener, admission,
 session state machine) fed arbitrary datagrams and timer expiries.
 
-Input: a program of steps, each a 2-byte instruction and a length-prefixed
-datagram.  Instruction byte 0 picks the action, byte 1 its argument:
+Input (first byte 0xff): one Session alone; see L{session_program}.
+Input (otherwise): a program of steps, each a 2-byte instruction and a
+length-prefixed datagram.  Instruction byte 0 picks the action, byte 1 its argument:
   0  the datagram to port 69 from client (arg % 4)
   1  the datagram to transfer port (arg % n) from its own client
   2  the datagram to transfer port (arg % n) from a stranger
@@ -43,6 +44,7 @@ with atheris.instrument_imports(include=["ownsocket"]):
     from ownsocket.interfaces import AccessViolation, FileNotFound, IFileBackend
     from ownsocket.tftp import wire
     from ownsocket.tftp.service import TFTPService
+    from ownsocket.tftp.session import Session
 
 from twisted.internet import defer  # noqa: E402
 from zope.interface import implementer  # noqa: E402
@@ -130,7 +132,91 @@ def check_sent(packet: bytes, protocol, name) -> None:
 protocol_mode = {}
 
 
+def session_program(data: bytes) -> None:
+    """
+    One Session (the sans-I/O state machine) alone, with parameters beyond
+    what the server's config would grant: block sizes from 8, windows up
+    to 64, files of up to 6,000 bytes, with or without an OACK; fed ACKs
+    (absolute, or relative to what was sent), ERRORs, runts and other
+    garbage, and timer expiries.  Every DATA must carry the file's bytes;
+    the session must end once the peer falls silent, finish its reader
+    exactly once, and an "ok" must mean every byte was acknowledged.
+    """
+    if len(data) < 6:
+        return
+    blksize = 8 + data[1] * 4
+    windowsize = 1 + data[2] % 64
+    size = int.from_bytes(data[3:5], "big") % 6001
+    content = bytes((index * 7 + index // 251) & 0xFF for index in range(size))
+    flags = data[5]
+    oack = wire.build_oack({"blksize": str(blksize)}) if flags & 1 else None
+    reader = Reader(content)
+    session = Session(reader, blksize=blksize, windowsize=windowsize, timeout=1.0, retries=3,
+                      oack=oack, tsize_offered=bool(flags & 2), now=0.0,
+                      initial_rto=(0.2 if flags & 4 else None))
+    now = 0.0
+    highest = 0
+
+    def check(packets):
+        nonlocal highest
+        for packet in packets:
+            opcode = wire.opcode_of(packet)
+            if opcode == wire.OACK:
+                assert packet == oack
+                continue
+            if opcode == wire.ERROR:
+                wire.parse_error(packet)
+                continue
+            assert opcode == wire.DATA, packet[:4]
+            block = struct.unpack_from("!H", packet, 2)[0]
+            assert block >= 1 and packet[4:] == content[(block - 1) * blksize:block * blksize], \
+                (block, blksize, len(packet))
+            highest = max(highest, block)
+        assert len(packets) <= windowsize + 1, (len(packets), windowsize)
+
+    check(session.start(now))
+    at = 6
+    while at + 3 <= len(data) and not session.done:
+        kind, value = data[at] % 6, int.from_bytes(data[at + 1:at + 3], "big")
+        at += 3
+        now += (value & 0x7) * 0.01
+        if kind == 0:
+            out = session.receive(wire.build_ack(value), now)
+        elif kind == 1:
+            out = session.receive(wire.build_ack(max(0, highest - (value & 0x1F))), now)
+        elif kind == 2:
+            if session.deadline is not None:
+                now = max(now, session.deadline)
+            out = session.timer_expired(now)
+        elif kind == 3:
+            out = session.receive(data[at:at + (value & 0x7)], now)
+        elif kind == 4:
+            out = session.receive(wire.build_error(value & 0xF, "x"), now)
+        else:
+            out = session.receive(struct.pack("!HH", value >> 8, value & 0xFF), now)
+        check(out)
+        assert session.bytes_acked <= size
+    for _ in range(50):   # the peer falls silent
+        if session.done:
+            break
+        assert session.deadline is not None
+        now = max(now, session.deadline)
+        check(session.timer_expired(now))
+    assert session.done, session.state
+    assert reader.finished == 1, reader.finished
+    if session.result == "ok":
+        assert session.bytes_acked == size, (session.bytes_acked, size)
+
+
 def test_one_input(data: bytes) -> None:
+    if data[:1] == b"\xff":
+        session_program(data)
+        trap.check()
+        return
+    server_program(data)
+
+
+def server_program(data: bytes) -> None:
     reactor = FakeUDPReactor()
     backend = Backend()
     bus = EventBus(reactor)
@@ -223,6 +309,9 @@ def _step(action, argument, datagram):
 
 
 def seeds():
+    # Session programs (first byte 0xff): a perfect client, a lossy one.
+    yield b"\xff" + bytes([1, 15, 0x0b, 0xb8, 1]) + b"".join(bytes([0, 0, n]) for n in range(0, 40))
+    yield b"\xff" + bytes([125, 3, 0x17, 0x70, 6]) + bytes([1, 0, 2, 2, 0, 0, 1, 0, 0, 0, 0, 3] * 8)
     ack = wire.build_ack
     yield (_step(4, 0, b"blksize\x00512\x00tsize\x000\x00") + _step(1, 0, ack(0))
            + b"".join(_step(1, 0, ack(n)) for n in range(1, 8)))
