@@ -25,7 +25,7 @@ except ImportError:
 
 #: Runs per harness: together about 30 s of CPU on the 2-core CI machine
 #: (the lease harness writes a database file per run, hence fewer).
-RUNS = {"dhcp": 2000, "tftp": 3000, "http": 5000, "config": 3000, "leases": 300}
+RUNS = {"dhcp": 1000, "tftp": 3000, "http": 5000, "config": 2000, "leases": 300}
 
 
 class HarnessTests(unittest.TestCase):
