@@ -204,13 +204,18 @@ class ReconfigureTests(EventsTestCase):
         self.assertEqual(self.results(), ["ok", "ok"])
         self.assertEqual([e.fields["blksize"] for e in self.finished()], [1468, 512])
 
-    def test_without_backend_serves_the_new_root(self):
+    def test_whole_config_without_backend_serves_the_new_root(self):
+        from ownsocket import config as configuration
         self.make()
-        root = self.mktemp()
+        root = os.path.abspath(self.mktemp())
         os.makedirs(root)
         with open(os.path.join(root, "g"), "wb") as f:
             f.write(b"hello")
-        self.service.reconfigure(TftpConfig(port=6969, root=root))
+        whole = configuration.load(text=f"[tftp]\nport = 6969\nroot = {root}\nmax_sessions = 9\n",
+                                   known_interfaces=set())
+        self.successResultOf(self.service.reconfigure(whole, None, None))
+        self.assertEqual(self.service.server.max_sessions, 9)
+        self.assertIs(self.service.config, whole.tftp)
         self.send(rrq("g"))
         proto, transport = self.session()
         self.assertEqual(transport.written[0][0], wire.build_data(1, b"hello"))

@@ -158,11 +158,14 @@ class TFTPService(listening.ListeningService):
         addresses stay in force, and the Deferred fails with the
         L{BindError}.
 
+        @param config: the new L{ownsocket.config.Config} (its C{tftp}
+            part is used), or a L{ownsocket.config.TftpConfig}.
         @param selector: unused: TFTP asks no selector (the backend chain
             may).
         @param backend: the new L{ownsocket.interfaces.IFileBackend}; None
             serves C{config.root} from the file system.
         """
+        config = getattr(config, "tftp", config)
         if backend is None:
             backend = FilesystemBackend(config.root, config.case_insensitive)
         old = self.config
