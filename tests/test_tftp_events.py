@@ -170,6 +170,15 @@ class InFlightTests(EventsTestCase):
         proto.datagramReceived(wire.build_ack(6), PEER)
         self.assertEqual(self.service.transfers_in_flight(), [])
 
+    def test_waiting_request_listed(self):
+        self.make(max_sessions=1)
+        self.send(rrq("f"), ("192.0.2.10", 1))
+        self.reactor.advance(0.25)
+        self.send(rrq("f"), ("192.0.2.11", 2))
+        rows = self.service.transfers_in_flight()
+        self.assertEqual([(r["peer"], r["state"], r["started"]) for r in rows],
+                         [("192.0.2.10", "sending", 0), ("192.0.2.11", "waiting", 0.25)])
+
     def test_opening_transfer_listed(self):
         self.make()
         self.backend.get_reader = lambda request: defer.Deferred()

@@ -418,7 +418,8 @@ class TFTPServer:
     # -- status --------------------------------------------------------------
 
     def in_flight(self):
-        """What each running transfer has done so far (for the status page)."""
+        """What each running transfer has done so far, then the requests
+        waiting for a slot (for the status page)."""
         rows = []
         for transfer in self.transfers.values():
             protocol = transfer.protocol
@@ -435,6 +436,10 @@ class TFTPServer:
                 "started": transfer.started,
                 "state": session.state if session is not None else "opening",
             })
+        for peer, (_, _, name, _, since) in self._waiting.items():
+            rows.append({"peer": peer[0], "port": peer[1], "file": name, "bytes": 0, "acked": 0,
+                         "block": 0, "blksize": None, "windowsize": None, "started": since,
+                         "state": "waiting"})
         return rows
 
     # -- events --------------------------------------------------------------

@@ -143,7 +143,8 @@ class TFTPService(listening.ListeningService):
         """
         One small dict per running transfer, oldest first: peer, port,
         file, bytes (sent), acked, block (last acknowledged), blksize,
-        windowsize, started (reactor time), state.
+        windowsize, started (reactor time), state (opening, wait-oack-ack,
+        sending); then one per request waiting for a slot (state waiting).
         """
         return self.server.in_flight()
 
