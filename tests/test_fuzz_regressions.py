@@ -73,3 +73,18 @@ class LeaseRowTests(unittest.TestCase):
             f.write(content)
         error = self.assertRaises(LeaseStoreError, SqliteLeaseStore, path)
         self.assertNotIn("\n", str(error))
+
+    def test_damaged_schema_error_is_one_line(self):
+        # regressions/leases/damaged-schema-multiline-error: SQLite's error
+        # for a damaged schema quotes the schema text, newlines included,
+        # and that went into the one-line LeaseStoreError.
+        path = self.database(("10.0.0.5", "52:54:00:00:00:01", "bound", 1e6, "pc"))
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA writable_schema=ON")
+        db.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'leases'",
+                   ('CREATE TABLE leases (address TEXT PRIMARY KEY, "\n hostname TEXT\n)',))
+        db.commit()
+        db.close()
+        error = self.assertRaises(LeaseStoreError, SqliteLeaseStore, path)
+        self.assertIn("malformed database schema", str(error))
+        self.assertNotIn("\n", str(error))

@@ -55,7 +55,11 @@ CREATE INDEX IF NOT EXISTS leases_by_mac ON leases (mac);
 
 
 class LeaseStoreError(Exception):
-    """The lease database cannot be opened or written."""
+    """The lease database cannot be opened or written; the message is one
+    log line (SQLite's own text may quote a damaged schema over lines)."""
+
+    def __init__(self, message):
+        super().__init__(" ".join(str(message).split()))
 
 
 def _lease_from_row(path, row) -> Lease:
