@@ -35,7 +35,7 @@ class IEventObserver(Interface):
         """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Event:
     """
     One thing that happened to one client.
