@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import sqlite3
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
@@ -38,7 +39,12 @@ FOREVER = float("inf")
 SCHEMA_VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
+#: __slots__ where the dataclass module offers them (3.10+): a server holds
+#: one Lease per address, 100,000 of them on a big site.
+_SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
+@dataclass(frozen=True, **_SLOTS)
 class Lease:
     mac: Optional[str]  # None for a declined (quarantined) address
     address: IPv4

@@ -1,0 +1,431 @@
+"""
+Leases in PostgreSQL, shared by several ownsocket servers.
+
+The database decides, not any server's memory:
+
+ - the address is the primary key, and a client has at most one row per
+   subnet (a unique constraint), so no two clients hold one address and no
+   client holds two;
+ - every change is one compare-and-set statement (C{ownsocket_claim()}
+   takes the first candidate that is free, lapsed or already the client's,
+   locking its row; a lost race moves on to the next candidate);
+ - offers are rows too, with a short lifetime, so two servers do not offer
+   one address while both offers are live;
+ - expiry is on the database's clock (C{now()}), and lapsed offers and
+   quarantines are deleted by one server at a time (an advisory lock).
+
+Twisted's reactor never waits for the database: statements run on a small,
+bounded pool of threads, each with its own connection.  Everything asked in
+one reactor turn (one socket read's batch) is one transaction, and its
+Deferreds fire only after the COMMIT, so an ACK never precedes its lease.
+(Measured against psycopg's asyncio connections: they would need the
+asyncio reactor for the whole process; a thread round trip on this machine
+costs about as much as a Unix-socket round trip, and one transaction per
+batch amortises both.)
+
+When the database cannot be reached, every change fails at once with
+L{LeaseStoreUnavailable} (no binding without a commit: clients get no
+answer and retry), one line says so, and the store retries with a backoff
+(1 s doubling to 30 s) until the database answers; one line says that too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from typing import List, Optional, Sequence
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from ownsocket.dhcp.leases import (BOUND, DECLINED, OFFERED, Lease, LeaseStoreError,
+                                   LeaseStoreUnavailable)
+from ownsocket.interfaces import ILeaseStore
+from ownsocket.ratelimit import RateLimitedLog
+
+IPv4 = ipaddress.IPv4Address
+
+#: The schema's version; ownsocket_schema holds the version a database has.
+SCHEMA_VERSION = 1
+
+#: pg_advisory_xact_lock key for reclaiming (ASCII "ownsockt").
+RECLAIM_LOCK = 0x6F776E736F636B74
+
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
+DEADLOCK_RETRIES = 5
+
+_MIGRATIONS = {
+    1: """
+CREATE TABLE ownsocket_leases (
+    address  inet PRIMARY KEY,
+    mac      text,
+    subnet   text NOT NULL,
+    state    text NOT NULL CHECK (state IN ('offered', 'bound', 'declined')),
+    expires  timestamptz NOT NULL,
+    hostname text,
+    server   text,
+    CONSTRAINT ownsocket_one_per_client UNIQUE (subnet, mac)
+);
+CREATE INDEX ownsocket_leases_lapsing ON ownsocket_leases (expires) WHERE state <> 'bound';
+
+CREATE FUNCTION ownsocket_claim(p_mac text, p_subnet text, p_candidates inet[], p_state text,
+                                p_seconds double precision, p_hostname text, p_server text)
+RETURNS SETOF ownsocket_leases
+LANGUAGE plpgsql AS $$
+DECLARE
+    candidate inet;
+    current ownsocket_leases;
+    claimed ownsocket_leases;
+    until timestamptz := CASE WHEN p_seconds IS NULL THEN 'infinity'::timestamptz
+                              ELSE now() + make_interval(secs => p_seconds) END;
+BEGIN
+    -- One claim per client at a time: two servers inserting rows for the
+    -- same client would otherwise deadlock on the one-per-client index.
+    PERFORM pg_advisory_xact_lock(28535, hashtext(p_subnet || ' ' || p_mac));
+    FOREACH candidate IN ARRAY p_candidates LOOP
+        SELECT * INTO current FROM ownsocket_leases WHERE address = candidate FOR UPDATE;
+        IF FOUND THEN
+            IF current.expires > now() AND current.mac IS DISTINCT FROM p_mac THEN
+                CONTINUE;  -- someone else's, and live
+            END IF;
+            IF p_state = 'offered' AND current.mac = p_mac AND current.state = 'bound'
+                    AND current.expires > now() THEN
+                RETURN NEXT current;  -- an offer never downgrades a live binding
+                RETURN;
+            END IF;
+        END IF;
+        BEGIN
+            DELETE FROM ownsocket_leases
+                WHERE mac = p_mac AND subnet = p_subnet AND address <> candidate;
+            INSERT INTO ownsocket_leases AS l (address, mac, subnet, state, expires, hostname, server)
+                VALUES (candidate, p_mac, p_subnet, p_state, until, p_hostname, p_server)
+                ON CONFLICT (address) DO UPDATE
+                    SET mac = EXCLUDED.mac, subnet = EXCLUDED.subnet, state = EXCLUDED.state,
+                        expires = EXCLUDED.expires, server = EXCLUDED.server,
+                        hostname = COALESCE(EXCLUDED.hostname,
+                                            CASE WHEN l.mac = EXCLUDED.mac THEN l.hostname END)
+                    WHERE l.expires <= now() OR l.mac = EXCLUDED.mac
+                RETURNING * INTO claimed;
+            IF claimed.address IS NULL THEN
+                RAISE EXCEPTION 'lost' USING ERRCODE = 'OS001';
+            END IF;
+            RETURN NEXT claimed;
+            RETURN;
+        EXCEPTION WHEN unique_violation OR SQLSTATE 'OS001' THEN
+            -- another server won this address (or this client) meanwhile;
+            -- the subtransaction is undone, try the next candidate
+            claimed := NULL;
+        END;
+    END LOOP;
+    RETURN;
+END $$;
+""",
+}
+
+_COLUMNS = "address, mac, state, extract(epoch FROM expires)::float8, hostname, subnet"
+
+
+def _lease(row) -> Lease:
+    address, mac, state, expires, hostname, subnet = row
+    return Lease(mac, IPv4(str(address)), state, expires, hostname, subnet)
+
+
+def describe(dsn):
+    """The DSN without its password, for log lines."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+        parts = conninfo_to_dict(dsn)
+    except Exception:
+        return "postgresql://(unparsable DSN)"
+    parts.pop("password", None)
+    return " ".join(f"{key}={value}" for key, value in sorted(parts.items()))
+
+
+@implementer(ILeaseStore)
+class PostgresLeaseStore:
+    """
+    @param dsn: a libpq connection string or URI.  Put no password in it:
+        use a passfile (C{?passfile=...}, or PGPASSFILE) or PGPASSWORD.
+    @param clock: the reactor (callLater, callFromThread).
+    @param pool_size: connections (and threads) at most.
+    """
+
+    log = Logger()
+    shared = True
+
+    def __init__(self, dsn, clock, pool_size=4, server_name=None, connect_timeout=5):
+        import psycopg  # noqa: F401  (fail at start-up, not at the first packet)
+        self.dsn = dsn
+        self.description = describe(dsn)
+        self.reactor = clock
+        self.server_name = server_name or socket.gethostname()
+        self.connect_timeout = connect_timeout
+        self._threads = ThreadPool(minthreads=0, maxthreads=pool_size, name="ownsocket-leases")
+        self._threads.start()
+        self._idle = deque()
+        self._idle_lock = threading.Lock()
+        self._queue = []
+        self._flush_call = None
+        self._in_batch = 0
+        self._down = False
+        self._retry_at = 0.0
+        self._backoff = BACKOFF_FIRST
+        self._migrated = False
+        self._closed = False
+        self._error_log = RateLimitedLog(self.log.error, clock, burst=3)
+
+    # -- queries ----------------------------------------------------------
+
+    def lookup(self, mac, subnet=None):
+        return self._submit(self._lookup, mac, subnet)
+
+    @staticmethod
+    def _lookup(cursor, mac, subnet):
+        cursor.execute(f"SELECT {_COLUMNS} FROM ownsocket_leases WHERE mac = %s"
+                       " AND (subnet = %s OR %s::text IS NULL)"
+                       " AND (state = 'bound' OR expires > now()) LIMIT 1", (mac, subnet, subnet))
+        row = cursor.fetchone()
+        return _lease(row) if row else None
+
+    def holder(self, address):
+        return self._submit(self._holder, address)
+
+    @staticmethod
+    def _holder(cursor, address):
+        cursor.execute(f"SELECT {_COLUMNS} FROM ownsocket_leases WHERE address = %s", (str(address),))
+        row = cursor.fetchone()
+        return _lease(row) if row else None
+
+    def all_leases(self):
+        return self._submit(self._all)
+
+    @staticmethod
+    def _all(cursor):
+        cursor.execute(f"SELECT {_COLUMNS} FROM ownsocket_leases")
+        return [_lease(row) for row in cursor.fetchall()]
+
+    # -- compare-and-set changes ---------------------------------------------
+
+    def claim(self, mac, subnet, candidates: Sequence[IPv4], state, seconds, hostname=None):
+        return self._submit(self._claim, mac, subnet, [str(a) for a in candidates], state,
+                            seconds, hostname, self.server_name)
+
+    @staticmethod
+    def _claim(cursor, mac, subnet, candidates, state, seconds, hostname, server):
+        cursor.execute(f"SELECT {_COLUMNS} FROM ownsocket_claim(%s, %s, %s::inet[], %s, %s, %s, %s)",
+                       (mac, subnet, candidates, state, seconds, hostname, server))
+        row = cursor.fetchone()
+        return _lease(row) if row else None
+
+    def release(self, mac, address):
+        return self._submit(self._delete, "DELETE FROM ownsocket_leases WHERE address = %s AND mac = %s",
+                            (str(address), mac))
+
+    def forget(self, mac, address):
+        return self._submit(self._delete, "DELETE FROM ownsocket_leases"
+                                          " WHERE address = %s AND mac = %s AND state = 'offered'",
+                            (str(address), mac))
+
+    @staticmethod
+    def _delete(cursor, statement, parameters):
+        cursor.execute(statement, parameters)
+        return cursor.rowcount > 0
+
+    def decline(self, mac, address, seconds):
+        return self._submit(self._decline, mac, address, seconds)
+
+    @staticmethod
+    def _decline(cursor, mac, address, seconds):
+        cursor.execute(f"UPDATE ownsocket_leases SET mac = NULL, state = 'declined', hostname = NULL,"
+                       f" expires = now() + make_interval(secs => %s)"
+                       f" WHERE address = %s AND mac = %s RETURNING {_COLUMNS}", (seconds, str(address), mac))
+        row = cursor.fetchone()
+        return _lease(row) if row else None
+
+    def reclaim(self):
+        return self._submit(self._reclaim)
+
+    @staticmethod
+    def _reclaim(cursor):
+        """One server at a time: the others skip this round."""
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", (RECLAIM_LOCK,))
+        if not cursor.fetchone()[0]:
+            return 0
+        cursor.execute("DELETE FROM ownsocket_leases WHERE state <> 'bound' AND expires <= now()")
+        return cursor.rowcount
+
+    # -- transactions --------------------------------------------------------
+
+    @contextmanager
+    def batch(self):
+        """Everything asked inside is one transaction (sent when it ends)."""
+        self._in_batch += 1
+        try:
+            yield
+        finally:
+            self._in_batch -= 1
+            if not self._in_batch:
+                self._flush()
+
+    def _submit(self, operation, *args):
+        d = defer.Deferred()
+        if self._closed:
+            return defer.fail(LeaseStoreError("the lease store is closed"))
+        if self._down and self.reactor.seconds() < self._retry_at:
+            return defer.fail(LeaseStoreUnavailable(f"lease database unreachable ({self.description})"))
+        self._queue.append((operation, args, d))
+        if not self._in_batch and self._flush_call is None:
+            # Everything asked in this reactor turn goes in one transaction.
+            self._flush_call = self.reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self):
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        work, self._queue = self._queue, []
+        if not work:
+            return
+        d = threads.deferToThreadPool(self.reactor, self._threads, self._transact, work)
+        d.addCallbacks(self._done, self._failed, callbackArgs=(work,), errbackArgs=(work,))
+
+    def _done(self, results, work):
+        if self._down:
+            self._down = False
+            self._backoff = BACKOFF_FIRST
+            self.log.info("lease database {db} reachable again; serving", db=self.description)
+        for (_, _, d), result in zip(work, results):
+            d.callback(result)
+
+    def _failed(self, failure, work):
+        if failure.check(LeaseStoreUnavailable):
+            error = LeaseStoreUnavailable(f"lease database unreachable ({self.description}): "
+                                          f"{_one_line(failure.getErrorMessage())}")
+            if not self._down:
+                self.log.error("{error}; no new leases until it answers (retrying with backoff)",
+                               error=error)
+            else:
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+            self._down = True
+            self._retry_at = self.reactor.seconds() + self._backoff
+        else:
+            error = LeaseStoreError(f"lease database {self.description}: {_one_line(failure.getErrorMessage())}")
+            self._error_log("{error}", error=error)
+        for _, _, d in work:
+            d.errback(error)
+
+    # -- on a pool thread ------------------------------------------------------
+
+    def _transact(self, work):
+        """
+        One transaction for the whole batch.  When PostgreSQL breaks a
+        deadlock between two servers' batches (they claim overlapping
+        addresses and clients in different orders) it aborts one; that one
+        then runs its changes one transaction each, which cannot deadlock
+        (each takes one row lock at a time and commits).
+        """
+        import psycopg
+        from psycopg import errors
+        try:
+            connection = self._connection()
+        except psycopg.Error as error:
+            raise LeaseStoreUnavailable(_one_line(error)) from None
+        try:
+            try:
+                results = self._run(connection, work)
+            except errors.TransactionRollback:
+                if connection.broken:
+                    raise
+                results = []
+                for item in work:
+                    for attempt in range(DEADLOCK_RETRIES):
+                        try:
+                            results.extend(self._run(connection, [item]))
+                            break
+                        except errors.TransactionRollback:
+                            if connection.broken or attempt == DEADLOCK_RETRIES - 1:
+                                raise
+                            time.sleep(random.uniform(0.001, 0.005))
+        except psycopg.Error as error:
+            if connection.broken or connection.closed or isinstance(error, psycopg.InterfaceError):
+                connection.close()
+                raise LeaseStoreUnavailable(_one_line(error)) from None
+            self._give_back(connection)
+            raise
+        except BaseException:
+            self._give_back(connection)
+            raise
+        self._give_back(connection)
+        return results
+
+    @staticmethod
+    def _run(connection, work):
+        with connection.transaction():
+            with connection.cursor() as cursor:
+                return [operation(cursor, *args) for operation, args, _ in work]
+
+    def _connection(self):
+        import psycopg
+        with self._idle_lock:
+            while self._idle:
+                connection = self._idle.pop()
+                if not connection.closed:
+                    return connection
+        connection = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout,
+                                     application_name="ownsocket", autocommit=True)
+        if not self._migrated:
+            migrate(connection)
+            self._migrated = True
+        return connection
+
+    def _give_back(self, connection):
+        if connection.closed or connection.info.transaction_status != 0:  # 0 = idle
+            connection.close()
+            return
+        with self._idle_lock:
+            self._idle.append(connection)
+
+    # -- housekeeping ----------------------------------------------------------
+
+    def close(self):
+        """Finish what was asked, then close every connection."""
+        self._flush()
+        self._closed = True
+
+        def shut():
+            with self._idle_lock:
+                idle, self._idle = list(self._idle), deque()
+            for connection in idle:
+                connection.close()
+
+        d = threads.deferToThreadPool(self.reactor, self._threads, shut)
+        d.addBoth(lambda _: self._threads.stop())
+        return d
+
+
+def migrate(connection):
+    """Create or upgrade the schema to L{SCHEMA_VERSION}, once, under a lock
+    (several servers may start at the same moment)."""
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (RECLAIM_LOCK + 1,))
+        connection.execute("CREATE TABLE IF NOT EXISTS ownsocket_schema (version integer NOT NULL)")
+        row = connection.execute("SELECT max(version) FROM ownsocket_schema").fetchone()
+        version = row[0] or 0
+        if version > SCHEMA_VERSION:
+            raise LeaseStoreError(f"the lease database has schema version {version}; this ownsocket "
+                                  f"knows up to {SCHEMA_VERSION} (upgrade ownsocket)")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            connection.execute(_MIGRATIONS[step])
+            connection.execute("INSERT INTO ownsocket_schema (version) VALUES (%s)", (step,))
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
