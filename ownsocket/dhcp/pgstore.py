@@ -137,6 +137,19 @@ def _lease(row) -> Lease:
     return Lease(mac, IPv4(str(address)), state, expires, hostname, subnet)
 
 
+def _one(cursor):
+    row = cursor.fetchone()
+    return _lease(row) if row else None
+
+
+def _all(cursor):
+    return [_lease(row) for row in cursor.fetchall()]
+
+
+def _changed(cursor):
+    return cursor.rowcount > 0
+
+
 def describe(dsn):
     """The DSN without its password, for log lines."""
     try:
@@ -182,84 +195,50 @@ class PostgresLeaseStore:
         self._error_log = RateLimitedLog(self.log.error, clock, burst=3)
 
     # -- queries ----------------------------------------------------------
+    # Each call queues one statement and how to read its result: the
+    # statements of a batch are sent together (pipeline mode) and read
+    # after the COMMIT.
 
     def lookup(self, mac, subnet=None):
-        return self._submit(self._lookup, mac, subnet)
-
-    @staticmethod
-    def _lookup(cursor, mac, subnet):
-        cursor.execute(f"SELECT {_COLUMNS} FROM ownsocket_leases WHERE mac = %s"
-                       " AND (subnet = %s OR %s::text IS NULL)"
-                       " AND (state = 'bound' OR expires > now()) LIMIT 1", (mac, subnet, subnet))
-        row = cursor.fetchone()
-        return _lease(row) if row else None
+        return self._submit(
+            f"SELECT {_COLUMNS} FROM ownsocket_leases WHERE mac = %s"
+            " AND (subnet = %s OR %s::text IS NULL)"
+            " AND (state = 'bound' OR expires > now()) LIMIT 1", (mac, subnet, subnet), _one)
 
     def holder(self, address):
-        return self._submit(self._holder, address)
-
-    @staticmethod
-    def _holder(cursor, address):
-        cursor.execute(f"SELECT {_COLUMNS} FROM ownsocket_leases WHERE address = %s", (str(address),))
-        row = cursor.fetchone()
-        return _lease(row) if row else None
+        return self._submit(f"SELECT {_COLUMNS} FROM ownsocket_leases WHERE address = %s",
+                            (str(address),), _one)
 
     def all_leases(self):
-        return self._submit(self._all)
-
-    @staticmethod
-    def _all(cursor):
-        cursor.execute(f"SELECT {_COLUMNS} FROM ownsocket_leases")
-        return [_lease(row) for row in cursor.fetchall()]
+        return self._submit(f"SELECT {_COLUMNS} FROM ownsocket_leases", (), _all)
 
     # -- compare-and-set changes ---------------------------------------------
 
     def claim(self, mac, subnet, candidates: Sequence[IPv4], state, seconds, hostname=None):
-        return self._submit(self._claim, mac, subnet, [str(a) for a in candidates], state,
-                            seconds, hostname, self.server_name)
-
-    @staticmethod
-    def _claim(cursor, mac, subnet, candidates, state, seconds, hostname, server):
-        cursor.execute(f"SELECT {_COLUMNS} FROM ownsocket_claim(%s, %s, %s::inet[], %s, %s, %s, %s)",
-                       (mac, subnet, candidates, state, seconds, hostname, server))
-        row = cursor.fetchone()
-        return _lease(row) if row else None
+        return self._submit(
+            f"SELECT {_COLUMNS} FROM ownsocket_claim(%s, %s, %s::inet[], %s, %s, %s, %s)",
+            (mac, subnet, [str(a) for a in candidates], state, seconds, hostname, self.server_name), _one)
 
     def release(self, mac, address):
-        return self._submit(self._delete, "DELETE FROM ownsocket_leases WHERE address = %s AND mac = %s",
-                            (str(address), mac))
+        return self._submit("DELETE FROM ownsocket_leases WHERE address = %s AND mac = %s",
+                            (str(address), mac), _changed)
 
     def forget(self, mac, address):
-        return self._submit(self._delete, "DELETE FROM ownsocket_leases"
-                                          " WHERE address = %s AND mac = %s AND state = 'offered'",
-                            (str(address), mac))
-
-    @staticmethod
-    def _delete(cursor, statement, parameters):
-        cursor.execute(statement, parameters)
-        return cursor.rowcount > 0
+        return self._submit("DELETE FROM ownsocket_leases WHERE address = %s AND mac = %s"
+                            " AND state = 'offered'", (str(address), mac), _changed)
 
     def decline(self, mac, address, seconds):
-        return self._submit(self._decline, mac, address, seconds)
-
-    @staticmethod
-    def _decline(cursor, mac, address, seconds):
-        cursor.execute(f"UPDATE ownsocket_leases SET mac = NULL, state = 'declined', hostname = NULL,"
-                       f" expires = now() + make_interval(secs => %s)"
-                       f" WHERE address = %s AND mac = %s RETURNING {_COLUMNS}", (seconds, str(address), mac))
-        row = cursor.fetchone()
-        return _lease(row) if row else None
+        return self._submit(
+            "UPDATE ownsocket_leases SET mac = NULL, state = 'declined', hostname = NULL,"
+            " expires = now() + make_interval(secs => %s)"
+            f" WHERE address = %s AND mac = %s RETURNING {_COLUMNS}", (seconds, str(address), mac), _one)
 
     def reclaim(self):
-        return self._submit(self._reclaim)
-
-    @staticmethod
-    def _reclaim(cursor):
-        """One server at a time: the others skip this round."""
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", (RECLAIM_LOCK,))
-        if not cursor.fetchone()[0]:
-            return 0
-        cursor.execute("DELETE FROM ownsocket_leases WHERE state <> 'bound' AND expires <= now()")
-        return cursor.rowcount
+        """One server at a time (the others skip this round): how many went."""
+        return self._submit(
+            "WITH turn AS (SELECT pg_try_advisory_xact_lock(%s) AS mine)"
+            " DELETE FROM ownsocket_leases WHERE (SELECT mine FROM turn)"
+            " AND state <> 'bound' AND expires <= now()", (RECLAIM_LOCK,), lambda cursor: cursor.rowcount)
 
     # -- transactions --------------------------------------------------------
 
@@ -274,13 +253,13 @@ class PostgresLeaseStore:
             if not self._in_batch:
                 self._flush()
 
-    def _submit(self, operation, *args):
+    def _submit(self, statement, parameters, read):
         d = defer.Deferred()
         if self._closed:
             return defer.fail(LeaseStoreError("the lease store is closed"))
         if self._down and self.reactor.seconds() < self._retry_at:
             return defer.fail(LeaseStoreUnavailable(f"lease database unreachable ({self.description})"))
-        self._queue.append((operation, args, d))
+        self._queue.append((statement, parameters, read, d))
         if not self._in_batch and self._flush_call is None:
             # Everything asked in this reactor turn goes in one transaction.
             self._flush_call = self.reactor.callLater(0, self._flush)
@@ -302,8 +281,8 @@ class PostgresLeaseStore:
             self._down = False
             self._backoff = BACKOFF_FIRST
             self.log.info("lease database {db} reachable again; serving", db=self.description)
-        for (_, _, d), result in zip(work, results):
-            d.callback(result)
+        for item, result in zip(work, results):
+            item[-1].callback(result)
 
     def _failed(self, failure, work):
         if failure.check(LeaseStoreUnavailable):
@@ -319,8 +298,8 @@ class PostgresLeaseStore:
         else:
             error = LeaseStoreError(f"lease database {self.description}: {_one_line(failure.getErrorMessage())}")
             self._error_log("{error}", error=error)
-        for _, _, d in work:
-            d.errback(error)
+        for item in work:
+            item[-1].errback(error)
 
     # -- on a pool thread ------------------------------------------------------
 
@@ -368,9 +347,14 @@ class PostgresLeaseStore:
 
     @staticmethod
     def _run(connection, work):
+        cursors = []
         with connection.transaction():
-            with connection.cursor() as cursor:
-                return [operation(cursor, *args) for operation, args, _ in work]
+            with connection.pipeline():
+                for statement, parameters, _, _ in work:
+                    cursor = connection.cursor()
+                    cursor.execute(statement, parameters)
+                    cursors.append(cursor)
+        return [read(cursor) for cursor, (_, _, read, _) in zip(cursors, work)]
 
     def _connection(self):
         import psycopg
