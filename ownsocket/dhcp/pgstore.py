@@ -90,18 +90,22 @@ BEGIN
     -- same client would otherwise deadlock on the one-per-client index.
     PERFORM pg_advisory_xact_lock(28535, hashtext(p_subnet || ' ' || p_mac));
     FOREACH candidate IN ARRAY p_candidates LOOP
-        SELECT * INTO current FROM ownsocket_leases WHERE address = candidate FOR UPDATE;
-        IF FOUND THEN
-            IF current.expires > now() AND current.mac IS DISTINCT FROM p_mac THEN
-                CONTINUE;  -- someone else's, and live
-            END IF;
-            IF p_state = 'offered' AND current.mac = p_mac AND current.state = 'bound'
-                    AND current.expires > now() THEN
-                RETURN NEXT current;  -- an offer never downgrades a live binding
-                RETURN;
-            END IF;
-        END IF;
+        -- Each candidate in a subtransaction: a candidate that is not ours
+        -- to take is undone, so its row lock goes at once (holding it while
+        -- trying the next one is how two servers deadlock), and a row that
+        -- another server is claiming right now is skipped (NOWAIT).
         BEGIN
+            SELECT * INTO current FROM ownsocket_leases WHERE address = candidate FOR UPDATE NOWAIT;
+            IF FOUND THEN
+                IF current.expires > now() AND current.mac IS DISTINCT FROM p_mac THEN
+                    RAISE EXCEPTION 'held' USING ERRCODE = 'OS001';  -- someone else's, and live
+                END IF;
+                IF p_state = 'offered' AND current.mac = p_mac AND current.state = 'bound'
+                        AND current.expires > now() THEN
+                    RETURN NEXT current;  -- an offer never downgrades a live binding
+                    RETURN;
+                END IF;
+            END IF;
             DELETE FROM ownsocket_leases
                 WHERE mac = p_mac AND subnet = p_subnet AND address <> candidate;
             INSERT INTO ownsocket_leases AS l (address, mac, subnet, state, expires, hostname, server)
@@ -118,9 +122,8 @@ BEGIN
             END IF;
             RETURN NEXT claimed;
             RETURN;
-        EXCEPTION WHEN unique_violation OR SQLSTATE 'OS001' THEN
-            -- another server won this address (or this client) meanwhile;
-            -- the subtransaction is undone, try the next candidate
+        EXCEPTION WHEN unique_violation OR lock_not_available OR SQLSTATE 'OS001' THEN
+            -- held, being claimed, or won by another server meanwhile: next
             claimed := NULL;
         END;
     END LOOP;
