@@ -110,12 +110,15 @@ class ILeaseStore(Interface):
     def holder(address):
         """The lease that holds C{address} (any state, lapsed too), or None."""
 
-    def claim(mac, subnet, candidates, state, seconds, hostname=None):
+    def claim(mac, subnet, candidates, state, seconds, hostname=None, own=None):
         """
         Give C{mac} the first address in C{candidates} that is free, lapsed
         or already its own, in C{state} (offered or bound) for C{seconds}
         (None: for good).  The client's other rows in the subnet go; an offer
         never downgrades its own live binding (that binding is returned).
+        C{own}: (ranges, excluded): the client's own live offer or binding,
+        if its address lies in one of the (first, last) ranges and is not
+        excluded, is tried before the candidates (one round trip).
         @return: Deferred of the lease as stored, or None when every
             candidate is held by someone else.
         """

@@ -116,8 +116,14 @@ class Addresses:
         if reserved is not None:
             d = self.store.claim(mac, subnet.name, [reserved], OFFERED, hold)
             return d.addCallback(self._reserved_offer, mac, reserved)
-        d = self.store.lookup(mac, subnet.name)
-        return d.addCallback(self._offer_for, mac, subnet, requested, hold)
+        pool = self.pools[subnet.name]
+        first = []
+        if requested is not None and requested in pool:
+            first.append((requested, "requested by the client (option 50)"))
+        # The client's own offer or binding (if still in the pool) is tried
+        # before all of these, by the store, in the same round trip.
+        own = (tuple((r.first, r.last) for r in subnet.pools), frozenset(pool._reserved))
+        return self._claim_rounds(mac, subnet, first, hold, ROUNDS, own)
 
     def _reserved_offer(self, lease, mac, address):
         if lease is None or lease.mac != mac:
@@ -126,25 +132,19 @@ class Addresses:
         self._see(lease)
         return address, None
 
-    def _offer_for(self, current, mac, subnet, requested, hold):
-        pool = self.pools[subnet.name]
-        first = []
-        if current is not None and current.state != DECLINED and current.address in pool:
-            first.append((current.address, "the client's current lease"))
-        if requested is not None and requested in pool and all(requested != a for a, _ in first):
-            first.append((requested, "requested by the client (option 50)"))
-        return self._claim_rounds(mac, subnet, first, hold, ROUNDS)
-
-    def _claim_rounds(self, mac, subnet, first, hold, rounds):
+    def _claim_rounds(self, mac, subnet, first, hold, rounds, own=None):
         pool = self.pools[subnet.name]
         tries = list(first)
         for address in pool.candidates(mac, CANDIDATES):
             if all(address != a for a, _ in tries):
                 tries.append((address, "new address from the pool"))
-        if not tries:
-            return self._reuse_oldest_offer(mac, subnet, hold)
         addresses = [address for address, _ in tries]
-        d = self.store.claim(mac, subnet.name, addresses, OFFERED, hold)
+        if not addresses and own is None:
+            return self._reuse_oldest_offer(mac, subnet, hold)
+        d = self.store.claim(mac, subnet.name, addresses, OFFERED, hold, own=own)
+        known = self._leases
+        mine = {address for address in addresses
+                if known.get(address) is not None and known[address].mac == mac}
 
         def claimed(lease):
             if lease is None:
@@ -152,8 +152,10 @@ class Addresses:
                 if rounds > 1:
                     return self._claim_rounds(mac, subnet, [], hold, rounds - 1)
                 return self._reuse_oldest_offer(mac, subnet, hold)
-            self._lost(addresses[:addresses.index(lease.address)])
             self._see(lease)
+            if lease.address not in addresses or lease.address in mine:
+                return lease.address, "the client's current lease"
+            self._lost(addresses[:addresses.index(lease.address)])
             return lease.address, tries[addresses.index(lease.address)][1]
 
         return d.addCallback(claimed)

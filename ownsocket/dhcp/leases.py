@@ -88,6 +88,15 @@ def _row(row) -> Lease:
     return Lease(mac, IPv4(address), state, expires, hostname, subnet)
 
 
+def _own(leases, now, ranges, excluded):
+    """The client's live offer or binding within C{ranges}, not excluded."""
+    for lease in leases:
+        if ((lease.state == BOUND or lease.active(now)) and lease.address not in excluded
+                and any(first <= lease.address <= last for first, last in ranges)):
+            return lease
+    return None
+
+
 def _deferred(method):
     """Run a synchronous store method and hand its result (or its
     L{LeaseStoreError}) back as a Deferred that has already fired."""
@@ -183,7 +192,7 @@ class SqliteLeaseStore:
 
     @_deferred
     def claim(self, mac: str, subnet: Optional[str], candidates: Sequence[IPv4], state: str,
-              seconds: Optional[float], hostname: Optional[str] = None) -> Optional[Lease]:
+              seconds: Optional[float], hostname: Optional[str] = None, own=None) -> Optional[Lease]:
         """
         Give the first candidate that is free, lapsed or already this
         client's to C{mac}; None when every one is held by someone else.
@@ -195,6 +204,10 @@ class SqliteLeaseStore:
         now = self.clock.seconds()
         expires = FOREVER if seconds is None else now + seconds
         by_address = self._by_address
+        if own is not None:
+            current = _own(self._of(mac, subnet), now, *own)
+            if current is not None:
+                candidates = [current.address] + [a for a in candidates if a != current.address]
         for address in candidates:
             current = by_address.get(address)
             if current is not None and current.active(now) and current.mac != mac:

@@ -76,7 +76,8 @@ CREATE TABLE ownsocket_leases (
 CREATE INDEX ownsocket_leases_lapsing ON ownsocket_leases (expires) WHERE state <> 'bound';
 
 CREATE FUNCTION ownsocket_claim(p_mac text, p_subnet text, p_candidates inet[], p_state text,
-                                p_seconds double precision, p_hostname text, p_server text)
+                                p_seconds double precision, p_hostname text, p_server text,
+                                p_own_lo bigint[], p_own_hi bigint[], p_own_not inet[])
 RETURNS SETOF ownsocket_leases
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -89,6 +90,18 @@ BEGIN
     -- One claim per client at a time: two servers inserting rows for the
     -- same client would otherwise deadlock on the one-per-client index.
     PERFORM pg_advisory_xact_lock(28535, hashtext(p_subnet || ' ' || p_mac));
+    -- The client's own live offer or binding first, if it is still within
+    -- the pool (ranges p_own_lo..p_own_hi, not one of p_own_not).
+    IF p_own_lo IS NOT NULL THEN
+        SELECT * INTO current FROM ownsocket_leases
+            WHERE mac = p_mac AND subnet = p_subnet AND (state = 'bound' OR expires > now())
+              AND address <> ALL (COALESCE(p_own_not, '{}'))
+              AND EXISTS (SELECT 1 FROM unnest(p_own_lo, p_own_hi) AS r(lo, hi)
+                          WHERE address - '0.0.0.0'::inet BETWEEN r.lo AND r.hi);
+        IF FOUND THEN
+            p_candidates := array_prepend(current.address, array_remove(p_candidates, current.address));
+        END IF;
+    END IF;
     FOREACH candidate IN ARRAY p_candidates LOOP
         -- Each candidate in a subtransaction: a candidate that is not ours
         -- to take is undone, so its row lock goes at once (holding it while
@@ -217,14 +230,22 @@ class PostgresLeaseStore:
 
     # -- compare-and-set changes ---------------------------------------------
 
-    def claim(self, mac, subnet, candidates: Sequence[IPv4], state, seconds, hostname=None):
+    def claim(self, mac, subnet, candidates: Sequence[IPv4], state, seconds, hostname=None, own=None):
+        lo = hi = excluded = None
+        if own is not None:
+            ranges, excluded = own
+            lo = [int(first) for first, _ in ranges]
+            hi = [int(last) for _, last in ranges]
+            excluded = [str(address) for address in excluded]
         return self._submit(
-            f"SELECT {_COLUMNS} FROM ownsocket_claim(%s, %s, %s::inet[], %s, %s, %s, %s)",
-            (mac, subnet, [str(a) for a in candidates], state, seconds, hostname, self.server_name), _one)
+            f"SELECT {_COLUMNS} FROM ownsocket_claim(%s, %s, %s::inet[], %s, %s, %s, %s,"
+            " %s::bigint[], %s::bigint[], %s::inet[])",
+            (mac, subnet, [str(a) for a in candidates], state, seconds, hostname, self.server_name,
+             lo, hi, excluded), _one, durable=state != OFFERED)
 
     def release(self, mac, address):
         return self._submit("DELETE FROM ownsocket_leases WHERE address = %s AND mac = %s",
-                            (str(address), mac), _changed)
+                            (str(address), mac), _changed, durable=True)
 
     def forget(self, mac, address):
         return self._submit("DELETE FROM ownsocket_leases WHERE address = %s AND mac = %s"
@@ -234,7 +255,8 @@ class PostgresLeaseStore:
         return self._submit(
             "UPDATE ownsocket_leases SET mac = NULL, state = 'declined', hostname = NULL,"
             " expires = now() + make_interval(secs => %s)"
-            f" WHERE address = %s AND mac = %s RETURNING {_COLUMNS}", (seconds, str(address), mac), _one)
+            f" WHERE address = %s AND mac = %s RETURNING {_COLUMNS}", (seconds, str(address), mac), _one,
+            durable=True)
 
     def reclaim(self):
         """One server at a time (the others skip this round): how many went."""
@@ -256,13 +278,13 @@ class PostgresLeaseStore:
             if not self._in_batch:
                 self._flush()
 
-    def _submit(self, statement, parameters, read):
+    def _submit(self, statement, parameters, read, durable=False):
         d = defer.Deferred()
         if self._closed:
             return defer.fail(LeaseStoreError("the lease store is closed"))
         if self._down and self.reactor.seconds() < self._retry_at:
             return defer.fail(LeaseStoreUnavailable(f"lease database unreachable ({self.description})"))
-        self._queue.append((statement, parameters, read, d))
+        self._queue.append((statement, parameters, read, durable, d))
         if not self._in_batch and self._flush_call is None:
             # Everything asked in this reactor turn goes in one transaction.
             self._flush_call = self.reactor.callLater(0, self._flush)
@@ -350,14 +372,20 @@ class PostgresLeaseStore:
 
     @staticmethod
     def _run(connection, work):
+        """One transaction, its statements pipelined.  A transaction with
+        no binding in it (offers, look-ups) does not wait for its WAL flush:
+        an offer lost in a database crash only makes the client ask again;
+        bindings, releases and quarantines always do."""
         cursors = []
         with connection.transaction():
             with connection.pipeline():
-                for statement, parameters, _, _ in work:
+                if not any(item[3] for item in work):
+                    connection.execute("SET LOCAL synchronous_commit TO off")
+                for statement, parameters, _, _, _ in work:
                     cursor = connection.cursor()
                     cursor.execute(statement, parameters)
                     cursors.append(cursor)
-        return [read(cursor) for cursor, (_, _, read, _) in zip(cursors, work)]
+        return [read(cursor) for cursor, (_, _, read, _, _) in zip(cursors, work)]
 
     def _connection(self):
         import psycopg
