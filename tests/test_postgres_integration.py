@@ -32,7 +32,7 @@ from tests import netns, pgcluster
 from tests.test_dhcp_integration import (CLIENT_SCRIPT, DHCLIENT_SCRIPT, REPO, TWISTD, _wait_for,
                                          read_events)
 
-SHARED_POOL = ("10.80.1.0", "10.80.2.255")  # 512 addresses for ~900 clients: they compete
+SHARED_POOL = ("10.80.1.0", "10.80.4.255")  # 1,024 addresses, ~900 clients over three servers
 PERF_RELAY, PERF_SERVER = "10.80.0.2", "10.80.0.1"
 LAN_IDS = {"a": "10.77.0.1", "b": "10.77.0.2"}
 

@@ -70,7 +70,7 @@ class SeveralServersTests(PostgresTestCase):
         db = self.dbname
         from psycopg import errors
         import psycopg
-        with psycopg.connect(self.cluster.dsn(db)) as connection:
+        with psycopg.connect(self.cluster.dsn(db), autocommit=True) as connection:
             connection.execute("INSERT INTO ownsocket_leases (address, mac, subnet, state, expires)"
                                " VALUES ('10.0.0.1', 'm', 'lab', 'bound', now())")
             with self.assertRaises(errors.UniqueViolation):

@@ -71,7 +71,9 @@ CREATE TABLE ownsocket_leases (
     expires  timestamptz NOT NULL,
     hostname text,
     server   text,
-    CONSTRAINT ownsocket_one_per_client UNIQUE (subnet, mac)
+    -- checked at COMMIT: a claim inserts the new row before it deletes the
+    -- client's old one (claims for one client are serialised by a lock)
+    CONSTRAINT ownsocket_one_per_client UNIQUE (subnet, mac) DEFERRABLE INITIALLY DEFERRED
 );
 CREATE INDEX ownsocket_leases_lapsing ON ownsocket_leases (expires) WHERE state <> 'bound';
 
@@ -82,13 +84,14 @@ RETURNS SETOF ownsocket_leases
 LANGUAGE plpgsql AS $$
 DECLARE
     candidate inet;
+    key integer;
     current ownsocket_leases;
     claimed ownsocket_leases;
     until timestamptz := CASE WHEN p_seconds IS NULL THEN 'infinity'::timestamptz
                               ELSE now() + make_interval(secs => p_seconds) END;
 BEGIN
-    -- One claim per client at a time: two servers inserting rows for the
-    -- same client would otherwise deadlock on the one-per-client index.
+    -- One claim per client at a time, until COMMIT: this is what keeps the
+    -- one-row-per-client rule true between servers.
     PERFORM pg_advisory_xact_lock(28535, hashtext(p_subnet || ' ' || p_mac));
     -- The client's own live offer or binding first, if it is still within
     -- the pool (ranges p_own_lo..p_own_hi, not one of p_own_not).
@@ -103,54 +106,61 @@ BEGIN
         END IF;
     END IF;
     FOREACH candidate IN ARRAY p_candidates LOOP
-        -- Each candidate in a subtransaction: a candidate that is not ours
-        -- to take is undone, so its row lock goes at once (holding it while
-        -- trying the next one is how two servers deadlock), and a row that
-        -- another server is claiming right now is skipped (NOWAIT).
-        BEGIN
-            SELECT * INTO current FROM ownsocket_leases WHERE address = candidate FOR UPDATE NOWAIT;
-            IF FOUND THEN
-                IF current.expires > now() AND current.mac IS DISTINCT FROM p_mac THEN
-                    RAISE EXCEPTION 'held' USING ERRCODE = 'OS001';  -- someone else's, and live
-                END IF;
-                IF p_state = 'offered' AND current.mac = p_mac AND current.state = 'bound'
-                        AND current.expires > now() THEN
-                    RETURN NEXT current;  -- an offer never downgrades a live binding
-                    RETURN;
-                END IF;
-            END IF;
+        -- Whoever claims an address holds its lock until COMMIT.  An offer
+        -- does not wait: an address that is someone else's, or that another
+        -- server is claiming right now, is passed over; a binding waits.
+        SELECT * INTO current FROM ownsocket_leases WHERE address = candidate;
+        CONTINUE WHEN FOUND AND current.expires > now() AND current.mac IS DISTINCT FROM p_mac
+                      AND p_state = 'offered';
+        key := ((candidate - '0.0.0.0'::inet) - 2147483648)::integer;
+        IF p_state = 'offered' THEN
+            CONTINUE WHEN NOT pg_try_advisory_xact_lock(28536, key);
+        ELSE
+            PERFORM pg_advisory_xact_lock(28536, key);
+        END IF;
+        -- The compare-and-set: a new row, or a row that lapsed or is this
+        -- client's own (but an offer never downgrades a live binding).  A
+        -- binding waits for a row another server is changing, then re-checks.
+        INSERT INTO ownsocket_leases AS l (address, mac, subnet, state, expires, hostname, server)
+            VALUES (candidate, p_mac, p_subnet, p_state, until, p_hostname, p_server)
+            ON CONFLICT (address) DO UPDATE
+                SET mac = EXCLUDED.mac, subnet = EXCLUDED.subnet, state = EXCLUDED.state,
+                    expires = EXCLUDED.expires, server = EXCLUDED.server,
+                    hostname = COALESCE(EXCLUDED.hostname,
+                                        CASE WHEN l.mac = EXCLUDED.mac THEN l.hostname END)
+                WHERE (l.expires <= now() OR l.mac = EXCLUDED.mac)
+                  AND NOT (EXCLUDED.state = 'offered' AND l.state = 'bound'
+                           AND l.mac = EXCLUDED.mac AND l.expires > now())
+            RETURNING * INTO claimed;
+        IF FOUND THEN
             DELETE FROM ownsocket_leases
                 WHERE mac = p_mac AND subnet = p_subnet AND address <> candidate;
-            INSERT INTO ownsocket_leases AS l (address, mac, subnet, state, expires, hostname, server)
-                VALUES (candidate, p_mac, p_subnet, p_state, until, p_hostname, p_server)
-                ON CONFLICT (address) DO UPDATE
-                    SET mac = EXCLUDED.mac, subnet = EXCLUDED.subnet, state = EXCLUDED.state,
-                        expires = EXCLUDED.expires, server = EXCLUDED.server,
-                        hostname = COALESCE(EXCLUDED.hostname,
-                                            CASE WHEN l.mac = EXCLUDED.mac THEN l.hostname END)
-                    WHERE l.expires <= now() OR l.mac = EXCLUDED.mac
-                RETURNING * INTO claimed;
-            IF claimed.address IS NULL THEN
-                RAISE EXCEPTION 'lost' USING ERRCODE = 'OS001';
-            END IF;
             RETURN NEXT claimed;
             RETURN;
-        EXCEPTION WHEN unique_violation OR lock_not_available OR SQLSTATE 'OS001' THEN
-            -- held, being claimed, or won by another server meanwhile: next
-            claimed := NULL;
-        END;
+        END IF;
+        SELECT * INTO current FROM ownsocket_leases WHERE address = candidate;
+        IF FOUND AND current.mac = p_mac THEN
+            RETURN NEXT current;  -- the client's own live binding, kept
+            RETURN;
+        END IF;
     END LOOP;
     RETURN;
 END $$;
 """,
 }
 
-_COLUMNS = "address, mac, state, extract(epoch FROM expires)::float8, hostname, subnet"
+_COLUMNS = "host(address), mac, state, extract(epoch FROM expires)::float8, hostname, subnet"
 
 
 def _lease(row) -> Lease:
     address, mac, state, expires, hostname, subnet = row
-    return Lease(mac, IPv4(str(address)), state, expires, hostname, subnet)
+    return Lease(mac, IPv4(address), state, expires, hostname, subnet)
+
+
+def _array(values):
+    if values is None:
+        return None
+    return "{" + ",".join(str(value) for value in values) + "}"
 
 
 def _one(cursor):
@@ -236,12 +246,12 @@ class PostgresLeaseStore:
             ranges, excluded = own
             lo = [int(first) for first, _ in ranges]
             hi = [int(last) for _, last in ranges]
-            excluded = [str(address) for address in excluded]
+        # Arrays as literals: cheaper to send than psycopg's list adaptation.
         return self._submit(
             f"SELECT {_COLUMNS} FROM ownsocket_claim(%s, %s, %s::inet[], %s, %s, %s, %s,"
             " %s::bigint[], %s::bigint[], %s::inet[])",
-            (mac, subnet, [str(a) for a in candidates], state, seconds, hostname, self.server_name,
-             lo, hi, excluded), _one, durable=state != OFFERED)
+            (mac, subnet, _array(candidates), state, seconds, hostname, self.server_name,
+             _array(lo), _array(hi), _array(excluded)), _one, durable=state != OFFERED, key=mac)
 
     def release(self, mac, address):
         return self._submit("DELETE FROM ownsocket_leases WHERE address = %s AND mac = %s",
@@ -278,13 +288,13 @@ class PostgresLeaseStore:
             if not self._in_batch:
                 self._flush()
 
-    def _submit(self, statement, parameters, read, durable=False):
+    def _submit(self, statement, parameters, read, durable=False, key=""):
         d = defer.Deferred()
         if self._closed:
             return defer.fail(LeaseStoreError("the lease store is closed"))
         if self._down and self.reactor.seconds() < self._retry_at:
             return defer.fail(LeaseStoreUnavailable(f"lease database unreachable ({self.description})"))
-        self._queue.append((statement, parameters, read, durable, d))
+        self._queue.append((key, statement, parameters, read, durable, d))
         if not self._in_batch and self._flush_call is None:
             # Everything asked in this reactor turn goes in one transaction.
             self._flush_call = self.reactor.callLater(0, self._flush)
@@ -298,6 +308,10 @@ class PostgresLeaseStore:
         work, self._queue = self._queue, []
         if not work:
             return
+        # Claims in client order: two servers that see the same clients in
+        # one batch (one segment) then take their per-client locks in the
+        # same order and cannot deadlock on them.
+        work.sort(key=lambda item: item[0])
         d = threads.deferToThreadPool(self.reactor, self._threads, self._transact, work)
         d.addCallbacks(self._done, self._failed, callbackArgs=(work,), errbackArgs=(work,))
 
@@ -379,13 +393,13 @@ class PostgresLeaseStore:
         cursors = []
         with connection.transaction():
             with connection.pipeline():
-                if not any(item[3] for item in work):
+                if not any(item[4] for item in work):
                     connection.execute("SET LOCAL synchronous_commit TO off")
-                for statement, parameters, _, _, _ in work:
+                for _, statement, parameters, _, _, _ in work:
                     cursor = connection.cursor()
                     cursor.execute(statement, parameters)
                     cursors.append(cursor)
-        return [read(cursor) for cursor, (_, _, read, _, _) in zip(cursors, work)]
+        return [read(cursor) for cursor, (_, _, _, read, _, _) in zip(cursors, work)]
 
     def _connection(self):
         import psycopg

@@ -156,6 +156,8 @@ class DhcpProtocol(DatagramProtocol):
         return None
 
     def _send(self, replies):
+        if self.transport is None:
+            return  # the port closed (stop, reload) while the store answered
         for outgoing in replies:
             try:
                 self.transport.write(outgoing.data, (outgoing.host, outgoing.port))
