@@ -309,6 +309,24 @@ def parse_mode(text: str) -> str:
     return mode
 
 
+def parse_leases(text: str) -> str:
+    """A SQLite file, or a PostgreSQL database several servers share
+    (C{postgresql://...}); the error never repeats the text (a password)."""
+    value = text.strip()
+    if not value:
+        raise ValueError("is empty (a SQLite file or a postgresql:// connection string)")
+    if value.startswith(("postgresql://", "postgres://")):
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError:
+            raise ValueError("a PostgreSQL store needs psycopg 3 (pip install 'psycopg[binary]')") from None
+        try:
+            conninfo_to_dict(value)
+        except Exception:
+            raise ValueError("is not a valid postgresql:// connection string") from None
+    return value
+
+
 _DHCP_KEYS: Dict[str, Tuple[str, Callable]] = {
     "enabled": ("enabled", parse_bool),
     "mode": ("mode", parse_mode),
@@ -316,7 +334,7 @@ _DHCP_KEYS: Dict[str, Tuple[str, Callable]] = {
     "port": ("port", _int_between(1, 65535)),
     "client_port": ("client_port", _int_between(1, 65535)),
     "interfaces": ("interfaces", parse_name_list),
-    "leases": ("leases", parse_text),
+    "leases": ("leases", parse_leases),
     "decline_time": ("decline_time", _int_between(0, 86400 * 7)),
     "bootp_compat_offer": ("bootp_compat_offer", parse_bool),
     "bootp_dynamic": ("bootp_dynamic", parse_bool),

@@ -48,6 +48,7 @@ class DhcpProtocol(DatagramProtocol):
         self._drop_log = RateLimitedLog(self.log.warn, clock)
         self._send_log = RateLimitedLog(self.log.warn, clock)
         self._shed_log = RateLimitedLog(self.log.warn, clock, burst=1)
+        self._store_log = RateLimitedLog(self.log.error, clock, burst=3)
 
     def startProtocol(self):
         self.transport.setBroadcastAllowed(True)
@@ -73,15 +74,19 @@ class DhcpProtocol(DatagramProtocol):
                 for message, addr in starting[room:]:
                     self._dropped("overload", message)
             del starting[room:]
-        ready, pending = [], []
+        # Replies that are ready while the batch is open wait for its commit;
+        # those that come later (a store or selector that answers later)
+        # leave when they come: a store's Deferred fires only once the
+        # binding is durable.  If the batch's commit fails, nothing goes.
+        state = {"open": True, "ready": [], "failed": False}
         try:
             with self._batch():
                 for message, addr in finishing + starting:
                     try:
                         result = self.server.handle(message, self.arrival, addr)
                     except LeaseStoreError as error:
-                        self.log.error("lease database failed for {mac}; request dropped: {error}",
-                                       mac=message.mac, error=error)
+                        self._store_log("lease database failed for {mac}; request dropped: {error}",
+                                        mac=message.mac, error=error)
                         if self.events.active:
                             self._dropped("store-error", message)
                         continue
@@ -91,20 +96,38 @@ class DhcpProtocol(DatagramProtocol):
                             self._dropped("error", message)
                         continue
                     if isinstance(result, defer.Deferred):
-                        pending.append((message, result))
+                        result.addCallbacks(self._deliver, self._failed,
+                                            callbackArgs=(state,), errbackArgs=(message,))
                     else:
-                        ready.extend(result)
-        except Exception:
-            self.log.failure("lease database failed: {count} replies not sent", count=len(ready) + len(pending))
+                        self._deliver(result, state)
+        except Exception as error:
+            state["failed"] = True
+            self.log.error("lease database failed: {count} replies not sent: {error}",
+                           count=len(state["ready"]), error=error)
             if self.events.active:
                 for message, addr in finishing + starting:
                     self._dropped("store-error", message)
             return
-        self._send(ready)
-        for message, result in pending:
-            result.addCallback(self._send)
-            result.addErrback(lambda failure, mac=message.mac: self.log.failure(
-                "DHCP reply for {mac} failed; request dropped", failure, mac=mac))
+        finally:
+            state["open"] = False
+        self._send(state["ready"])
+
+    def _deliver(self, replies, state):
+        if state["open"]:
+            state["ready"].extend(replies)
+        elif not state["failed"]:
+            self._send(replies)
+
+    def _failed(self, failure, message):
+        if failure.check(LeaseStoreError):
+            self._store_log("lease database failed for {mac}; request dropped: {error}",
+                            mac=message.mac, error=failure.getErrorMessage())
+            reason = "store-error"
+        else:
+            self.log.failure("DHCP reply for {mac} failed; request dropped", failure, mac=message.mac)
+            reason = "error"
+        if self.events.active:
+            self._dropped(reason, message)
 
     def _dropped(self, reason, message=None, addr=None):
         if message is None:
@@ -133,6 +156,8 @@ class DhcpProtocol(DatagramProtocol):
         return None
 
     def _send(self, replies):
+        if self.transport is None:
+            return  # the port closed (stop, reload) while the store answered
         for outgoing in replies:
             try:
                 self.transport.write(outgoing.data, (outgoing.host, outgoing.port))

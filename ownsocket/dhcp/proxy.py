@@ -54,6 +54,10 @@ class ProxyServer:
         self.recent = recent
         self.events = events if events is not None else EventBus(clock)
 
+    def reconfigure(self, config, selector):
+        """Answer the next requests with a new config and selector."""
+        self.config, self.selector = config, selector
+
     def handle(self, message, arrival, source=None):
         vendor = message.options.get(wire.OPT_VENDOR_CLASS, b"")
         kind = message.message_type

@@ -11,20 +11,20 @@ store keeps the bindings and the selector chooses the boot file.
 from __future__ import annotations
 
 import ipaddress
-import heapq
 import struct
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ownsocket.boot.request import ARCH_NAMES, BootDecision, BootRequest
 from ownsocket.dhcp import wire
 from ownsocket.dhcp.bootfields import add_boot_fields, echo_options, with_decision
-from ownsocket.dhcp.leases import BOUND, DECLINED, FOREVER, OFFERED, Lease
-from ownsocket.dhcp.pool import AddressPool
+from ownsocket.dhcp.addresses import Addresses
 from ownsocket.dhcp.wire import (ACK, DECLINE, DISCOVER, INFORM, NAK, OFFER, RELEASE, REQUEST,
                                  Message, Reply)
 
@@ -129,77 +129,90 @@ class DhcpServer:
     service_name = "dhcp"
 
     def __init__(self, config, store, selector, clock, boot_file_size=None, recent=None, events=None):
-        self.config = config
         self.events = events if events is not None else EventBus(clock)
-        self._committed = None  # leases written in the open batch
-        self.dhcp = config.dhcp
+        self._committed = None  # (lease, started) bound in the open batch
         self.store = store
-        self.selector = selector
         self.clock = clock
         self.boot_file_size = boot_file_size
         self.recent = recent
-        self.hosts = {host.mac: host for host in config.hosts}
-        self.reserved_by_address = {host.address: host for host in config.hosts if host.address}
-        self.pools: Dict[str, AddressPool] = {
-            subnet.name: AddressPool(subnet, self.reserved_by_address) for subnet in config.subnets}
-        self._expiries: List[Tuple[float, int, IPv4]] = []
+        self.addresses = Addresses(config, store, clock)
+        self._take(config, selector)
         self.last_activity = clock.seconds()
         self._handlers = {
             None: self._bootp, DISCOVER: self._discover, REQUEST: self._request,
             DECLINE: self._decline, RELEASE: self._release, INFORM: self._inform,
         }
-        for lease in store.all_leases():
-            pool = self._pool_of(lease.address)
-            if pool is not None:
-                # Lapsed entries go back to the pool at the first sweep; an
-                # expired binding keeps its record so the same client gets
-                # the same address back if nobody took it meanwhile.
-                pool.claim(lease.address)
-            self._schedule(lease)
+        self.loaded = self.addresses.load()
+        self.loaded.addErrback(lambda failure: self.log.error(
+            "cannot read the leases at start-up ({error}); answering anyway, the store decides",
+            error=failure.getErrorMessage()))
+
+    def reconfigure(self, config, selector):
+        """Take a new config and selector for the requests that come next;
+        subnets are matched by name, leases stay in the store (those of a
+        subnet that is gone lapse there)."""
+        self._take(config, selector)
+        self.addresses.configure(config)
+
+    def _take(self, config, selector):
+        self.config = config
+        self.dhcp = config.dhcp
+        self.selector = selector
+        self.hosts = {host.mac: host for host in config.hosts}
+        self.reserved_by_address = {host.address: host for host in config.hosts if host.address}
+
+    @property
+    def pools(self):
+        return self.addresses.pools
 
     # -- entry point -------------------------------------------------------
 
     @contextmanager
     def batch(self):
         """Group the lease writes of several requests into one commit, and
-        tell observers about those leases once (and only if) it succeeded."""
+        tell observers about bindings once (and only if) it succeeded."""
         self.last_activity = self.clock.seconds()
         committed = self._committed = [] if self.events.active else None
-        started = None
         try:
             with self.store.batch():
                 yield
-                started = time.perf_counter()
         finally:
             self._committed = None
         if committed:
-            seconds = time.perf_counter() - started
-            for lease in committed:
-                self._publish_commit(lease, seconds)
-
-    def _store_commit(self, lease):
-        """Write a binding; outside a batch it is durable on return."""
-        if self._committed is not None:
-            self.store.commit(lease)
-            self._committed.append(lease)
-            return
-        if not self.events.active:
-            self.store.commit(lease)
-            return
-        started = time.perf_counter()
-        self.store.commit(lease)
-        self._publish_commit(lease, time.perf_counter() - started)
+            now = time.perf_counter()
+            for lease, started in committed:
+                self._publish_commit(lease, now - started)
 
     def _publish_commit(self, lease, seconds):
         self.events.publish("dhcp", "committed", mac=lease.mac, peer=str(lease.address),
                             address=str(lease.address), seconds=seconds)
 
-    def handle(self, message: Message, arrival: Arrival, source=None):
-        """Answer one request: a list of L{Outgoing}, or a Deferred of one.
+    def _bind(self, mac, subnet, address, seconds, hostname=None):
+        """Ask the address owner for a binding; tell observers when it is
+        durable (at once, or when the open batch has committed)."""
+        if not self.events.active:
+            return self.addresses.bind(mac, subnet, address, seconds, hostname)
+        started = time.perf_counter()
 
-        @param source: (host, port) the datagram came from; RFC 2131 replies
-            are addressed by the message's fields, so it is not needed here."""
-        self.expire()
+        def bound(result):
+            lease, _ = result
+            if lease is not None:
+                if self._committed is not None:
+                    self._committed.append((lease, started))
+                else:
+                    self._publish_commit(lease, time.perf_counter() - started)
+            return result
+
+        return self.addresses.bind(mac, subnet, address, seconds, hostname).addCallback(bound)
+
+    def handle(self, message: Message, arrival: Arrival, source=None):
+        """Answer one request: a list of L{Outgoing} when the store and the
+        selector answered at once (SQLite, a plain selector), else a
+        Deferred of one.
+
+        @param source: (host, port) the datagram came from, which proxyDHCP
+            needs; RFC 2131 replies are addressed by the message's fields."""
+        self.addresses.expire()
         kind = message.message_type
         exchange = Exchange(message, arrival, wire.MESSAGE_NAMES.get(kind, "?"))
         if self.events.active:
@@ -219,54 +232,52 @@ class DhcpServer:
             exchange.dropped = "no-subnet"
             self._log(exchange)
             return []
-        return self._handlers[kind](exchange)
+        return _settled(self._handlers[kind](exchange))
 
     # -- message types -----------------------------------------------------
 
     def _discover(self, exchange):
         message = exchange.message
-        address, why = self._choose_address(message, exchange.subnet)
-        if address is None:
-            return self._exhausted(exchange, why)
-        now = self.clock.seconds()
-        holder = self.store.holder(address)
-        if not (holder is not None and holder.mac == message.mac and holder.state == BOUND
-                and holder.active(now)):
-            lease = Lease(message.mac, address, OFFERED, now + self.dhcp.offer_hold)
-            self.store.offer(lease)
-            pool = self._pool_of(address)
-            if pool is not None:
-                pool.note_offer(address, message.mac)
-            self._schedule(lease)
-        exchange.reply_type, exchange.address, exchange.reason = OFFER, address, why
-        lease_time = exchange.subnet.lease_time
+        host = self.hosts.get(message.mac)
+        reserved = None
+        if host is not None and host.address is not None and host.address in exchange.subnet.network:
+            reserved = host.address
+        d = self.addresses.offer(message.mac, exchange.subnet, message.requested_address,
+                                 self.dhcp.offer_hold, reserved=reserved)
 
-        def replies():
-            offer = self._compose(exchange, lease_time)
-            if not self.dhcp.bootp_compat_offer:
-                return [offer]
-            # The original script answered each DISCOVER twice; some old
-            # BOOTP-only ROMs on mixed networks still depend on that.
-            return [self._compose(exchange, None, bootp=True), offer]
+        def chosen(result):
+            address, why = result
+            if address is None:
+                return self._exhausted(exchange, why)
+            if why is None:
+                why = f"reserved for [host:{host.name}]"
+            exchange.reply_type, exchange.address, exchange.reason = OFFER, address, why
+            lease_time = exchange.subnet.lease_time
 
-        return self._with_decision(exchange, replies)
+            def replies():
+                offer = self._compose(exchange, lease_time)
+                if not self.dhcp.bootp_compat_offer:
+                    return [offer]
+                # The original script answered each DISCOVER twice; some old
+                # BOOTP-only ROMs on mixed networks still depend on that.
+                return [self._compose(exchange, None, bootp=True), offer]
+
+            return self._with_decision(exchange, replies)
+
+        return d.addCallback(chosen)
 
     def _request(self, exchange):
         message = exchange.message
         subnet = exchange.subnet
-        now = self.clock.seconds()
         server_id = message.server_id
         if server_id is not None:
             state = "selecting"
             if server_id != exchange.server_id:
                 # The client chose another server: our offer is void.
-                held = self.store.lookup(message.mac)
-                if held is not None and held.state == OFFERED:
-                    self._free(held)
                 exchange.reason = f"client chose server {server_id}"
                 exchange.dropped = "not-for-us"
                 self._log(exchange)
-                return []
+                return self.addresses.withdraw(message.mac, subnet).addCallback(lambda _: [])
             wanted = message.requested_address or (message.ciaddr if message.has_ciaddr else None)
         elif not message.has_ciaddr:
             state = "init-reboot"
@@ -276,48 +287,53 @@ class DhcpServer:
             wanted = message.ciaddr
         if wanted is None:
             return self._nak(exchange, f"{state}: no requested address")
-        refusal = self._refuse(message.mac, wanted, subnet, now)
+        refusal = self._refuse(message.mac, wanted, subnet)
         if refusal:
             return self._nak(exchange, f"{state} {wanted}: {refusal}")
-        pool = self._pool_of(wanted)
-        if pool is not None:
-            pool.take(wanted)
-            pool.settle_offer(wanted)
         hostname = _text(message.options.get(wire.OPT_HOSTNAME))
-        lease = Lease(message.mac, wanted, BOUND, now + subnet.lease_time, hostname)
-        self._store_commit(lease)  # durable before the ACK leaves
-        self._schedule(lease)
-        exchange.reply_type, exchange.address = ACK, wanted
-        exchange.reason = f"{state}: lease {subnet.lease_time}s committed"
-        return self._with_decision(exchange, lambda: [self._compose(exchange, subnet.lease_time)])
+
+        def bound(result):
+            lease, refusal = result
+            if lease is None:
+                return self._nak(exchange, f"{state} {wanted}: {refusal}")
+            exchange.reply_type, exchange.address = ACK, wanted
+            exchange.reason = f"{state}: lease {subnet.lease_time}s committed"
+            return self._with_decision(exchange, lambda: [self._compose(exchange, subnet.lease_time)])
+
+        # durable before the ACK leaves
+        return self._bind(message.mac, subnet, wanted, subnet.lease_time, hostname).addCallback(bound)
 
     def _decline(self, exchange):
         message = exchange.message
         address = message.requested_address
-        lease = self.store.lookup(message.mac)
-        if address is None or lease is None or lease.address != address:
-            exchange.reason = f"DECLINE of {address} by a client that does not hold it; ignored"
-            exchange.dropped = "ignored"
-        else:
-            until = self.clock.seconds() + self.dhcp.decline_time
-            self.store.decline(address, until)
-            self._schedule(Lease(None, address, DECLINED, until))
+        if address is None:
+            return self._ignored(exchange, "DECLINE without an address; ignored")
+
+        def declined(done):
+            if not done:
+                return self._ignored(exchange, f"DECLINE of {address} by a client that does not hold it; ignored")
             exchange.address = address
             exchange.reason = f"address in use elsewhere; quarantined for {self.dhcp.decline_time}s"
-        self._log(exchange)
-        return []
+            self._log(exchange)
+            return []
+
+        return self.addresses.decline(message.mac, address, self.dhcp.decline_time).addCallback(declined)
 
     def _release(self, exchange):
         message = exchange.message
         address = message.ciaddr
-        if self.store.release(message.mac, address):
-            pool = self._pool_of(address)
-            if pool is not None:
-                pool.give_back(address)
+
+        def released(done):
+            if not done:
+                return self._ignored(exchange, f"RELEASE of {address} by a client that does not hold it; ignored")
             exchange.address, exchange.reason = address, "released by its owner"
-        else:
-            exchange.reason = f"RELEASE of {address} by a client that does not hold it; ignored"
-            exchange.dropped = "ignored"
+            self._log(exchange)
+            return []
+
+        return self.addresses.release(message.mac, address).addCallback(released)
+
+    def _ignored(self, exchange, reason):
+        exchange.reason, exchange.dropped = reason, "ignored"
         self._log(exchange)
         return []
 
@@ -328,26 +344,34 @@ class DhcpServer:
 
     def _bootp(self, exchange):
         message = exchange.message
+        subnet = exchange.subnet
         host = self.hosts.get(message.mac)
-        if host is not None and host.address is not None and host.address in exchange.subnet.network:
-            address, why = host.address, f"BOOTP: fixed address of [host:{host.name}]"
+        hostname = _text(message.options.get(wire.OPT_HOSTNAME))
+        if host is not None and host.address is not None and host.address in subnet.network:
+            d = defer.succeed((host.address, f"BOOTP: fixed address of [host:{host.name}]"))
         elif not self.dhcp.bootp_dynamic:
             # A BOOTP binding never expires, and a DHCP packet cut off before
             # option 53 looks like BOOTP: handing out pool addresses to any
             # such packet would let junk drain the pool for good.
-            exchange.reason = ("BOOTP client without a [host:...] address "
-                               "(set [dhcp] bootp_dynamic = true to lease it a pool address for good)")
-            exchange.dropped = "ignored"
-            self._log(exchange)
-            return []
+            return self._ignored(exchange, "BOOTP client without a [host:...] address "
+                                           "(set [dhcp] bootp_dynamic = true to lease it a pool address for good)")
         else:
-            address, why = self._choose_address(message, exchange.subnet, bootp=True)
+            d = self.addresses.offer(message.mac, subnet, message.requested_address, self.dhcp.offer_hold)
+
+        def chosen(result):
+            address, why = result
             if address is None:
                 return self._exhausted(exchange, why)
-        lease = Lease(message.mac, address, BOUND, FOREVER, _text(message.options.get(wire.OPT_HOSTNAME)))
-        self._store_commit(lease)
-        exchange.address, exchange.reason, exchange.answered = address, why, True
-        return self._with_decision(exchange, lambda: [self._compose(exchange, None, bootp=True)])
+            return self._bind(message.mac, subnet, address, None, hostname).addCallback(bound, address, why)
+
+        def bound(result, address, why):
+            lease, refusal = result
+            if lease is None:
+                return self._ignored(exchange, f"BOOTP {address}: {refusal}")
+            exchange.address, exchange.reason, exchange.answered = address, why, True
+            return self._with_decision(exchange, lambda: [self._compose(exchange, None, bootp=True)])
+
+        return d.addCallback(chosen)
 
     def _exhausted(self, exchange, why):
         exchange.reason, exchange.dropped = why, "pool-exhausted"
@@ -359,50 +383,9 @@ class DhcpServer:
 
     # -- address policy ----------------------------------------------------
 
-    def _choose_address(self, message, subnet, bootp=False):
-        """The address to offer: reservation, current lease, requested, new."""
-        now = self.clock.seconds()
-        mac = message.mac
-        host = self.hosts.get(mac)
-        if host is not None and host.address is not None:
-            if host.address in subnet.network:
-                return host.address, f"reserved for [host:{host.name}]"
-        pool = self.pools[subnet.name]
-        current = self.store.lookup(mac)
-        if current is not None and current.state != DECLINED and current.address in pool:
-            holder = self.store.holder(current.address)
-            if holder is current:
-                pool.take(current.address)
-                return current.address, "the client's current lease"
-        requested = message.requested_address
-        if requested is not None and requested in pool and self._available(requested, mac, now):
-            if pool.take(requested) is not None or self._holds(mac, requested):
-                return requested, "requested by the client (option 50)"
-        while True:
-            address = pool.take()
-            if address is None:
-                break
-            if self._available(address, mac, now):
-                return address, "new address from the pool"
-        victim = pool.oldest_offer()
-        if victim is not None:
-            stale = self.store.holder(victim)
-            if stale is not None and stale.state == OFFERED:
-                self.store.forget(stale)
-            pool.settle_offer(victim)
-            return victim, f"pool exhausted: reused the oldest outstanding offer ({stale.mac if stale else '?'})"
-        return None, f"pool of [subnet:{subnet.name}] exhausted ({pool.size} addresses); no offer"
-
-    def _available(self, address, mac, now):
-        holder = self.store.holder(address)
-        return holder is None or holder.mac == mac or not holder.active(now)
-
-    def _holds(self, mac, address):
-        holder = self.store.holder(address)
-        return holder is not None and holder.mac == mac
-
-    def _refuse(self, mac, address, subnet, now) -> str:
-        """Why C{mac} may not have C{address} (empty when it may)."""
+    def _refuse(self, mac, address, subnet) -> str:
+        """Why the config forbids C{mac} to have C{address} (empty when it
+        may); whether someone else holds it is the store's to say."""
         if address not in subnet.network:
             return f"not on subnet {subnet.network} ([subnet:{subnet.name}])"
         host = self.hosts.get(mac)
@@ -413,60 +396,14 @@ class DhcpServer:
         reserved = self.reserved_by_address.get(address)
         if reserved is not None:
             return f"reserved for [host:{reserved.name}]"
-        holder = self.store.holder(address)
-        if holder is not None and holder.mac != mac and holder.active(now):
-            if holder.state == DECLINED:
-                return "declined by a client, quarantined"
-            return f"held by {holder.mac}"
-        if address not in self.pools[subnet.name]:
+        if not self.addresses.in_pool(subnet, address):
             return f"outside the pools of [subnet:{subnet.name}]"
         return ""
-
-    def _free(self, lease):
-        self.store.forget(lease)
-        pool = self._pool_of(lease.address)
-        if pool is not None:
-            pool.give_back(lease.address)
 
     def address_counts(self):
         """{(subnet name, state): count} for free, offered, bound and declined
         addresses, for metrics and the status page (not the hot path)."""
-        now = self.clock.seconds()
-        counts = {}
-        for subnet in self.config.subnets:
-            counts[(subnet.name, "free")] = self.pools[subnet.name].free_count
-            for state in (OFFERED, BOUND, DECLINED):
-                counts[(subnet.name, state)] = 0
-        for lease in self.store.all_leases():
-            if not lease.active(now):
-                continue
-            subnet = self._subnet_containing(lease.address)
-            if subnet is not None:
-                counts[(subnet.name, lease.state)] += 1
-        return counts
-
-    # -- expiry ------------------------------------------------------------
-
-    def _schedule(self, lease):
-        if lease.expires != FOREVER:
-            heapq.heappush(self._expiries, (lease.expires, int(lease.address), lease.address))
-
-    def expire(self):
-        """Hand lapsed offers and quarantines back to their pools.  An expired
-        binding is handed back too, but its record stays so the same client
-        gets the same address if nobody took it meanwhile."""
-        now = self.clock.seconds()
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            _, _, address = heapq.heappop(expiries)
-            holder = self.store.holder(address)
-            if holder is None or holder.active(now):
-                continue
-            if holder.state in (OFFERED, DECLINED):
-                self.store.forget(holder)
-            pool = self._pool_of(address)
-            if pool is not None:
-                pool.give_back(address)
+        return self.addresses.counts()
 
     # -- subnet and server identity ---------------------------------------
 
@@ -504,12 +441,6 @@ class DhcpServer:
 
     def _server_id(self, subnet, arrival):
         return subnet.server_address or self.dhcp.server_address or arrival.local_address
-
-    def _pool_of(self, address):
-        for pool in self.pools.values():
-            if address in pool.subnet.network:
-                return pool
-        return None
 
     # -- boot decision and reply building ---------------------------------
 
@@ -640,6 +571,19 @@ class DhcpServer:
             kind = "released" if message.message_type == RELEASE else "declined"
             self.events.publish("dhcp", kind, mac=message.mac, peer=str(exchange.address),
                                 address=str(exchange.address))
+
+
+def _settled(result):
+    """The result of a Deferred that has fired already (raising its
+    failure), else the Deferred: most requests are answered without waiting
+    and need not pay for the callbacks of a Deferred at the caller."""
+    if not isinstance(result, defer.Deferred) or not result.called or isinstance(result.result, defer.Deferred):
+        return result
+    value = result.result
+    if isinstance(value, Failure):
+        result.addErrback(lambda _: None)
+        value.raiseException()
+    return value
 
 
 def _text(value):
