@@ -9,6 +9,7 @@ hands out wrong addresses, which is worse than not starting.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import ipaddress
 import os
@@ -486,6 +487,14 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
         raise ConfigError(source, error.section, error.option, f"key appears twice (line {error.lineno})") from None
     except configparser.MissingSectionHeaderError as error:
         raise ConfigError(source, None, None, f"line {error.lineno}: text before the first [section]") from None
+    except configparser.ParsingError as error:
+        lineno, line = error.errors[0]
+        try:
+            line = ast.literal_eval(line)  # configparser keeps the repr()
+        except (ValueError, SyntaxError):
+            pass
+        raise ConfigError(source, None, None, f"line {lineno}: cannot parse {line.strip()!r} "
+                          "(expected [section], key = value or a comment)") from None
     except configparser.Error as error:
         raise ConfigError(source, None, None, str(error).splitlines()[0]) from None
 

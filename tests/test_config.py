@@ -148,6 +148,11 @@ address = 10.0.0.5
                       self.error("[admin]\naddresses = localhost\n"))
         self.assertIn("[admin] listen: unknown key", self.error("[admin]\nlisten = 1\n"))
 
+    def test_unparsable_line_is_named(self):
+        self.assertEqual(self.error("[tftp]\nport = 69\n[http\n"),
+                         "site.ini: line 3: cannot parse '[http' (expected [section], key = value or a comment)")
+        self.assertIn("line 2: cannot parse 'just words'", self.error("[tftp]\njust words\n"))
+
     def test_text_before_section(self):
         self.assertIn("text before the first [section]", self.error("port = 67\n"))
 
