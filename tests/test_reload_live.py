@@ -76,22 +76,32 @@ class _Collect(protocol.ProcessProtocol):
         self.done.callback((code, bytes(self.out)))
 
 
-def run(argv, env=None):
-    """(exit code, output) of a client process, without blocking the reactor."""
+def run(argv, env=None, started=None):
+    """(exit code, output) of a client process, without blocking the reactor;
+    C{started} (a list) receives the process transport, for signals."""
     collect = _Collect()
-    reactor.spawnProcess(collect, argv[0], argv, env=env or {"PATH": os.environ.get("PATH", "")})
+    transport = reactor.spawnProcess(collect, argv[0], argv,
+                                     env=env or {"PATH": os.environ.get("PATH", "")})
+    if started is not None:
+        started.append(transport)
     return collect.done
 
 
 class Server:
-    """ownsocket under twistd, its config file rewritten between reloads."""
+    """
+    ownsocket under twistd, its config file rewritten between reloads.
 
-    def __init__(self, directory, render):
+    It logs through ownsocket.logfile with a size that never rotates, so
+    the reload lines can be followed by offset even at DHCP's log rate.
+    """
+
+    def __init__(self, directory):
         self.directory = directory
-        self.render = render
         self.config = os.path.join(directory, "ownsocket.ini")
         self.log_path = os.path.join(directory, "ownsocket.log")
         self.process = None
+        self._offset = 0
+        self._reloads = []  # (result, line)
 
     def write(self, text):
         # written whole and renamed, as an editor or config management does:
@@ -101,10 +111,11 @@ class Server:
             handle.write(text)
         os.replace(partial, self.config)
 
-    def start(self, argv_prefix=(), popen=subprocess.Popen, timeout=60):
-        argv = [*argv_prefix, sys.executable, *TWISTD, "--nodaemon", "--pidfile=",
-                "--logfile", self.log_path, "ownsocket", "--config", self.config]
-        env = dict(os.environ, PYTHONPATH=HERE)
+    def start(self, popen=subprocess.Popen, timeout=60):
+        argv = [sys.executable, *TWISTD, "--nodaemon", "--pidfile=", "--logger",
+                "ownsocket.logfile.observer", "ownsocket", "--config", self.config]
+        env = dict(os.environ, PYTHONPATH=HERE, OWNSOCKET_LOG=self.log_path,
+                   OWNSOCKET_LOG_SIZE="64G", OWNSOCKET_LOG_KEEP="1")
         self.console = open(os.path.join(self.directory, "console.txt"), "w")
         self.process = popen(argv, cwd=self.directory, env=env, stdout=self.console,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -132,21 +143,37 @@ class Server:
             console = ""
         return f"--- log\n{self.log()[-6000:]}\n--- console\n{console[-3000:]}"
 
+    def _scan(self):
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        for line in data[:end].decode(errors="replace").splitlines():
+            if re.search(r"reloaded \S+ \(sha256", line):
+                self._reloads.append(("ok", line))
+            elif re.search(r"reload of \S+ failed:", line):
+                self._reloads.append(("failed", line))
+
     def reload_results(self):
         """'ok' or 'failed' for each reload the server finished, in order."""
-        return ["ok" if match.group(1) else "failed"
-                for match in re.finditer(r"(reloaded \S+ \(sha256)|reload of \S+ failed:", self.log())]
+        self._scan()
+        return [result for result, _ in self._reloads]
 
     @defer.inlineCallbacks
-    def reload(self, timeout=20):
-        """SIGHUP, then wait for the reload's log line; returns ok/failed."""
-        before = len(self.reload_results())
+    def reload(self, timeout=30):
+        """SIGHUP, then wait for the reload's log line; returns (ok/failed, line)."""
+        self._scan()
+        before = len(self._reloads)
         os.kill(self.process.pid, signal.SIGHUP)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            results = self.reload_results()
-            if len(results) > before:
-                return results[before]
+            self._scan()
+            if len(self._reloads) > before:
+                return self._reloads[before]
             if self.process.poll() is not None:
                 raise AssertionError(f"server died on SIGHUP:\n{self.output()}")
             yield deferLater(reactor, 0.01, lambda: None)
@@ -234,7 +261,7 @@ class LoopbackReloadTests(unittest.TestCase):
                 os.link(os.path.join(shared, name), os.path.join(root, name))
             with open(os.path.join(root, "marker.txt"), "w") as handle:
                 handle.write(f"generation {generation}\n")
-        self.server = Server(self.directory, self.render)
+        self.server = Server(self.directory)
         self.addCleanup(self.server.stop)
 
     def root(self, generation):
@@ -302,14 +329,12 @@ enabled = false
                     mistake, named = INVALID[(number // 2) % len(INVALID)]
                     self.server.write(mistake(self.render(generation)))
                 busy.append(dict(transfers.in_flight))
-                result = yield self.server.reload()
+                result, line = yield self.server.reload()
                 self.assertEqual(result, "ok" if valid else "failed",
                                  f"reload {number}:\n{self.server.output()}")
                 if not valid:
-                    last = [line for line in self.server.log().splitlines()
-                            if "reload of" in line][-1]
-                    self.assertIn(named, last)
-                    self.assertIn("the running configuration is kept", last)
+                    self.assertIn(named, line)
+                    self.assertIn("the running configuration is kept", line)
                 seen = yield self.marker("http")
                 self.assertEqual(seen, generation, f"HTTP root after reload {number}")
                 if tftp_reloads:
@@ -332,3 +357,213 @@ enabled = false
                          f"{transfers.done['http']} HTTP transfers, 0 failed; in flight at each "
                          f"SIGHUP: TFTP min {min(e['tftp'] for e in busy)}, HTTP min "
                          f"{min(e['http'] for e in busy)}; TFTP root checked: {tftp_reloads}\n")
+
+
+# ---------------------------------------------------------------------------
+# DHCP under load: network namespaces, perfdhcp at 1,000 exchanges/s.
+
+PERF_RATE = 1000
+#: perfdhcp's simulated clients: fewer than the pool's addresses, so no NAK
+#: or drop ever comes from an exhausted pool
+PERF_CLIENTS = 10000
+BASELINE_SECONDS = 15
+#: Drops are compared with a run without reloads just before; on a shared
+#: machine two windows differ by chance, hence a tolerance.
+DROP_TOLERANCE_POINTS = 2.0
+
+
+def parse_perfdhcp(text):
+    """sent/received/drops of perfdhcp's two exchange sections."""
+    result = {}
+    for name, section in re.findall(r"\*\*\*Statistics for: ([A-Z-]+)\*\*\*\n(.*?)(?=\n\*\*\*|\Z)",
+                                    text, re.S):
+        values = {}
+        for key, pattern in (("sent", r"sent packets: (\d+)"), ("received", r"received packets: (\d+)"),
+                             ("drops", r"drops: (\d+)")):
+            match = re.search(pattern, section)
+            if match:
+                values[key] = int(match.group(1))
+        result[name] = values
+    return result
+
+
+class DhcpReloadTests(unittest.TestCase):
+    """
+    The issue's full test: 100 alternating reloads during a perfdhcp load of
+    1,000 exchanges/s and 20 concurrent TFTP transfers, DHCP's new boot file
+    seen by a scripted client right after each valid reload.
+
+    It needs the DHCP service's C{reconfigure} (another branch of issue 9);
+    until then it skips.  OWNSOCKET_RELOAD_DHCP_UNCHANGED=1 runs it anyway
+    with the DHCP file check reversed (the old file must stay), which is how
+    the harness itself was checked.
+
+    Drops: perfdhcp runs once without reloads (same TFTP load) and once
+    with them; the second may drop at most DROP_TOLERANCE_POINTS more.  The
+    scripted client that reads the boot file after each reload waits up to
+    30 s for its OFFER, as PXE firmware (4 + 8 + 16 s) would.
+    """
+
+    timeout = 900
+
+    def setUp(self):
+        from ownsocket.dhcp.service import DhcpService
+        from tests import netns
+        self.netns = netns
+        self.dhcp_reloads = hasattr(DhcpService, "reconfigure")
+        if not self.dhcp_reloads and not os.environ.get("OWNSOCKET_RELOAD_DHCP_UNCHANGED"):
+            raise unittest.SkipTest("the DHCP service has no reconfigure() yet (issue 9, DHCP part)")
+        ok, why = netns.available()
+        if not ok:
+            raise unittest.SkipTest(why)
+        for tool, package in (("perfdhcp", "kea-admin"), ("curl", "curl"), ("ss", "iproute2")):
+            if shutil.which(tool) is None:
+                raise unittest.SkipTest(f"{tool} is not installed (Debian package {package})")
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.lab = netns.Lab()
+        self.addCleanup(self.lab.close)
+        self.topology = netns.server_client(self.lab, network="10.95.0", prefix=16,
+                                            client_addr="10.95.0.2")
+        self.tftp_data = os.urandom(TFTP_SIZE)
+        root = os.path.join(self.directory, "root")
+        os.makedirs(root)
+        with open(os.path.join(root, "first-stage.efi"), "wb") as handle:
+            handle.write(self.tftp_data)
+        self.server = Server(self.directory)
+        self.addCleanup(self.server.stop)
+
+    def render(self, generation):
+        return f"""\
+# generation {generation}
+[dhcp]
+interfaces = {self.topology.server_if}
+leases = {self.directory}/leases.sqlite
+
+[subnet:load]
+network = 10.95.0.0/16
+pool = 10.95.1.0-10.95.250.255
+router = 10.95.0.1
+lease_time = 3600
+
+[tftp]
+root = {self.directory}/root
+max_sessions = 200
+max_sessions_per_client = 64
+max_windowsize = {4 + generation % 8}
+
+[boot]
+default = gen{generation}.efi
+
+[admin]
+enabled = false
+"""
+
+    def in_client(self, argv):
+        return self.topology.client.argv(argv)
+
+    @defer.inlineCallbacks
+    def perfdhcp(self, clients, seconds=None, started=None):
+        """perfdhcp for C{seconds}, or until SIGINT (it prints its report then)."""
+        argv = ["perfdhcp", "-4", "-l", "10.95.0.2", "-r", str(PERF_RATE), "-R", str(clients),
+                "-W", "500000", "-g", "single", "10.95.0.1"]
+        if seconds:
+            argv[1:1] = ["-p", str(seconds)]
+        code, output = yield run(self.in_client(argv), started=started)
+        text = output.decode(errors="replace")
+        stats = parse_perfdhcp(text)
+        self.assertIn("DISCOVER-OFFER", stats, f"perfdhcp exit {code}: {text[-2000:]}")
+        self.assertIn("REQUEST-ACK", stats, f"perfdhcp exit {code}: {text[-2000:]}")
+        return stats
+
+    @defer.inlineCallbacks
+    def boot_file(self, number):
+        mac = f"02:00:00:95:{number // 256:02x}:{number % 256:02x}"
+        code, output = yield run(self.in_client([
+            sys.executable, os.path.join(HERE, "tests", "dhcp_client.py"), "dora",
+            "--iface", self.topology.client_if, "--mac", mac, "--timeout", "30"]))
+        self.assertEqual(code, 0, output)
+        import json
+        [result] = json.loads(output)
+        self.assertIsNone(result["nak"], output)
+        # the OFFER carries the boot file; under this load the ACK may come
+        # after the client's own timeout, which says nothing about reloads
+        self.assertIsNotNone(result["offer"], output)
+        return result["offer"]["file"]
+
+    @defer.inlineCallbacks
+    def test_reloads_under_dhcp_load(self):
+        self.server.write(self.render(0))
+        self.server.start(popen=lambda argv, **kwargs: self.topology.server.spawn(argv, **kwargs))
+        transfers = Transfers(self, self.directory)
+        url = "tftp://10.95.0.1/first-stage.efi"
+        digest = hashlib.sha256(self.tftp_data).hexdigest()
+        for number in range(TFTP_WORKERS):
+            target = os.path.join(self.directory, f"tftp-{number}.bin")
+            transfers.loops.append(self._tftp_loop(transfers, url, target, digest))
+        started = []
+        load = None
+        generation = 0
+        try:
+            baseline = yield self.perfdhcp(PERF_CLIENTS, seconds=BASELINE_SECONDS)
+            load = self.perfdhcp(PERF_CLIENTS, started=started)
+            yield deferLater(reactor, 1, lambda: None)
+            for number in range(RELOADS):
+                valid = number % 2 == 0
+                if valid:
+                    generation += 1
+                    self.server.write(self.render(generation))
+                else:
+                    mistake, named = INVALID[(number // 2) % len(INVALID)]
+                    self.server.write(mistake(self.render(generation)))
+                result, line = yield self.server.reload()
+                self.assertEqual(result, "ok" if valid else "failed", f"reload {number}: {line}")
+                expected = generation if self.dhcp_reloads else 0
+                seen = yield self.boot_file(number)
+                self.assertEqual(seen, f"gen{expected}.efi", f"DHCP boot file after reload {number}")
+            self.assertFalse(load.called, "perfdhcp ended before the last reload")
+            started[0].signalProcess("INT")
+            stats = yield load
+        except BaseException:
+            for pid in self.topology.client.pids():  # perfdhcp and curl: ours, in our namespace
+                os.kill(pid, signal.SIGKILL)
+            yield transfers.stop()
+            if load is not None:
+                yield load.addErrback(lambda failure: None)
+            raise
+        yield transfers.stop()
+        log = self.server.log()
+        naks = len(re.findall(r"-> NAK", log))
+
+        def drop_pct(run):
+            sent = sum(run[name].get("sent", 0) for name in ("DISCOVER-OFFER", "REQUEST-ACK"))
+            drops = sum(run[name].get("drops", 0) for name in ("DISCOVER-OFFER", "REQUEST-ACK"))
+            return 100.0 * drops / sent if sent else 100.0
+        sys.stderr.write(f"\nDHCP reload under load: drops without reloads {drop_pct(baseline):.3f} %, "
+                         f"with reloads {drop_pct(stats):.3f} % ({stats}); NAKs {naks}; "
+                         f"TFTP transfers {transfers.done['tftp']}, failed {len(transfers.failures)}\n")
+        self.assertEqual(transfers.failures, [], "\n".join(transfers.failures[:10]))
+        self.assertEqual(naks, 0)
+        self.assertGreater(stats["REQUEST-ACK"].get("received", 0), 0)
+        self.assertLessEqual(drop_pct(stats), drop_pct(baseline) + DROP_TOLERANCE_POINTS)
+
+    @defer.inlineCallbacks
+    def _tftp_loop(self, transfers, url, target, digest):
+        while transfers.running:
+            if os.path.exists(target):
+                os.remove(target)
+            transfers.in_flight["tftp"] += 1
+            try:
+                code, output = yield run(self.in_client(
+                    [CURL, "-sS", "--max-time", "60", "--tftp-blksize", "1468", "-o", target, url]))
+            finally:
+                transfers.in_flight["tftp"] -= 1
+            if code != 0:
+                transfers.failures.append(f"tftp: curl exit {code}: {output[-300:]!r}")
+                continue
+            with open(target, "rb") as handle:
+                data = handle.read()
+            if hashlib.sha256(data).hexdigest() != digest:
+                transfers.failures.append(f"tftp: got {len(data)} bytes, not the file")
+                continue
+            transfers.done["tftp"] += 1
