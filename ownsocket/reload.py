@@ -122,6 +122,7 @@ class Reloader:
                 _log.warn("reload: [{section}] {key} changed from {before} to {after}; "
                           "that takes effect at the next restart",
                           section=section, key=key, before=before, after=after)
+        _carry_state(runtime.prepared.selectors, prepared.selectors)
         waits = []
         for name, service in runtime.services():
             reconfigure = getattr(service, "reconfigure", None)
@@ -145,6 +146,26 @@ class Reloader:
         self.runtime.events.publish("server", "reload", result="failed", error=message,
                                     source=source, trigger=trigger, hash=config_hash)
         return False
+
+
+def _carry_state(old_selectors, new_selectors):
+    """
+    A selector that remembers clients (the stateful iPXE selector knows who
+    fetched a first stage) may take that memory over from its predecessor
+    of the same name and class, so a machine half-way through its boot at
+    reload time carries on: it defines C{inherit(old)}.  Called in the swap
+    turn, so nothing is learnt by the old one afterwards.
+    """
+    old_by_name = {getattr(selector, "name", None): selector for selector in old_selectors}
+    for selector in new_selectors:
+        old = old_by_name.get(getattr(selector, "name", None))
+        inherit = getattr(selector, "inherit", None)
+        if old is None or inherit is None or type(old) is not type(selector):
+            continue
+        try:
+            inherit(old)
+        except Exception:
+            _log.failure("reload: selector {name} could not take over its state", name=selector.name)
 
 
 class ReloadOnSignal(Service):

@@ -292,3 +292,47 @@ class SignalTests(unittest.TestCase):
             if reactor.from_thread:
                 break
         self.assertEqual(len(reactor.from_thread), 1)
+
+
+class Remembers:
+    """A selector with memory, as the stateful iPXE selector has."""
+
+    name = "remembers"
+
+    def __init__(self, settings=None, context=None):
+        self.seen = {}
+
+    def select(self, request):
+        return None
+
+    def inherit(self, old):
+        self.seen = dict(old.seen)
+
+
+class CarryStateTests(unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def test_same_selector_takes_over_its_memory(self):
+        clock = Clock()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "site.ini")
+        with open(path, "w") as handle:
+            handle.write("[dhcp]\nenabled = false\n[boot]\nselectors = tests.test_reload.remembers, arch\n")
+        config, text = read_config(path)
+        runtime = Runtime(prepare(config, text, clock), clock, EventBus(clock), config_path=path)
+        old = runtime.prepared.selectors[0]
+        old.seen["52:54:00:00:00:01"] = 12.0
+        ok = yield Reloader(runtime).reload()
+        self.assertTrue(ok)
+        new = runtime.prepared.selectors[0]
+        self.assertIsNot(new, old)
+        self.assertEqual(new.seen, {"52:54:00:00:00:01": 12.0})
+
+
+def remembers(settings, context):
+    from zope.interface import directlyProvides
+    from ownsocket.interfaces import IBootFileSelector
+    selector = Remembers()
+    directlyProvides(selector, IBootFileSelector)
+    return selector
