@@ -103,7 +103,9 @@ def makeService(options, reactor=None, admin_factory=make_admin):
     services = MultiService()
     recent = RecentRequests()
     events = EventBus(reactor)
-    runtime = Runtime(prepared, reactor, events, config_path=options["config"], recent=recent)
+    # absolute, so a reload finds the file whatever the working directory is by then
+    path = options["config"] and os.path.abspath(options["config"])
+    runtime = Runtime(prepared, reactor, events, config_path=path, recent=recent)
     if config.dhcp.enabled:
         runtime.dhcp = DhcpService(config, prepared.selector, reactor,
                                    boot_file_size=boot_file_size_function(config.tftp, reactor),
