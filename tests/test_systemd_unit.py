@@ -61,6 +61,10 @@ class UnitContentTests(unittest.TestCase):
         self.assertEqual(start[start.index("ownsocket") + 1:],
                          ["--config", "/etc/ownsocket/ownsocket.ini"])
 
+    def test_plugin_caches_refreshed_with_rights_to_write(self):
+        self.assertEqual(self.one("ExecStartPre"),
+                         "+/opt/ownsocket/venv/bin/python -m ownsocket.plugincache")
+
     def test_reload_restart_state(self):
         self.assertEqual(self.one("ExecReload"), "/bin/kill -HUP $MAINPID")
         self.assertEqual(self.one("Restart"), "on-failure")
@@ -99,8 +103,9 @@ class VerifyTests(unittest.TestCase):
         copy = os.path.join(directory, "ownsocket.service")
         with open(UNIT, encoding="utf-8") as handle:
             text = handle.read()
-        if not os.access("/opt/ownsocket/venv/bin/twistd", os.X_OK):
-            text = text.replace("/opt/ownsocket/venv/bin/twistd", sys.executable)
+        for program in ("twistd", "python"):
+            if not os.access(f"/opt/ownsocket/venv/bin/{program}", os.X_OK):
+                text = text.replace(f"/opt/ownsocket/venv/bin/{program}", sys.executable)
         with open(copy, "w", encoding="utf-8") as handle:
             handle.write(text)
         done = subprocess.run([analyze, "verify", copy], capture_output=True, text=True, timeout=120)
@@ -239,3 +244,21 @@ enabled = false
         text = open(log, errors="replace").read() if os.path.exists(log) else ""
         self.assertIn("permission denied", output + text)
         self.assertNotIn("Traceback", output)
+
+
+class PluginCacheTests(unittest.TestCase):
+    """python -m ownsocket.plugincache leaves caches the service's user can read."""
+
+    def test_caches_written_readable_under_umask_077(self):
+        import ownsocket.plugins
+        [directory] = [d for d in ownsocket.plugins.__path__ if d.startswith(HERE)]
+        cache = os.path.join(directory, "dropin.cache")
+        if os.path.exists(cache):
+            os.remove(cache)
+        done = subprocess.run(
+            ["sh", "-c", f"umask 077 && exec {sys.executable} -m ownsocket.plugincache"],
+            cwd=HERE, env=dict(os.environ, PYTHONPATH=HERE), capture_output=True, text=True,
+            timeout=120)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertTrue(os.path.exists(cache))
+        self.assertEqual(os.stat(cache).st_mode & 0o777, 0o644)
