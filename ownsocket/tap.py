@@ -89,7 +89,11 @@ def make_admin(runtime):
     except ImportError as error:
         fail(f"{runtime.config.source}: [admin] enabled: the admin listener cannot start: "
              f"{error} (install it, or set [admin] enabled = false)")
-    return make_admin_service(runtime)
+    try:
+        return make_admin_service(runtime)
+    except ImportError as error:  # a dependency imported only when it is built
+        fail(f"{runtime.config.source}: [admin] enabled: the admin listener cannot start: "
+             f"{error} (install it, or set [admin] enabled = false)")
 
 
 def makeService(options, reactor=None, admin_factory=make_admin):

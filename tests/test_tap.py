@@ -169,6 +169,16 @@ class RuntimeWiringTests(unittest.TestCase):
                       "'prometheus_client' (install it, or set [admin] enabled = false)", str(error))
         self.assertTrue(str(error).startswith("ownsocket: /"))
 
+    def test_admin_dependency_missing_when_built_stops_startup(self):
+        module = types.ModuleType("ownsocket.admin")
+
+        def make_admin_service(runtime):
+            raise ModuleNotFoundError("No module named 'prometheus_client'", name="prometheus_client")
+        module.make_admin_service = make_admin_service
+        self.with_module(module)
+        error = self.assertRaises(SystemExit, self.make, "")
+        self.assertIn("the admin listener cannot start: No module named 'prometheus_client'", str(error))
+
     def test_admin_module_used_when_present(self):
         module = types.ModuleType("ownsocket.admin")
         module.make_admin_service = FakeAdmin
