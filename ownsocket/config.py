@@ -9,6 +9,7 @@ hands out wrong addresses, which is worse than not starting.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import ipaddress
 import os
@@ -61,6 +62,15 @@ arch.0 = undionly.kpxe
 arch.6 = ipxe-ia32.efi
 arch.7 = snponly.efi
 arch.9 = snponly.efi
+
+[admin]
+# Metrics, the per-boot trail and the status page, for this host only.
+enabled = true
+addresses = 127.0.0.1
+port = 9067
+boots = 1000
+events_per_boot = 64
+stall_after = 30
 """
 
 
@@ -163,6 +173,23 @@ class HttpConfig:
     root: Optional[str] = None  # None: the TFTP root
 
 
+@dataclass(frozen=True)
+class AdminConfig:
+    """The admin listener (metrics, trail, status page): loopback by default,
+    because what it shows (MACs, files, addresses) is for the operator."""
+
+    enabled: bool = True
+    addresses: Tuple[IPv4, ...] = (IPv4("127.0.0.1"),)
+    port: int = 9067
+    boots: int = 1000  # MACs kept in the per-boot trail
+    events_per_boot: int = 64
+    stall_after: float = 30.0  # seconds without progress before a boot is called stalled
+
+    @property
+    def loopback_only(self) -> bool:
+        return bool(self.addresses) and all(address.is_loopback for address in self.addresses)
+
+
 DEFAULT_SELECTORS = ("host", "mac", "ipxe", "uefi-http", "rpi", "vendor", "arch")
 
 
@@ -185,6 +212,7 @@ class Config:
     tftp: TftpConfig = field(default_factory=TftpConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     boot: BootConfig = field(default_factory=BootConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     #: Raw [selector:NAME] sections: each selector's factory checks its own keys.
     selector_settings: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = ()
 
@@ -385,6 +413,15 @@ _HTTP_KEYS: Dict[str, Tuple[str, Callable]] = {
     "root": ("root", parse_optional_text),
 }
 
+_ADMIN_KEYS: Dict[str, Tuple[str, Callable]] = {
+    "enabled": ("enabled", parse_bool),
+    "addresses": ("addresses", parse_address_list),
+    "port": ("port", _int_between(1, 65535)),
+    "boots": ("boots", _int_between(1, 1_000_000)),
+    "events_per_boot": ("events_per_boot", _int_between(1, 10_000)),
+    "stall_after": ("stall_after", _float_between(1, 86400)),
+}
+
 _BOOT_KEYS: Dict[str, Tuple[str, Callable]] = {
     "default": ("default", parse_optional_text),
     "next_server": ("next_server", parse_optional_address),
@@ -468,6 +505,14 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
         raise ConfigError(source, error.section, error.option, f"key appears twice (line {error.lineno})") from None
     except configparser.MissingSectionHeaderError as error:
         raise ConfigError(source, None, None, f"line {error.lineno}: text before the first [section]") from None
+    except configparser.ParsingError as error:
+        lineno, line = error.errors[0]
+        try:
+            line = ast.literal_eval(line)  # configparser keeps the repr()
+        except (ValueError, SyntaxError):
+            pass
+        raise ConfigError(source, None, None, f"line {lineno}: cannot parse {line.strip()!r} "
+                          "(expected [section], key = value or a comment)") from None
     except configparser.Error as error:
         raise ConfigError(source, None, None, str(error).splitlines()[0]) from None
 
@@ -475,6 +520,7 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
     tftp = TftpConfig()
     http = HttpConfig()
     boot = BootConfig()
+    admin = AdminConfig()
     subnets, hosts, selector_settings = [], [], []
     for name in parser.sections():
         section = parser[name]
@@ -488,6 +534,9 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
         elif name == "http":
             values, _ = _fields(source, name, section, _HTTP_KEYS)
             http = HttpConfig(**values)
+        elif name == "admin":
+            values, _ = _fields(source, name, section, _ADMIN_KEYS)
+            admin = AdminConfig(**values)
         elif name == "boot":
             values, extra = _fields(source, name, section, _BOOT_KEYS, prefixed="arch.")
             values["arch"] = _arch_table(source, name, extra)
@@ -506,11 +555,12 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
             selector_settings.append((label, tuple((key, value.strip()) for key, value in section.items())))
         else:
             raise ConfigError(source, name, None,
-                              "unknown section (known: [dhcp], [tftp], [http], [boot], [subnet:NAME], "
+                              "unknown section (known: [dhcp], [tftp], [http], [boot], [admin], [subnet:NAME], "
                               "[host:NAME], [selector:NAME])")
 
     config = Config(source=source, dhcp=dhcp, subnets=tuple(subnets), hosts=tuple(hosts),
-                    tftp=tftp, http=http, boot=boot, selector_settings=tuple(selector_settings))
+                    tftp=tftp, http=http, boot=boot, admin=admin,
+                    selector_settings=tuple(selector_settings))
     if known_interfaces is None:
         known_interfaces = _known_interfaces()
     _check(config, known_interfaces)

@@ -312,7 +312,8 @@ class BootFileResource(Resource):
         self.open[exchange] = None
         if self.events.active:
             self.events.publish("http", "started", mac=exchange.mac, peer=exchange.peer,
-                                file=path, size=reader.size)
+                                file=path, size=reader.size,
+                                method=_printable(exchange.request.method, 16))
         try:
             self._respond(reader, exchange, path)
         except BaseException:
@@ -432,7 +433,8 @@ class BootFileResource(Resource):
                                 file=exchange.path if exchange.path is not None
                                 else _printable(request.path),
                                 result=_result(exchange, aborted), bytes=exchange.sent,
-                                seconds=duration, status=request.code)
+                                seconds=duration, status=request.code,
+                                method=_printable(request.method, 16))
         _log.info(
             "http peer={peer} method={method} path={path} status={status} bytes={nbytes} "
             "duration={duration} agent={agent}{detail}",

@@ -585,6 +585,8 @@ class EventTests(ServiceMixin, unittest.TestCase):
         yield get(port, "/f.efi", headers=b"Range: bytes=10-\r\n")
         yield wait_for(lambda: len(self.finished()) == 8)
         self.assertContract()
+        self.assertEqual([e.fields["method"] for e in self.finished()],
+                         ["GET", "HEAD", "GET", "GET", "GET", "GET", "POST", "GET"])
         self.assertEqual([(e.fields["result"], e.fields["status"]) for e in self.finished()],
                          [("ok", 200), ("ok", 200), ("not-found", 404), ("denied", 403),
                           ("denied", 403), ("error", 500), ("denied", 405), ("error", 416)])
