@@ -111,6 +111,7 @@ class AdminService(listening.ListeningService):
             self.runtime.events.unsubscribe(self.metrics)
             self.runtime.events.unsubscribe(self.trail)
             self._subscribed = False
+        self.trail.stop()
         return listening.ListeningService.stopService(self)
 
     def reconfigure(self, config, selector=None, backend=None):

@@ -380,6 +380,13 @@ class BootTrail:
         events = sum(len(b.head) + len(b.tail) for b in self._boots.values())
         return len(self._boots), events, len(self._mac_of)
 
+    def stop(self):
+        """Cancel every quiet timer (the server is stopping); boots stay as they are."""
+        for boot in self._boots.values():
+            if boot.timer is not None and boot.timer.active():
+                boot.timer.cancel()
+            boot.timer = None
+
     # -- the observer -----------------------------------------------------
 
     def observe(self, event):
