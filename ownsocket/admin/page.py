@@ -127,9 +127,9 @@ def status_tree(runtime, trail):
             total = sum(states.values())
             used = total - states.get("free", 0)
             cells = [tags.td(subnet, class_="subnet")]
-            cells += [tags.td(str(states.get(state, 0)), class_="num " + state) for state in ADDRESS_STATES]
+            cells += [tags.td(str(states.get(state, 0)), class_=state + " num") for state in ADDRESS_STATES]
             cells += [tags.td(str(total), class_="num"),
-                      tags.td(f"{100.0 * used / total:.0f} %" if total else "n/a", class_="num used")]
+                      tags.td(f"{100.0 * used / total:.0f} %" if total else "n/a", class_="used num")]
             rows.append(tags.tr(*cells, class_="pool"))
         pools = _table("pools", ("subnet",) + ADDRESS_STATES + ("total", "in use"), rows, "no subnet")
 
