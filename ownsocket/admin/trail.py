@@ -25,6 +25,7 @@ every text field is truncated.  The address -> MAC map is bounded too.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from collections import OrderedDict, deque
 from typing import Optional
 
@@ -188,23 +189,53 @@ def _failure_words(service, f) -> str:
 
 
 class Entry:
-    """One event of one boot, as kept."""
+    """One event of one boot, as kept: the event itself (frozen, shared
+    with the other observers) and the phase it belongs to.  The JSON copy
+    and the human line are made when someone asks, not on the hot path."""
 
-    __slots__ = ("time", "service", "kind", "phase", "fields", "text")
+    __slots__ = ("event", "phase")
 
     def __init__(self, event, phase):
-        self.time = event.time
-        self.service = event.service
-        self.kind = event.kind
+        self.event = event
         self.phase = phase
-        self.fields = {key: _plain(value) for key, value in event.fields.items()}
-        self.text = _text(describe(event))
+
+    @property
+    def time(self):
+        return self.event.time
+
+    @property
+    def service(self):
+        return self.event.service
+
+    @property
+    def kind(self):
+        return self.event.kind
+
+    @property
+    def fields(self):
+        return {key: _plain(value) for key, value in self.event.fields.items()}
+
+    @property
+    def text(self):
+        return _text(describe(self.event))
+
+
+def _bounded(event):
+    """The event, or a copy whose long text fields are cut (TFTP/HTTP file
+    names come from the client; DHCP options cannot exceed 255 bytes)."""
+    fields = event.fields
+    if any(isinstance(v, str) and len(v) > MAX_TEXT for v in fields.values()):
+        return replace(event, fields={k: _plain(v) for k, v in fields.items()})
+    return event
 
 
 class Boot:
     """One boot of one machine: from its first DISCOVER to its outcome."""
 
-    log = Logger()
+    __slots__ = ("number", "key", "mac", "peer", "started", "last", "ended", "outcome", "summary", "phase",
+                 "phases", "head", "tail", "dropped", "arch", "hostname", "address", "selector", "reason",
+                 "offered", "last_reply", "last_drop", "first_stage", "script", "files_after", "in_flight",
+                 "transfers", "last_transfer", "current_file", "service", "timer")
 
     def __init__(self, number, key, mac, peer, time):
         self.number = number
@@ -347,6 +378,7 @@ class BootTrail:
         self._by_key = {}                # key (MAC or "peer:IP") -> deque of Boot
         self._mac_of = OrderedDict()     # address -> MAC, from replies seen
         self.evicted = 0
+        self._lim = self._limits()
 
     # -- queries ----------------------------------------------------------
 
@@ -392,9 +424,11 @@ class BootTrail:
     def observe(self, event):
         service = event.service
         if service in ("dhcp", "proxy"):
+            self._lim = self._limits()
             self._dhcp(event)
         elif service in ("tftp", "http"):
-            self._transfer(event)
+            self._lim = self._limits()
+            self._transfer(_bounded(event))
 
     def _limits(self):
         settings = self._settings()
@@ -403,7 +437,7 @@ class BootTrail:
                 float(getattr(settings, "stall_after", 30.0)))
 
     def _new_boot(self, key, mac, peer, time, phase=DHCP):
-        limit, _, _ = self._limits()
+        limit = self._lim[0]
         boot = Boot(next(self._numbers), key, mac, peer, time)
         boot.phase, boot.phases = phase, [(phase, time)]
         self._boots[boot.number] = boot
@@ -411,8 +445,9 @@ class BootTrail:
         history.append(boot)
         while len(history) > BOOTS_PER_MAC:
             self._forget(history[0])
-        while len(self._boots) > limit:
-            self._forget(next(iter(self._boots.values())))
+        boots = self._boots
+        while len(boots) > limit:
+            self._forget(boots[next(iter(boots))])
         return boot
 
     def _forget(self, boot):
@@ -432,7 +467,7 @@ class BootTrail:
             self.evicted += 1
 
     def _remember_address(self, address, mac):
-        limit = max(256, 4 * self._limits()[0])
+        limit = max(256, 4 * self._lim[0])
         self._mac_of.pop(address, None)
         self._mac_of[address] = mac
         while len(self._mac_of) > limit:
@@ -486,7 +521,7 @@ class BootTrail:
             boot.service = event.service
         elif kind == "dropped":
             boot.last_drop = _text(fields.get("reason"))
-        boot.add(event, self._limits()[1])
+        boot.add(event, self._lim[1])
         self._arm(boot)
 
     # -- TFTP / HTTP ------------------------------------------------------
@@ -528,7 +563,7 @@ class BootTrail:
             self._transfer_started(boot, event)
         elif event.kind == "finished":
             self._transfer_finished(boot, event, fields)
-        boot.add(event, self._limits()[1])
+        boot.add(event, self._lim[1])
         self._arm(boot)
 
     def _transfer_started(self, boot, event):
@@ -570,7 +605,7 @@ class BootTrail:
     # -- endings ----------------------------------------------------------
 
     def _arm(self, boot):
-        stall_after = self._limits()[2]
+        stall_after = self._lim[2]
         if boot.in_flight:
             if boot.timer is not None and boot.timer.active():
                 boot.timer.cancel()
@@ -583,6 +618,7 @@ class BootTrail:
 
     def _quiet(self, boot):
         boot.timer = None
+        self._lim = self._limits()
         if boot.outcome is None and self._boots.get(boot.number) is boot:
             self._end(boot)
 
@@ -591,7 +627,7 @@ class BootTrail:
         if boot.timer is not None and boot.timer.active():
             boot.timer.cancel()
         boot.timer = None
-        within = "before the client started over" if restarted else f"within {self._limits()[2]:g} s"
+        within = "before the client started over" if restarted else f"within {self._lim[2]:g} s"
         boot.outcome, boot.summary = _conclude(boot, within)
         boot.ended = boot.last if restarted else self.reactor.seconds()
         who = boot.mac or f"{boot.peer} (MAC unknown)"
