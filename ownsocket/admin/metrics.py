@@ -30,7 +30,8 @@ from ownsocket.events import IEventObserver
 DHCP_SERVICES = ("dhcp", "proxy")
 RECEIVED = ("discover", "request", "decline", "release", "inform", "bootp")
 SENT = ("offer", "ack", "nak", "bootp")
-DROP_REASONS = ("parse", "not_for_us", "no_subnet", "pool_exhausted", "overload", "store_error", "ignored")
+DROP_REASONS = ("parse", "not_for_us", "no_subnet", "pool_exhausted", "overload", "store_error", "ignored",
+                "error")
 TFTP_RESULTS = ("ok", "not_found", "denied", "size_probe", "timeout", "aborted", "refused", "error")
 HTTP_RESULTS = ("ok", "not_found", "denied", "aborted", "error")
 ALLOCATION_REASONS = ("pool_exhausted", "store_error")
@@ -51,23 +52,34 @@ def _word(value) -> str:
 
 
 class Vocabulary:
-    """Maps free text onto a bounded set of label values."""
+    """
+    Maps free text onto a bounded set of label values.
+
+    A fixed vocabulary (message types, reasons, results) is matched in
+    snake_case ("not-for-us" counts as C{not_for_us}); anything else is
+    C{other}.  A learned one (selector, architecture and subnet names, which
+    the config and the client tables bound) keeps the first C{limit}
+    distinct names as they are and counts later ones as C{other}.
+    """
 
     def __init__(self, known=(), limit=0):
-        self.known = set(known)
+        self.known = frozenset(known)
         self.limit = limit
         self.learned = set()
 
     def __call__(self, value) -> str:
         if value is None or value == "":
             return NONE
-        word = _word(value)
-        if word in self.known or word in self.learned:
-            return word
-        if len(self.learned) < self.limit and len(word) <= 40 and \
-                all(ch.isalnum() or ch in "_.:" for ch in word):
-            self.learned.add(word)
-            return word
+        if self.known:
+            word = _word(value)
+            return word if word in self.known else OTHER
+        name = str(value)
+        if name in self.learned:
+            return name
+        if len(self.learned) < self.limit and len(name) <= 40 and \
+                all(ch.isalnum() or ch in "_.:-" for ch in name):
+            self.learned.add(name)
+            return name
         return OTHER
 
 

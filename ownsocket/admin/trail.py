@@ -99,16 +99,21 @@ def _looks_like_ipxe(file) -> bool:
 
 
 def firmware_of(arch: Optional[str]) -> str:
-    """A person's name for the firmware behind an architecture label."""
+    """A person's name for the firmware behind an architecture label
+    (the DHCP service's labels: bios, efi-x64, efi-x64-http, uboot-arm64...)."""
     if not arch or arch in ("none", "unknown"):
         return "unknown"
     label = arch.lower()
-    if "http" in label:
+    if label.startswith("efi") and label.endswith("http"):
         return "UEFI HTTP"
-    if "bios" in label:
-        return "BIOS"
-    if "efi" in label:
+    if label.startswith("efi"):
         return "UEFI"
+    if label.startswith("bios"):
+        return "BIOS HTTP" if label.endswith("http") else "BIOS"
+    if label.startswith("uboot"):
+        return "U-Boot"
+    if label == "rpiboot":
+        return "Raspberry Pi"
     return arch
 
 
