@@ -275,3 +275,41 @@ class BoundTests(unittest.TestCase):
             dhcp_exchange(h.bus)
             h.clock.advance(31)
         self.assertEqual(len(h.trail.boots_of(MAC)), 8)
+
+
+class RefusedTransferTests(unittest.TestCase):
+    def test_first_stage_refused_before_it_started(self):
+        """The TFTP service publishes only 'finished' for an RRQ it refuses (not found, denied)."""
+        h = Harness(self)
+        dhcp_exchange(h.bus, file="snponly.efi", arch="efi-x64")
+        h.bus.publish("tftp", "finished", peer="10.0.0.100", file="snponly.efi", result="not-found", bytes=0,
+                      seconds=0.0, retransmits=0, block=0, blksize=0, windowsize=0, error="1 File not found")
+        [boot] = h.trail.boots_of(MAC)
+        self.assertEqual(boot.phase, FIRST_STAGE)
+        self.assertEqual(boot.first_stage["result"], "not-found")
+        self.assertEqual(boot.in_flight, 0)
+        h.clock.advance(31)
+        self.assertEqual(boot.outcome, "failed")
+        self.assertEqual(boot.summary, "TFTP snponly.efi: not found")
+
+
+class HttpBootTests(unittest.TestCase):
+    def test_uefi_http_boot_size_request_then_download_is_one_first_stage(self):
+        h = Harness(self)
+        url = "http://10.0.0.1/snponly.efi"
+        dhcp_exchange(h.bus, file=url, selector="uefi-http", arch="efi-x64-http")
+        tftp_transfer(h.bus, file="/snponly.efi", service="http", size=0)      # HEAD
+        tftp_transfer(h.bus, file="/snponly.efi", service="http", size=200000)  # GET
+        [boot] = h.trail.boots_of(MAC)
+        self.assertEqual([p for p, _ in boot.phases], [DHCP, FIRST_STAGE])
+        self.assertEqual(boot.first_stage["bytes"], 200000)
+        self.assertEqual(boot.first_stage["protocol"], "http")
+        dhcp_exchange(h.bus, file="boot.ipxe", selector="ipxe", arch="efi-x64")
+        tftp_transfer(h.bus, file="boot.ipxe", size=100)
+        self.assertEqual([p for p, _ in boot.phases], [DHCP, FIRST_STAGE, CHAINED_DHCP, SCRIPT])
+
+    def test_event_mac_is_used_when_the_service_knows_it(self):
+        h = Harness(self)
+        h.bus.publish("http", "started", mac=MAC, peer="10.0.0.77", file="/a", size=1)
+        self.assertEqual(h.trail.mac_for_peer("10.0.0.77"), MAC)
+        self.assertEqual(len(h.trail.boots_of(MAC)), 1)

@@ -533,6 +533,10 @@ class BootTrail:
 
     def _key_for_peer(self, event):
         peer = event.peer
+        if event.mac:
+            if peer:
+                self._remember_address(peer, event.mac)
+            return event.mac, event.mac
         if not peer:
             return None, None
         mac = self._mac_of.get(peer)
@@ -572,24 +576,41 @@ class BootTrail:
         self._arm(boot)
 
     def _transfer_started(self, boot, event):
+        self._advance(boot, event)
+        boot.in_flight += 1
+        boot.transfers += 1
+        boot.current_file = _text(event.fields.get("file"))
+
+    def _advance(self, boot, event):
+        """The phase a new transfer belongs to."""
         first_ok = boot.first_stage is not None and boot.first_stage.get("result") == "ok"
         if boot.phase == DHCP:
             boot.enter(FIRST_STAGE, event.time)
         elif boot.phase == CHAINED_DHCP:
             boot.enter(SCRIPT, event.time)
-        elif boot.phase == FIRST_STAGE and first_ok:
+        elif boot.phase == FIRST_STAGE and first_ok and not self._same_file(boot.first_stage, event):
+            # (the same file again is still the first stage: UEFI HTTP boot
+            # asks for the size before it downloads)
             boot.enter(FILES, event.time)
         elif boot.phase == SCRIPT and boot.script and boot.last_transfer and \
                 boot.last_transfer[1].get("result") == "ok":
             boot.enter(FILES, event.time)
-        boot.in_flight += 1
-        boot.transfers += 1
-        boot.current_file = _text(event.fields.get("file"))
+
+    @staticmethod
+    def _same_file(first_stage, event):
+        return first_stage is not None and \
+            _bare_file(first_stage.get("file")) == _bare_file(event.fields.get("file"))
 
     def _transfer_finished(self, boot, event, fields):
+        if boot.in_flight == 0:
+            # refused before it started (not found, denied, no room): no
+            # "started" came, but it still is the next phase's transfer
+            self._advance(boot, event)
+            boot.transfers += 1
         boot.in_flight = max(0, boot.in_flight - 1)
         result = fields.get("result")
-        if boot.phase == FIRST_STAGE and (boot.first_stage is None or boot.first_stage.get("result") != "ok"):
+        if boot.phase == FIRST_STAGE and (boot.first_stage is None or boot.first_stage.get("result") != "ok"
+                                          or self._same_file(boot.first_stage, event)):
             boot.first_stage = {"file": _text(fields.get("file")), "protocol": event.service,
                                 "result": _plain(result), "bytes": _plain(fields.get("bytes")),
                                 "seconds": _plain(fields.get("seconds")),
