@@ -240,7 +240,7 @@ class Boot:
     __slots__ = ("number", "key", "mac", "peer", "started", "last", "ended", "outcome", "summary", "phase",
                  "phases", "head", "tail", "dropped", "arch", "hostname", "address", "selector", "reason",
                  "offered", "last_reply", "last_drop", "first_stage", "script", "files_after", "in_flight",
-                 "transfers", "last_transfer", "current_file", "service", "timer")
+                 "transfers", "last_transfer", "current_file", "latest_file", "service", "timer")
 
     def __init__(self, number, key, mac, peer, time):
         self.number = number
@@ -272,6 +272,7 @@ class Boot:
         self.transfers = 0
         self.last_transfer = None  # (service, fields) of the latest finished
         self.current_file = None
+        self.latest_file = None
         self.service = None        # dhcp or proxy: who answered
         self.timer = None
 
@@ -301,11 +302,8 @@ class Boot:
 
     @property
     def file(self):
-        if self.current_file:
-            return self.current_file
-        if self.first_stage:
-            return self.first_stage.get("file")
-        return self.offered
+        """The file the boot is at: the one being sent, else the latest one named."""
+        return self.current_file or self.latest_file
 
     @property
     def firmware(self):
@@ -522,7 +520,7 @@ class BootTrail:
                 boot.selector = _text(fields.get("selector"))
                 boot.reason = _text(fields.get("reason"))
             if fields.get("file"):
-                boot.offered = _text(fields.get("file"))
+                boot.offered = boot.latest_file = _text(fields.get("file"))
             boot.service = event.service
         elif kind == "dropped":
             boot.last_drop = _text(fields.get("reason"))
@@ -602,6 +600,7 @@ class BootTrail:
             _bare_file(first_stage.get("file")) == _bare_file(event.fields.get("file"))
 
     def _transfer_finished(self, boot, event, fields):
+        boot.latest_file = _text(fields.get("file"))
         if boot.in_flight == 0:
             # refused before it started (not found, denied, no room): no
             # "started" came, but it still is the next phase's transfer
