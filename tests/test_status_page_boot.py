@@ -83,16 +83,45 @@ class _Boot:
         if not self.failed:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def start_ownsocket(self):
-        config = vmnet.ownsocket_config(os.path.join(self.dir, "ownsocket.ini"), self.dir, self.root)
+    def start_ownsocket(self, mode="server", http=True):
+        config = vmnet.ownsocket_config(os.path.join(self.dir, "ownsocket.ini"), self.dir, self.root,
+                                        mode=mode, http=http)
         with open(config, "a") as f:
             f.write("\n[admin]\nenabled = true\naddresses = 127.0.0.1\nport = %d\n" % ADMIN_PORT)
         self.server = self.ns.start(vmnet.ownsocket_argv(config, self.log), name="ownsocket",
                                     log=os.path.join(self.dir, "ownsocket.out"),
                                     env=vmnet.ownsocket_env(), cwd=self.dir)
-        if not vmnet.wait_until(lambda: vmnet.listening(self.ns, udp=(67, 69), tcp=(80, ADMIN_PORT)), 30,
+        udp = (67, 69) + ((4011,) if mode == "proxy" else ())
+        tcp = ((80,) if http else ()) + (ADMIN_PORT,)
+        if not vmnet.wait_until(lambda: vmnet.listening(self.ns, udp=udp, tcp=tcp), 30,
                                 interval=0.3, watch=[self.server]):
             self.fail("ownsocket did not open its ports")
+
+    def start_address_server(self):
+        """dnsmasq handing out addresses only, on a leg of the bridge (for proxyDHCP)."""
+        if shutil.which("dnsmasq") is None:
+            raise unittest.SkipTest("dnsmasq is not installed (apt-get install dnsmasq)")
+        leg = self.ns.add_leg("dh", "10.99.0.2/24")
+        log = os.path.join(self.dir, "dnsmasq.log")
+        dnsmasq = leg.start(vmnet.dnsmasq_base_argv(leg.ifname, self.dir), name="dnsmasq", log=log)
+        if not vmnet.wait_until(lambda: vmnet.listening(self.ns, udp=(67,), netns=leg.name), 20,
+                                interval=0.3, watch=[dnsmasq]):
+            self.fail("dnsmasq did not start:\n" + vmnet.read_text(log))
+        return dnsmasq
+
+    def wait_for_trail(self, vm, platform, watch=()):
+        """Until the marker is on the console and the trail saw the file after the script; the boot."""
+        marker = self.markers[platform]
+
+        def done():
+            if marker not in vmnet.read_text(self.serial):
+                return False
+            boots = self.boots()
+            return bool(boots) and boots[0]["files_after_script"] >= 1
+        if not vmnet.wait_until(done, BOOT_TIMEOUT, interval=0.5, watch=[self.server, vm] + list(watch)):
+            self.fail("the guest never printed its marker, or the trail never saw the file after the "
+                      "script; trail: %s" % json.dumps(self.boots(), indent=1)[-4000:])
+        return self.boots()[0]
 
     def get(self, path):
         """A GET to the admin listener from inside the namespace (it listens on its loopback)."""
@@ -156,43 +185,8 @@ class StatusPageDuringBootTests(unittest.TestCase):
         sys.stderr.write("[status-page] screenshot during the boot (stage %s): %s\n" % (cells["stage"], screenshot))
 
         # 2. After the marker: the whole trail, in order, with timings.
-        marker = run.markers["pcbios"]
-
-        def done():
-            if marker not in vmnet.read_text(run.serial):
-                return False
-            boots = run.boots()
-            return boots and boots[0]["files_after_script"] >= 1
-        if not vmnet.wait_until(done, BOOT_TIMEOUT, interval=0.5, watch=[run.server, vm]):
-            run.fail("the guest never printed its marker, or the trail never saw the file after the script")
-        [boot] = run.boots()
-        phases = [p["phase"] for p in boot["phases"]]
-        self.assertEqual(phases, ["dhcp", "first-stage", "ipxe-dhcp", "script", "files"], boot)
-        starts = [p["since_start"] for p in boot["phases"]]
-        self.assertEqual(starts, sorted(starts))
-        self.assertTrue(all(p["seconds"] >= 0 for p in boot["phases"]))
-        events = boot["events"]
-        self.assertEqual([e["since_start"] for e in events], sorted(e["since_start"] for e in events))
-        dhcp = [(e["kind"], e["fields"].get("message")) for e in events if e["phase"] == "dhcp"]
-        self.assertEqual(dhcp[:4], [("received", "discover"), ("sent", "offer"),
-                                    ("received", "request"), ("sent", "ack")], dhcp)
-        offer = next(e for e in events if e["kind"] == "sent")
-        self.assertEqual(offer["fields"]["file"], "undionly.kpxe")
-        self.assertTrue(offer["fields"]["selector"])
-        self.assertTrue(offer["fields"]["reason"])
-        first = boot["first_stage"]
-        self.assertEqual((first["file"], first["protocol"], first["result"]), ("undionly.kpxe", "tftp", "ok"))
-        self.assertEqual(first["bytes"], os.path.getsize(os.path.join(run.root, "undionly.kpxe")))
-        self.assertGreater(first["blksize"], 512)
-        self.assertIsNotNone(first["seconds"])
-        chained = [e for e in events if e["phase"] == "ipxe-dhcp" and e["kind"] == "sent"]
-        self.assertEqual(chained[-1]["fields"]["file"], "boot.ipxe")
-        self.assertEqual(chained[-1]["fields"]["selector"], "ipxe")
-        self.assertEqual(boot["script"], "boot.ipxe")
-        files = [e["fields"]["file"] for e in events if e["phase"] == "files" and e["kind"] == "finished"]
-        self.assertEqual(files, ["marker-pcbios.ipxe"])
-        sys.stderr.write("[status-page] phases: %s\n" % ", ".join(
-            "%s +%.2f s" % (p["phase"], p["since_start"]) for p in boot["phases"]))
+        boot = run.wait_for_trail(vm, "pcbios")
+        self.check_trail(run, boot, "dhcp", "undionly.kpxe", "tftp", "pcbios")
 
         # 3. The trail command prints it, talking to the running server.
         r = run.ns.run([sys.executable, "-m", "ownsocket", "trail", "--admin", ADMIN, GUEST_MAC], check=False,
@@ -216,3 +210,90 @@ class StatusPageDuringBootTests(unittest.TestCase):
                                    ("undionly.kpxe", "boot.ipxe", "marker-pcbios.ipxe")))
         run.ns.stop(vm)
         run.failed = False
+
+    def check_trail(self, run, boot, service, first_stage, protocol, platform, offered=None):
+        """Every phase present, in order, with timings, and what each phase did."""
+        phases = [p["phase"] for p in boot["phases"]]
+        self.assertEqual(phases, ["dhcp", "first-stage", "ipxe-dhcp", "script", "files"], boot)
+        starts = [p["since_start"] for p in boot["phases"]]
+        self.assertEqual(starts, sorted(starts))
+        self.assertTrue(all(p["seconds"] >= 0 for p in boot["phases"]))
+        self.assertGreater(starts[-1], 0)
+        events = boot["events"]
+        self.assertEqual([e["since_start"] for e in events], sorted(e["since_start"] for e in events))
+        self.assertTrue(all(e["since_previous"] >= 0 for e in events))
+        dhcp = [(e["service"], e["kind"], e["fields"].get("message")) for e in events if e["phase"] == "dhcp"]
+        self.assertEqual(dhcp[0], (service, "received", "discover"), dhcp)
+        offers = [e for e in events if e["phase"] == "dhcp" and e["kind"] == "sent"]
+        self.assertTrue(offers, dhcp)
+        self.assertEqual(offers[0]["fields"]["file"], offered or first_stage)
+        self.assertTrue(offers[0]["fields"]["selector"])
+        self.assertTrue(offers[0]["fields"]["reason"])
+        if service == "dhcp":
+            self.assertEqual([m for _, k, m in dhcp if k == "sent"][:2], ["offer", "ack"], dhcp)
+        first = boot["first_stage"]
+        self.assertEqual((first["file"].lstrip("/"), first["protocol"], first["result"]),
+                         (first_stage, protocol, "ok"), first)
+        self.assertEqual(first["bytes"], os.path.getsize(os.path.join(run.root, first_stage)))
+        self.assertIsNotNone(first["seconds"])
+        if protocol == "tftp":
+            self.assertGreater(first["blksize"], 512)
+        chained = [e for e in events if e["phase"] == "ipxe-dhcp" and e["kind"] == "sent"]
+        self.assertTrue(chained, "no DHCP reply to the chain-loaded iPXE in the trail")
+        self.assertEqual(chained[-1]["fields"]["file"], "boot.ipxe")
+        self.assertEqual(chained[-1]["fields"]["selector"], "ipxe")
+        self.assertEqual(boot["script"], "boot.ipxe")
+        files = [e["fields"]["file"] for e in events if e["phase"] == "files" and e["kind"] == "finished"]
+        self.assertEqual(files, ["marker-%s.ipxe" % platform])
+        self.assertEqual(boot["mac"], GUEST_MAC)
+        sys.stderr.write("[trail] %s: %s\n" % (run.dir, ", ".join(
+            "%s +%.2f s" % (p["phase"], p["since_start"]) for p in boot["phases"])))
+
+    def test_uefi_pxe_trail(self):
+        """OVMF's PXE client: the size probe and the download of snponly.efi are one first stage."""
+        if not self._ovmf():
+            raise unittest.SkipTest("OVMF is not installed (apt-get install ovmf)")
+        run = _Boot(self, "uefi-pxe")
+        run.start_ownsocket()
+        vm = run.ns.start_guest(vmnet.uefi_pxe(), serial_log=run.serial, log=os.path.join(run.dir, "qemu.log"))
+        boot = run.wait_for_trail(vm, "efi")
+        self.check_trail(run, boot, "dhcp", "snponly.efi", "tftp", "efi")
+        self.assertEqual(boot["first_stage"]["windowsize"], 4)
+        self.assertEqual(boot["firmware"], "UEFI")
+        run.ns.stop(vm)
+        run.failed = False
+
+    def test_uefi_http_trail(self):
+        """OVMF HTTP boot: the first stage over HTTP, then iPXE over TFTP."""
+        if not self._ovmf():
+            raise unittest.SkipTest("OVMF is not installed (apt-get install ovmf)")
+        run = _Boot(self, "uefi-http")
+        run.start_ownsocket(http=True)
+        vm = run.ns.start_guest(vmnet.uefi_http(), serial_log=run.serial, log=os.path.join(run.dir, "qemu.log"))
+        boot = run.wait_for_trail(vm, "efi")
+        self.check_trail(run, boot, "dhcp", "snponly.efi", "http", "efi",
+                         offered="http://%s/snponly.efi" % vmnet.SERVER_ADDRESS)
+        run.ns.stop(vm)
+        run.failed = False
+
+    def test_proxydhcp_uefi_pxe_trail(self):
+        """proxyDHCP next to dnsmasq: the proxy's offer and the TFTP transfers (mapped to the MAC
+        through the ARP table) are one boot."""
+        if not self._ovmf():
+            raise unittest.SkipTest("OVMF is not installed (apt-get install ovmf)")
+        run = _Boot(self, "proxy")
+        dnsmasq = run.start_address_server()
+        run.start_ownsocket(mode="proxy", http=False)
+        vm = run.ns.start_guest(vmnet.uefi_pxe(), serial_log=run.serial, log=os.path.join(run.dir, "qemu.log"))
+        boot = run.wait_for_trail(vm, "efi", watch=[dnsmasq])
+        self.check_trail(run, boot, "proxy", "snponly.efi", "tftp", "efi")
+        run.ns.stop(vm)
+        run.failed = False
+
+    @staticmethod
+    def _ovmf():
+        try:
+            vmnet.ovmf_firmware()
+            return True
+        except vmnet.VmnetError:
+            return False
