@@ -83,7 +83,7 @@ class CountingTests(unittest.TestCase):
                     retransmits=6, block=10, blksize=1432, windowsize=1, error="no ACK")
         bus.publish("http", "finished", peer="10.0.0.5", file="a", result="ok", bytes=5000, seconds=1.5,
                     status=200)
-        bus.publish("http", "finished", peer="10.0.0.5", file="/etc/passwd", result="denied", bytes=0,
+        bus.publish("http", "finished", peer="10.0.0.5", file="/etc/passwd", result="denied", bytes=14,
                     seconds=0.0, status=403)
         for result, n in (("ok", 1), ("not_found", 1), ("size_probe", 1), ("timeout", 1), ("denied", 0)):
             self.assertEqual(self.value("ownsocket_tftp_requests_total", {"result": result}), n, result)

@@ -220,7 +220,8 @@ class Metrics:
         result = vocabulary(fields.get("result"))
         self._child(requests, result).inc()
         count = fields.get("bytes")
-        if isinstance(count, int) and count > 0:
+        if isinstance(count, int) and count > 0 and result not in ("not_found", "denied"):
+            # (an HTTP 404/403 sends a short error page: not file bytes)
             sent.inc(count)
         seconds = fields.get("seconds")
         if result == "ok" and isinstance(seconds, (int, float)) and seconds >= 0:
