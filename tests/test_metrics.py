@@ -96,6 +96,11 @@ class CountingTests(unittest.TestCase):
         self.assertEqual(self.value("ownsocket_http_sent_bytes_total"), 5000)
         self.assertEqual(self.value("ownsocket_http_transfer_duration_seconds_sum"), 1.5)
 
+    def test_every_address_state_is_a_series_even_at_zero(self):
+        self.runtime.dhcp.counts = {("lab", "free"): 5}
+        self.assertEqual(self.value("ownsocket_dhcp_addresses", {"subnet": "lab", "state": "declined"}), 0)
+        self.assertEqual(self.value("ownsocket_dhcp_addresses", {"subnet": "lab", "state": "free"}), 5)
+
     def test_state_is_asked_at_scrape_time(self):
         self.assertEqual(self.value("ownsocket_dhcp_addresses", {"subnet": "lab", "state": "bound"}), 7)
         self.runtime.dhcp.counts[("lab", "bound")] = 8

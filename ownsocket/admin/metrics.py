@@ -284,6 +284,8 @@ class _StateCollector:
             for (subnet, state), value in counts.items():
                 subnet = subnet if subnet in names else self.metrics._subnet(subnet)
                 state = state if state in ADDRESS_STATES else OTHER
+                for known in ADDRESS_STATES:  # every state, 0 or not: a fixed set of series
+                    merged.setdefault((subnet, known), 0)
                 merged[(subnet, state)] = merged.get((subnet, state), 0) + value
             for (subnet, state), value in sorted(merged.items()):
                 addresses.add_metric([subnet, state], value)
