@@ -35,7 +35,7 @@ class IEventObserver(Interface):
         """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Event:
     """
     One thing that happened to one client.
@@ -69,7 +69,8 @@ KINDS = {
         # "relay <giaddr>"
         "received": ("message", "xid", "interface"),
         # a datagram dropped before an answer; reason: parse, not-for-us,
-        # no-subnet, pool-exhausted, overload, store-error, ignored
+        # no-subnet, pool-exhausted, overload, store-error, ignored (or
+        # error: the policy raised, a bug)
         "dropped": ("reason",),
         # a reply sent; message: offer, ack, nak or bootp.  selector is the
         # selector that chose the file (None when no file), arch the
@@ -79,6 +80,10 @@ KINDS = {
         "committed": ("address", "seconds"),
         # no address could be given (pool empty, store refused)
         "allocation-failed": ("subnet", "reason"),
+        # a client gave its address back (RELEASE) or reported it in use
+        # elsewhere (DECLINE: quarantined)
+        "released": ("address",),
+        "declined": ("address",),
     },
     "proxy": {
         "received": ("message", "xid", "interface"),

@@ -12,6 +12,7 @@ import errno
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 
 _PERMISSION = "permission denied (run as root or grant CAP_NET_BIND_SERVICE)"
 
@@ -24,6 +25,14 @@ class BindError(Exception):
         super().__init__(f"cannot bind {transport} {host}:{port}: {reason}")
 
 
+def _overlaps(error, port):
+    """Whether the open C{port} is what stops C{error}'s address from opening."""
+    host = port.getHost()
+    if host.port != error.port:
+        return False
+    return "0.0.0.0" in (host.host, error.host) or host.host == error.host
+
+
 class ListeningService(service.Service):
     """
     Subclasses set C{transport} ("UDP"/"TCP") and C{in_use_hint}, have
@@ -32,6 +41,7 @@ class ListeningService(service.Service):
 
     transport = "UDP"
     in_use_hint = "address already in use"
+    log = Logger()
 
     def __init__(self):
         self.ports = []
@@ -79,8 +89,82 @@ class ListeningService(service.Service):
 
     def _close_ports(self):
         ports, self.ports = self.ports, []
+        return self._stop(ports)
+
+    @staticmethod
+    def _endpoints(config):
+        return [(str(address), config.port) for address in config.addresses] or [("", config.port)]
+
+    def rebind(self, config):
+        """
+        Adopt C{config} (same shape as C{self.config}) on a reload.
+
+        Listening ports whose host and port stay the same are kept (clients
+        connecting through them never notice); the others are opened before
+        the old ones close, so there is no moment without a listener.  When
+        a new port overlaps an old one (0.0.0.0 -> one address on the same
+        port) the old one has to close first; if the new one still cannot be
+        opened the old ones are opened again.
+
+        @return: a Deferred that fires when the old ports are closed, or
+            fails with L{BindError} with C{self.config} and the ports as
+            they were.
+        """
+        old_config = self.config
+        if not self.running or self._endpoints(old_config) == self._endpoints(config):
+            self.config = config
+            return defer.succeed(None)
+        current = dict(zip(self._endpoints(old_config), self.ports))
+        if len(current) != len(self.ports):  # ports not bound as configured: start over
+            current = {}
+        self.config = config
+        opened, kept = [], []
+        try:
+            for endpoint in self._endpoints(config):
+                if endpoint in current:
+                    kept.append(current.pop(endpoint))
+                else:
+                    opened.append(self._listen_one(endpoint[0]))
+        except BindError as error:
+            for port in opened:
+                port.stopListening()
+            if not any(_overlaps(error, port) for port in current.values()):
+                self.config = old_config
+                return defer.fail(error)
+            return self._rebind_after_closing(old_config, config)
+        self.ports = kept + opened
+        self._log_rebind(old_config, config)
+        return self._stop(list(current.values()))
+
+    @defer.inlineCallbacks
+    def _rebind_after_closing(self, old_config, config):
+        """The slow path of L{rebind}: close everything, then open the new set."""
+        yield self._close_ports()
+        self.config = config
+        try:
+            self._bind()
+        except BindError as error:
+            self.config = old_config
+            self._bind()
+            raise error
+        self._log_rebind(old_config, config)
+
+    def _listen_one(self, host):
+        try:
+            return self._listen(host)
+        except CannotListenError as error:
+            raise self._bind_error(host, error) from None
+
+    def _log_rebind(self, old_config, config):
+        self.log.info("{service}: now listening on {new} (was {old})", service=self.name,
+                      new=", ".join(f"{host or '0.0.0.0'}:{port}" for host, port in self._endpoints(config)),
+                      old=", ".join(f"{host or '0.0.0.0'}:{port}" for host, port in self._endpoints(old_config)))
+
+    @staticmethod
+    def _stop(ports):
         return defer.gatherResults(
-            [defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
+            [defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True
+        ).addCallback(lambda _: None)
 
     def listening_addresses(self):
         """(host, port) of each listener: tests bind port 0 and ask."""

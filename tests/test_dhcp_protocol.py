@@ -13,6 +13,7 @@ from ownsocket.dhcp.leases import SqliteLeaseStore
 from ownsocket.dhcp.protocol import DhcpProtocol
 from ownsocket.dhcp.server import Arrival, DhcpServer
 from ownsocket.dhcp.service import DhcpService
+from ownsocket.events import EventList
 from ownsocket.tap import build_selector
 from tests import packets
 from tests.fakes import FakeDatagramTransport, FakeUDPReactor
@@ -145,6 +146,56 @@ class BatchTests(ProtocolTestCase):
         store._db.execute("CREATE TRIGGER refuse BEFORE INSERT ON leases BEGIN SELECT RAISE(ABORT, 'disk full'); END")
         self.receive(request)
         self.assertEqual(self.transport.written, [])
+        self.flushLoggedErrors()
+
+
+class ProtocolEventTests(ProtocolTestCase):
+    def setUp(self):
+        super().setUp()
+        self.seen = EventList()
+        self.protocol.server.events.subscribe(self.seen)
+
+    def test_parse_drop(self):
+        self.receive(b"\x01garbage", ("10.0.0.9", 68))
+        [event] = self.seen.events
+        self.assertEqual((event.service, event.kind, event.mac, event.peer, dict(event.fields)),
+                         ("dhcp", "dropped", None, "10.0.0.9", {"reason": "parse"}))
+
+    def test_overload_shed_one_event_per_discover(self):
+        self.protocol.discover_budget = 2
+        for i in range(5):
+            self.protocol.datagramReceived(packets.ovmf_pxe_discover(mac=f"52:54:00:00:04:{i:02x}"),
+                                           ("0.0.0.0", 68))
+        self.clock.advance(0)
+        shed = [(e.mac, e.fields["reason"]) for e in self.seen.events if e.kind == "dropped"]
+        self.assertEqual(shed, [(f"52:54:00:00:04:{i:02x}", "overload") for i in (2, 3, 4)])
+        self.assertEqual([e.kind for e in self.seen.events if e.kind != "dropped"],
+                         ["received", "sent"] * 2)
+
+    def test_batch_commit_published_after_commit(self):
+        client = "52:54:00:00:02:01"
+        self.receive(packets.ovmf_pxe_discover(mac=client))
+        offer = packets.parse_reply(self.transport.written[-1][0])
+        self.seen.events.clear()
+        self.receive(packets.ovmf_pxe_discover(mac=client, message_type=3, extra=[
+            (54, ipaddress.IPv4Address("10.0.0.1").packed),
+            (50, ipaddress.IPv4Address(offer["yiaddr"]).packed)]))
+        self.assertEqual(self.seen.kinds(), [("dhcp", "received"), ("dhcp", "sent"), ("dhcp", "committed")])
+        self.assertEqual(self.seen.events[2].fields["address"], offer["yiaddr"])
+        self.assertGreaterEqual(self.seen.events[2].fields["seconds"], 0)
+
+    def test_store_error_drops_and_no_commit_event(self):
+        client = "52:54:00:00:05:01"
+        self.receive(packets.ovmf_pxe_discover(mac=client))
+        offer = packets.parse_reply(self.transport.written[-1][0])
+        self.seen.events.clear()
+        store = self.protocol.server.store
+        store._db.execute("CREATE TRIGGER refuse BEFORE INSERT ON leases BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        self.receive(packets.ovmf_pxe_discover(mac=client, message_type=3, extra=[
+            (54, ipaddress.IPv4Address("10.0.0.1").packed),
+            (50, ipaddress.IPv4Address(offer["yiaddr"]).packed)]))
+        self.assertNotIn(("dhcp", "committed"), self.seen.kinds())
+        self.assertEqual([e.fields["reason"] for e in self.seen.events if e.kind == "dropped"], ["store-error"])
         self.flushLoggedErrors()
 
 

@@ -14,6 +14,7 @@ from ownsocket.boot.request import BootDecision
 from ownsocket.dhcp import wire
 from ownsocket.dhcp.leases import SqliteLeaseStore
 from ownsocket.dhcp.server import Arrival, DhcpServer
+from ownsocket.events import EventList
 from ownsocket.interfaces import IBootFileSelector
 from ownsocket.tap import build_selector
 from tests import packets
@@ -426,3 +427,80 @@ class RoutedClientTests(ServerTestCase):
         [(ack, host, _)] = self.exchange(packets.request(mac=mac(2), message_type=8, ciaddr="10.9.0.15"))
         self.assertEqual(ack["options"][3], IP("10.9.0.1").packed)
         self.assertEqual(host, "10.9.0.15")
+
+
+class EventTests(ServerTestCase):
+    """What the policy tells observers: exactly one event per step."""
+
+    def setUp(self):
+        super().setUp()
+        self.seen = EventList()
+        self.server.events.subscribe(self.seen)
+
+    def summary(self):
+        return [(e.service, e.kind, e.mac, dict(e.fields)) for e in self.seen.events]
+
+    def test_discover_offer_request_ack(self):
+        offer, _, _ = self.discover(mac(1))
+        address = offer["yiaddr"]
+        self.request(mac(1), address)
+        events = self.summary()
+        committed = events[3]
+        self.assertIsInstance(committed[3].pop("seconds"), float)
+        self.assertEqual(events, [
+            ("dhcp", "received", mac(1), {"message": "discover", "xid": 0x1234, "interface": "eth0"}),
+            ("dhcp", "sent", mac(1), {"message": "offer", "xid": 0x1234, "address": address,
+                                      "file": "snponly.efi", "selector": "arch", "arch": "efi-x64",
+                                      "reason": "new address from the pool"}),
+            ("dhcp", "received", mac(1), {"message": "request", "xid": 0x1234, "interface": "eth0"}),
+            ("dhcp", "committed", mac(1), {"address": address}),
+            ("dhcp", "sent", mac(1), {"message": "ack", "xid": 0x1234, "address": address,
+                                      "file": "snponly.efi", "selector": "arch", "arch": "efi-x64",
+                                      "reason": "selecting: lease 600s committed"}),
+        ])
+        self.assertEqual([e.time for e in self.seen.events], [self.clock.seconds()] * 5)
+
+    def test_nak(self):
+        [(nak, _, _)] = self.request(mac(1), "10.0.0.7", server=None)
+        self.assertEqual(self.seen.kinds(), [("dhcp", "received"), ("dhcp", "sent")])
+        sent = self.seen.events[1].fields
+        self.assertEqual((sent["message"], sent["address"], sent["file"], sent["selector"]),
+                         ("nak", None, None, None))
+        self.assertIn("outside the pools", sent["reason"])
+
+    def test_drops_name_their_reason(self):
+        self.exchange(packets.ovmf_pxe_discover(), Arrival("eth1", IP("192.168.5.1")))
+        offer, _, _ = self.discover(mac(1))
+        self.request(mac(1), offer["yiaddr"], server="10.0.0.254")
+        drops = [e.fields["reason"] for e in self.seen.events if e.kind == "dropped"]
+        self.assertEqual(drops, ["no-subnet", "not-for-us"])
+
+    def test_pool_exhausted(self):
+        for i in range(4):
+            self.obtain(mac(10 + i))
+        self.seen.events.clear()
+        self.assertEqual(self.exchange(packets.ovmf_pxe_discover(mac=mac(20))), [])
+        self.assertEqual([(e.kind, e.fields.get("reason")) for e in self.seen.events][1:], [
+            ("allocation-failed", "pool of [subnet:lab] exhausted (4 addresses); no offer"),
+            ("dropped", "pool-exhausted")])
+        self.assertEqual(self.seen.events[1].fields["subnet"], "lab")
+
+    def test_address_counts(self):
+        self.obtain(mac(1))
+        self.discover(mac(2))
+        counts = self.server.address_counts()
+        self.assertEqual({k: v for k, v in counts.items() if k[0] == "lab"}, {
+            ("lab", "free"): 2, ("lab", "offered"): 1, ("lab", "bound"): 1, ("lab", "declined"): 0})
+        self.assertEqual(counts[("far", "free")], 11)
+
+    def test_silent_when_nobody_listens(self):
+        self.server.events.unsubscribe(self.seen)
+        self.obtain(mac(1))
+        self.assertEqual(self.seen.events, [])
+
+    def test_release_event(self):
+        address = self.obtain(mac(1))
+        self.seen.events.clear()
+        self.exchange(packets.request(mac=mac(1), message_type=7, ciaddr=address))
+        self.assertEqual([(e.kind, e.fields.get("address")) for e in self.seen.events],
+                         [("received", None), ("released", address)])

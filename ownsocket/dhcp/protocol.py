@@ -16,7 +16,9 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from ownsocket.dhcp import wire
-from ownsocket.dhcp.server import Arrival
+from ownsocket.dhcp.leases import LeaseStoreError
+from ownsocket.dhcp.server import Arrival, message_name
+from ownsocket.events import EventBus
 from ownsocket.ratelimit import RateLimitedLog
 
 
@@ -41,6 +43,8 @@ class DhcpProtocol(DatagramProtocol):
         self.clock = clock
         self.discover_budget = discover_budget
         self._queue = []
+        self.events = getattr(server, "events", None) or EventBus(clock)
+        self.service_name = getattr(server, "service_name", "dhcp")
         self._drop_log = RateLimitedLog(self.log.warn, clock)
         self._send_log = RateLimitedLog(self.log.warn, clock)
         self._shed_log = RateLimitedLog(self.log.warn, clock, burst=1)
@@ -65,6 +69,9 @@ class DhcpProtocol(DatagramProtocol):
             self._shed_log("overloaded: {count} DISCOVERs dropped in one batch of {size} on {interface} "
                            "(REQUESTs first; clients retry)",
                            count=len(starting) - room, size=len(batch), interface=self.arrival.interface or "?")
+            if self.events.active:
+                for message, addr in starting[room:]:
+                    self._dropped("overload", message)
             del starting[room:]
         ready, pending = [], []
         try:
@@ -72,8 +79,16 @@ class DhcpProtocol(DatagramProtocol):
                 for message, addr in finishing + starting:
                     try:
                         result = self.server.handle(message, self.arrival, addr)
+                    except LeaseStoreError as error:
+                        self.log.error("lease database failed for {mac}; request dropped: {error}",
+                                       mac=message.mac, error=error)
+                        if self.events.active:
+                            self._dropped("store-error", message)
+                        continue
                     except Exception:
                         self.log.failure("DHCP policy failed for {mac}; request dropped", mac=message.mac)
+                        if self.events.active:
+                            self._dropped("error", message)
                         continue
                     if isinstance(result, defer.Deferred):
                         pending.append((message, result))
@@ -81,12 +96,23 @@ class DhcpProtocol(DatagramProtocol):
                         ready.extend(result)
         except Exception:
             self.log.failure("lease database failed: {count} replies not sent", count=len(ready) + len(pending))
+            if self.events.active:
+                for message, addr in finishing + starting:
+                    self._dropped("store-error", message)
             return
         self._send(ready)
         for message, result in pending:
             result.addCallback(self._send)
             result.addErrback(lambda failure, mac=message.mac: self.log.failure(
                 "DHCP reply for {mac} failed; request dropped", failure, mac=mac))
+
+    def _dropped(self, reason, message=None, addr=None):
+        if message is None:
+            self.events.publish(self.service_name, "dropped", peer=addr[0] if addr else None, reason=reason)
+        else:
+            self.events.publish(self.service_name, "dropped", mac=message.mac,
+                                peer=str(message.ciaddr) if message.has_ciaddr else None,
+                                reason=reason, message=message_name(message), xid=message.xid)
 
     def _batch(self):
         batch = getattr(self.server, "batch", None)
@@ -102,6 +128,8 @@ class DhcpProtocol(DatagramProtocol):
         except Exception:
             self.log.failure("parser failed on a {size}-byte packet from {host}; dropped",
                              size=len(data), host=addr[0])
+        if self.events.active:
+            self._dropped("parse", addr=addr)
         return None
 
     def _send(self, replies):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 import heapq
 import struct
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -21,17 +23,49 @@ from twisted.logger import Logger
 from ownsocket.boot.request import ARCH_NAMES, BootDecision, BootRequest
 from ownsocket.dhcp import wire
 from ownsocket.dhcp.bootfields import add_boot_fields, echo_options, with_decision
-
-#: Option 175 (iPXE) carrying sub-option 176 "no-pxedhcp" = 1.
-IPXE_NO_PXEDHCP = b"\xb0\x01\x01"
 from ownsocket.dhcp.leases import BOUND, DECLINED, FOREVER, OFFERED, Lease
 from ownsocket.dhcp.pool import AddressPool
 from ownsocket.dhcp.wire import (ACK, DECLINE, DISCOVER, INFORM, NAK, OFFER, RELEASE, REQUEST,
                                  Message, Reply)
 
+from ownsocket.events import EventBus
+
+#: Option 175 (iPXE) carrying sub-option 176 "no-pxedhcp" = 1.
+IPXE_NO_PXEDHCP = b"\xb0\x01\x01"
+
 IPv4 = ipaddress.IPv4Address
 ZERO = IPv4(0)
 BROADCAST = "255.255.255.255"
+
+#: Short architecture labels for events and metrics (option 93 codes);
+#: other codes become C{arch-N}, a request without option 93 C{unknown}.
+ARCH_LABELS = {
+    0: "bios", 6: "efi-ia32", 7: "efi-x64", 9: "efi-x64", 10: "efi-arm32", 11: "efi-arm64",
+    15: "efi-ia32-http", 16: "efi-x64-http", 18: "efi-arm32-http", 19: "efi-arm64-http",
+    20: "bios-http", 21: "uboot-arm32", 22: "uboot-arm64", 25: "efi-riscv32", 27: "efi-riscv64",
+    28: "efi-riscv64-http", 39: "efi-loongarch64", 41: "rpiboot",
+}
+
+
+def arch_label(arches):
+    """One short label for a client's first architecture (events, metrics)."""
+    if not arches:
+        return "unknown"
+    return ARCH_LABELS.get(arches[0]) or f"arch-{arches[0]}"
+
+
+def arch_text(arches):
+    """The architectures as the log lines show them: C{7 EFI x64,0 x86 BIOS}."""
+    return ",".join(f"{a} {ARCH_NAMES.get(a, 'unknown')}" for a in arches) or "-"
+
+
+def message_name(message):
+    """The lower-case message name events carry (C{bootp} for BOOTP)."""
+    return wire.MESSAGE_NAMES.get(message.message_type, "?").lower()
+
+
+def via(message, arrival):
+    return f"relay {message.giaddr}" if message.relayed else arrival.interface or "?"
 
 
 @dataclass(frozen=True)
@@ -63,6 +97,8 @@ class Exchange:
     decision: Optional[BootDecision] = None
     reason: str = ""
     answered: bool = False  # a BOOTP reply has no reply_type
+    #: why no reply went out, as an event reason (None: nothing to report)
+    dropped: Optional[str] = None
 
 
 def make_boot_request(message, arrival, server_address=None, phase="dhcp"):
@@ -90,8 +126,12 @@ class DhcpServer:
 
     log = Logger()
 
-    def __init__(self, config, store, selector, clock, boot_file_size=None, recent=None):
+    service_name = "dhcp"
+
+    def __init__(self, config, store, selector, clock, boot_file_size=None, recent=None, events=None):
         self.config = config
+        self.events = events if events is not None else EventBus(clock)
+        self._committed = None  # leases written in the open batch
         self.dhcp = config.dhcp
         self.store = store
         self.selector = selector
@@ -119,10 +159,40 @@ class DhcpServer:
 
     # -- entry point -------------------------------------------------------
 
+    @contextmanager
     def batch(self):
-        """Group the lease writes of several requests into one commit."""
+        """Group the lease writes of several requests into one commit, and
+        tell observers about those leases once (and only if) it succeeded."""
         self.last_activity = self.clock.seconds()
-        return self.store.batch()
+        committed = self._committed = [] if self.events.active else None
+        started = None
+        try:
+            with self.store.batch():
+                yield
+                started = time.perf_counter()
+        finally:
+            self._committed = None
+        if committed:
+            seconds = time.perf_counter() - started
+            for lease in committed:
+                self._publish_commit(lease, seconds)
+
+    def _store_commit(self, lease):
+        """Write a binding; outside a batch it is durable on return."""
+        if self._committed is not None:
+            self.store.commit(lease)
+            self._committed.append(lease)
+            return
+        if not self.events.active:
+            self.store.commit(lease)
+            return
+        started = time.perf_counter()
+        self.store.commit(lease)
+        self._publish_commit(lease, time.perf_counter() - started)
+
+    def _publish_commit(self, lease, seconds):
+        self.events.publish("dhcp", "committed", mac=lease.mac, peer=str(lease.address),
+                            address=str(lease.address), seconds=seconds)
 
     def handle(self, message: Message, arrival: Arrival, source=None):
         """Answer one request: a list of L{Outgoing}, or a Deferred of one.
@@ -132,14 +202,21 @@ class DhcpServer:
         self.expire()
         kind = message.message_type
         exchange = Exchange(message, arrival, wire.MESSAGE_NAMES.get(kind, "?"))
+        if self.events.active:
+            self.events.publish("dhcp", "received", mac=message.mac,
+                                peer=str(message.ciaddr) if message.has_ciaddr else None,
+                                message=message_name(message), xid=message.xid,
+                                interface=via(message, arrival))
         exchange.subnet = self._subnet_for(message, arrival)
         if exchange.subnet is None:
             exchange.reason = self._no_subnet_reason(message, arrival)
+            exchange.dropped = "no-subnet"
             self._log(exchange)
             return []
         exchange.server_id = self._server_id(exchange.subnet, arrival)
         if exchange.server_id is None:
             exchange.reason = "no server address for this subnet (set server_address)"
+            exchange.dropped = "no-subnet"
             self._log(exchange)
             return []
         return self._handlers[kind](exchange)
@@ -150,9 +227,7 @@ class DhcpServer:
         message = exchange.message
         address, why = self._choose_address(message, exchange.subnet)
         if address is None:
-            exchange.reason = why
-            self._log(exchange)
-            return []
+            return self._exhausted(exchange, why)
         now = self.clock.seconds()
         holder = self.store.holder(address)
         if not (holder is not None and holder.mac == message.mac and holder.state == BOUND
@@ -189,6 +264,7 @@ class DhcpServer:
                 if held is not None and held.state == OFFERED:
                     self._free(held)
                 exchange.reason = f"client chose server {server_id}"
+                exchange.dropped = "not-for-us"
                 self._log(exchange)
                 return []
             wanted = message.requested_address or (message.ciaddr if message.has_ciaddr else None)
@@ -209,7 +285,7 @@ class DhcpServer:
             pool.settle_offer(wanted)
         hostname = _text(message.options.get(wire.OPT_HOSTNAME))
         lease = Lease(message.mac, wanted, BOUND, now + subnet.lease_time, hostname)
-        self.store.commit(lease)  # durable before the ACK leaves
+        self._store_commit(lease)  # durable before the ACK leaves
         self._schedule(lease)
         exchange.reply_type, exchange.address = ACK, wanted
         exchange.reason = f"{state}: lease {subnet.lease_time}s committed"
@@ -221,6 +297,7 @@ class DhcpServer:
         lease = self.store.lookup(message.mac)
         if address is None or lease is None or lease.address != address:
             exchange.reason = f"DECLINE of {address} by a client that does not hold it; ignored"
+            exchange.dropped = "ignored"
         else:
             until = self.clock.seconds() + self.dhcp.decline_time
             self.store.decline(address, until)
@@ -240,6 +317,7 @@ class DhcpServer:
             exchange.address, exchange.reason = address, "released by its owner"
         else:
             exchange.reason = f"RELEASE of {address} by a client that does not hold it; ignored"
+            exchange.dropped = "ignored"
         self._log(exchange)
         return []
 
@@ -259,18 +337,25 @@ class DhcpServer:
             # such packet would let junk drain the pool for good.
             exchange.reason = ("BOOTP client without a [host:...] address "
                                "(set [dhcp] bootp_dynamic = true to lease it a pool address for good)")
+            exchange.dropped = "ignored"
             self._log(exchange)
             return []
         else:
             address, why = self._choose_address(message, exchange.subnet, bootp=True)
             if address is None:
-                exchange.reason = why
-                self._log(exchange)
-                return []
+                return self._exhausted(exchange, why)
         lease = Lease(message.mac, address, BOUND, FOREVER, _text(message.options.get(wire.OPT_HOSTNAME)))
-        self.store.commit(lease)
+        self._store_commit(lease)
         exchange.address, exchange.reason, exchange.answered = address, why, True
         return self._with_decision(exchange, lambda: [self._compose(exchange, None, bootp=True)])
+
+    def _exhausted(self, exchange, why):
+        exchange.reason, exchange.dropped = why, "pool-exhausted"
+        if self.events.active:
+            self.events.publish("dhcp", "allocation-failed", mac=exchange.message.mac,
+                                subnet=exchange.subnet.name, reason=why)
+        self._log(exchange)
+        return []
 
     # -- address policy ----------------------------------------------------
 
@@ -342,6 +427,23 @@ class DhcpServer:
         pool = self._pool_of(lease.address)
         if pool is not None:
             pool.give_back(lease.address)
+
+    def address_counts(self):
+        """{(subnet name, state): count} for free, offered, bound and declined
+        addresses, for metrics and the status page (not the hot path)."""
+        now = self.clock.seconds()
+        counts = {}
+        for subnet in self.config.subnets:
+            counts[(subnet.name, "free")] = self.pools[subnet.name].free_count
+            for state in (OFFERED, BOUND, DECLINED):
+                counts[(subnet.name, state)] = 0
+        for lease in self.store.all_leases():
+            if not lease.active(now):
+                continue
+            subnet = self._subnet_containing(lease.address)
+            if subnet is not None:
+                counts[(subnet.name, lease.state)] += 1
+        return counts
 
     # -- expiry ------------------------------------------------------------
 
@@ -497,8 +599,6 @@ class DhcpServer:
 
     def _log(self, exchange):
         message = exchange.message
-        arches = message.arch_types
-        arch = ",".join(f"{a} {ARCH_NAMES.get(a, 'unknown')}" for a in arches) or "-"
         if exchange.reply_type is not None:
             answer = wire.MESSAGE_NAMES[exchange.reply_type]
         else:
@@ -506,15 +606,40 @@ class DhcpServer:
         decision = exchange.decision
         boot = (f" boot {decision.filename!r} by {decision.selector or '?'} ({decision.reason})"
                 if decision and decision.filename else "")
-        via = f"relay {message.giaddr}" if message.relayed else exchange.arrival.interface or "?"
         address = f" {exchange.address}" if exchange.address else ""
         # The line is built here with an f-string: twisted.logger's own
         # format-string expansion was a fifth of the per-packet time under
         # load.  The facts stay in the event as fields for other observers.
         self.log.info("{line}", line=(
-            f"{exchange.kind} from {message.mac} via {via} xid {message.xid:#010x} arch [{arch}] "
+            f"{exchange.kind} from {message.mac} via {via(message, exchange.arrival)} "
+            f"xid {message.xid:#010x} arch [{arch_text(message.arch_types)}] "
             f"-> {answer}{address}{boot}: {exchange.reason}"),
             kind=exchange.kind, mac=message.mac, answer=answer, address=exchange.address)
+        if self.events.active:
+            self._publish(exchange)
+
+    def _publish(self, exchange):
+        message = exchange.message
+        if exchange.reply_type is not None or exchange.answered:
+            decision = exchange.decision
+            name = wire.MESSAGE_NAMES[exchange.reply_type].lower() if exchange.reply_type else "bootp"
+            self.events.publish(
+                "dhcp", "sent", mac=message.mac,
+                peer=str(exchange.address) if exchange.address else None,
+                message=name, xid=message.xid,
+                address=str(exchange.address) if exchange.address else None,
+                file=decision.filename if decision else None,
+                selector=decision.selector if decision and decision.filename else None,
+                arch=arch_label(message.arch_types), reason=exchange.reason)
+        elif exchange.dropped is not None:
+            self.events.publish("dhcp", "dropped", mac=message.mac,
+                                peer=str(message.ciaddr) if message.has_ciaddr else None,
+                                reason=exchange.dropped, message=message_name(message),
+                                xid=message.xid, detail=exchange.reason)
+        elif exchange.address is not None:
+            kind = "released" if message.message_type == RELEASE else "declined"
+            self.events.publish("dhcp", kind, mac=message.mac, peer=str(exchange.address),
+                                address=str(exchange.address))
 
 
 def _text(value):

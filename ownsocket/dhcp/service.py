@@ -69,7 +69,8 @@ class DhcpService(Service):
         self.store = self._store_factory(dhcp.leases)
         self._checkpoints = None
         self.server = DhcpServer(self.config, self.store, self.selector, self.reactor,
-                                 boot_file_size=self.boot_file_size, recent=self.recent)
+                                 boot_file_size=self.boot_file_size, recent=self.recent,
+                                 events=self.events)
         for name, address in self._listening_interfaces():
             self._listen(name, dhcp.port, Arrival(name, address))
         for subnet in self.config.subnets:
@@ -80,7 +81,8 @@ class DhcpService(Service):
     def _start_proxy(self):
         dhcp = self.config.dhcp
         self.server = ProxyServer(self.config, self.selector, make_boot_request,
-                                  boot_file_size=self.boot_file_size, recent=self.recent)
+                                  boot_file_size=self.boot_file_size, recent=self.recent,
+                                  events=self.events, clock=self.reactor)
         self.log.info("proxyDHCP mode: answering PXE/HTTP boot clients only, never with an address")
         for name, address in self._listening_interfaces():
             self._listen(name, dhcp.port, ProxyArrival(name, address, 67), shared=True)
@@ -104,6 +106,13 @@ class DhcpService(Service):
             sock.close()  # the port holds its own duplicate
         self.log.info("DHCP listening on {interface} ({address}) port {port}",
                       interface=name, address=arrival.local_address or "no IPv4 address", port=port)
+
+    def address_counts(self):
+        """{(subnet name, state): count}, state in free, offered, bound and
+        declined; empty when no address-giving server runs (proxy mode)."""
+        if self.server is None or not hasattr(self.server, "address_counts"):
+            return {}
+        return self.server.address_counts()
 
     def startService(self):
         Service.startService(self)

@@ -58,8 +58,11 @@ class ListenerProtocol(DatagramProtocol):
             self.server.garbage(addr, f"unknown opcode {opcode} ({len(datagram)} bytes)")
 
     def reply(self, datagram, addr) -> None:
+        transport = self.transport
+        if transport is None:
+            return  # closed by a reload; a transfer it started outlived it
         try:
-            self.transport.write(datagram, addr)
+            transport.write(datagram, addr)
         except OSError:
             pass  # ENOBUFS/EAGAIN/ENETUNREACH: the client will retry
 

@@ -20,8 +20,9 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from ownsocket.events import EventBus
 from ownsocket.files import ReadRequest, normalise
-from ownsocket.interfaces import AccessViolation, BackendError
+from ownsocket.interfaces import AccessViolation, BackendError, FileNotFound
 from ownsocket.tftp import wire
 from ownsocket.tftp.fastport import session_factory
 from ownsocket.tftp.netascii import NetasciiReader
@@ -62,11 +63,24 @@ def _printable(name: bytes) -> str:
     return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
+#: Session results as the "finished" event names them (see events.KINDS).
+_EVENT_RESULTS = {
+    "ok": "ok",
+    "size probe": "size-probe",
+    "timeout": "timeout",
+    "client error": "aborted",
+    "evicted": "aborted",
+    "shutdown": "aborted",
+    "protocol error": "error",
+    "server error": "error",
+}
+
+
 class Transfer:
     """Bookkeeping for one request, from RRQ to the last log line."""
 
     __slots__ = ("peer", "name", "listener", "request", "protocol", "closed", "started",
-                 "next_request")
+                 "next_request", "published")
 
     def __init__(self, peer, name, listener, request, started):
         self.peer = peer
@@ -77,6 +91,8 @@ class Transfer:
         self.closed = False
         self.started = started
         self.next_request = None
+        #: The "finished" event went out (exactly one per transfer).
+        self.published = False
 
     @property
     def acked_any(self) -> bool:
@@ -97,7 +113,7 @@ class TFTPServer:
     def __init__(self, backend, reactor, *, limits: Limits = Limits(),
                  timeout: float = 1.0, retries: int = 6,
                  max_sessions: int = 256, max_sessions_per_client: int = 4,
-                 recent=None):
+                 recent=None, events=None):
         self.backend = backend
         self.reactor = reactor
         self.limits = limits
@@ -106,6 +122,7 @@ class TFTPServer:
         self.max_sessions = max_sessions
         self.max_sessions_per_client = max_sessions_per_client
         self.recent = recent
+        self.events = events if events is not None else EventBus(reactor)
         self.transfers: "OrderedDict[tuple, Transfer]" = OrderedDict()
         self._listen_session = session_factory(reactor)
         self._per_host = {}
@@ -116,6 +133,17 @@ class TFTPServer:
         # boot, so the bound is generous, but a scanner cannot fill the log.
         self._refusal_log = RateLimit(reactor, rate=20.0, burst=50)
 
+    def configure(self, backend, *, limits: Limits, timeout: float, retries: int,
+                  max_sessions: int, max_sessions_per_client: int) -> None:
+        """New settings for transfers that start from now on (a reload);
+        running transfers keep their reader, limits and timers."""
+        self.backend = backend
+        self.limits = limits
+        self.timeout = timeout
+        self.retries = retries
+        self.max_sessions = max_sessions
+        self.max_sessions_per_client = max_sessions_per_client
+
     # -- requests ----------------------------------------------------------
 
     def handle_request(self, request: wire.Request, peer, listener) -> None:
@@ -123,6 +151,7 @@ class TFTPServer:
         if request.mode not in wire.MODES:
             listener.reply(wire.build_error(wire.ERR_ILLEGAL, "Unsupported mode"), peer)
             self._log_refusal(peer, name, "refused", f"mode {request.mode!r}")
+            self._publish_refusal(peer, name, "error", f"unsupported mode {request.mode!r}")
             return
         existing = self.transfers.get(peer)
         if existing is not None:
@@ -137,11 +166,13 @@ class TFTPServer:
         except AccessViolation as error:
             listener.reply(wire.build_error(wire.ERR_ACCESS, "Access violation"), peer)
             self._log_refusal(peer, name, "refused", str(error))
+            self._publish_refusal(peer, name, "denied", str(error))
             return
         if not self._make_room(peer[0]):
             listener.reply(wire.build_error(wire.ERR_UNDEFINED, "Server busy, try again"), peer)
             if self._evict_log.allow():
                 self._log_line(peer, name, "busy", detail="session limit reached")
+            self._publish_refusal(peer, name, "refused", "session limit reached")
             return
         transfer = Transfer(peer, name, listener, request, self.reactor.seconds())
         self.transfers[peer] = transfer
@@ -179,6 +210,7 @@ class TFTPServer:
             self._start(reader, transfer)
         except BaseException:
             self._forget(transfer)
+            self._publish_finished(transfer, "error", "internal error")
             reader.finish()
             raise
 
@@ -202,8 +234,13 @@ class TFTPServer:
             transfer.listener.reply(wire.build_error(wire.ERR_UNDEFINED, "Server error"), transfer.peer)
             self._forget(transfer)
             self._log_session(transfer, session)
+            self._publish_session(transfer, session)
             return
         transfer.protocol = protocol
+        if self.events.active:
+            self.events.publish("tftp", "started", peer=transfer.peer[0], file=transfer.name,
+                                blksize=session.blksize, windowsize=session.windowsize,
+                                size=reader.size, port=transfer.peer[1])
         protocol.begin()
 
     def _not_opened(self, failure, transfer: Transfer) -> None:
@@ -215,12 +252,20 @@ class TFTPServer:
             self.log.failure("TFTP backend failed for {name}", failure, name=transfer.name)
         transfer.listener.reply(wire.build_error(code, message), transfer.peer)
         self._log_refusal(transfer.peer, transfer.name, "error", f"{code} {message}")
+        if isinstance(failure.value, FileNotFound):
+            result = "not-found"
+        elif isinstance(failure.value, AccessViolation):
+            result = "denied"
+        else:
+            result = "error"
+        self._publish_finished(transfer, result, f"{code} {message}")
 
     def _ended(self, transfer: Transfer, protocol: SessionProtocol) -> None:
         self._forget(transfer)
         session = protocol.session
         if session.result != "evicted" or self._evict_log.allow():
             self._log_session(transfer, session)
+        self._publish_session(transfer, session)
         if transfer.next_request is not None and session.result in ("size probe", "client error"):
             # The client ended this transfer and had already asked again.
             request, listener = transfer.next_request
@@ -251,6 +296,7 @@ class TFTPServer:
             transfer.protocol.abort(result, detail)  # calls _ended
         else:
             self._forget(transfer)
+            self._publish_finished(transfer, "aborted", f"{result}: {detail}" if detail else result)
 
     def stop(self) -> None:
         """Abort every transfer and finish its reader."""
@@ -269,6 +315,62 @@ class TFTPServer:
                 self._per_host[host] = left
             else:
                 self._per_host.pop(host, None)
+
+    # -- status --------------------------------------------------------------
+
+    def in_flight(self):
+        """What each running transfer has done so far (for the status page)."""
+        rows = []
+        for transfer in self.transfers.values():
+            protocol = transfer.protocol
+            session = protocol.session if protocol is not None else None
+            rows.append({
+                "peer": transfer.peer[0],
+                "port": transfer.peer[1],
+                "file": transfer.name,
+                "bytes": session.bytes_sent if session is not None else 0,
+                "acked": session.bytes_acked if session is not None else 0,
+                "block": session.acked_block if session is not None else 0,
+                "blksize": session.blksize if session is not None else None,
+                "windowsize": session.windowsize if session is not None else None,
+                "started": transfer.started,
+                "state": session.state if session is not None else "opening",
+            })
+        return rows
+
+    # -- events --------------------------------------------------------------
+
+    def _publish_refusal(self, peer, name, result, error) -> None:
+        """An RRQ answered with an ERROR before any transfer existed."""
+        if self.events.active:
+            self.events.publish("tftp", "finished", peer=peer[0], file=name, result=result,
+                                bytes=0, seconds=0.0, retransmits=0, block=0, blksize=0,
+                                windowsize=0, error=error, port=peer[1])
+
+    def _publish_session(self, transfer: Transfer, session: Session) -> None:
+        result = _EVENT_RESULTS.get(session.result, "error")
+        self._publish_finished(transfer, result, session.detail, session)
+
+    def _publish_finished(self, transfer: Transfer, result: str, error: str,
+                          session: Optional[Session] = None) -> None:
+        if transfer.published:
+            return
+        transfer.published = True
+        if not self.events.active:
+            return
+        if session is not None:
+            ended = session.ended if session.ended is not None else self.reactor.seconds()
+            nbytes, retransmits, block = session.bytes_acked, session.retransmits, session.acked_block
+            blksize, windowsize = session.blksize, session.windowsize
+            if result == "aborted" and session.result not in ("client error",):
+                error = f"{session.result}: {error}" if error else session.result
+        else:
+            ended = self.reactor.seconds()
+            nbytes = retransmits = block = blksize = windowsize = 0
+        self.events.publish("tftp", "finished", peer=transfer.peer[0], file=transfer.name,
+                            result=result, bytes=nbytes, seconds=ended - transfer.started,
+                            retransmits=retransmits, block=block, blksize=blksize,
+                            windowsize=windowsize, error=error, port=transfer.peer[1])
 
     # -- logging -----------------------------------------------------------
 

@@ -15,7 +15,11 @@ right one on a host with one address per LAN, the usual PXE set-up.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+
+from twisted.internet import defer
+from twisted.logger import Logger
 
 from ownsocket import listening
 from ownsocket.events import EventBus
@@ -51,6 +55,15 @@ def _enlarge_receive_buffer(port) -> None:
             continue
 
 
+def _server_settings(config) -> dict:
+    """The L{TFTPServer} keywords a L{ownsocket.config.TftpConfig} sets."""
+    return dict(
+        limits=Limits(config.max_blksize, config.max_windowsize, config.max_bytes_in_flight),
+        timeout=float(config.timeout), retries=config.retries,
+        max_sessions=config.max_sessions,
+        max_sessions_per_client=config.max_sessions_per_client)
+
+
 class TFTPService(listening.ListeningService):
     """
     @param config: an L{ownsocket.config.TftpConfig}.
@@ -61,6 +74,7 @@ class TFTPService(listening.ListeningService):
     @param events: the L{ownsocket.events.EventBus} transfers are published on.
     """
 
+    log = Logger()
     name = "tftp"
     transport = "UDP"
     in_use_hint = "address already in use (is another TFTP server, e.g. tftpd-hpa or dnsmasq, running?)"
@@ -75,14 +89,8 @@ class TFTPService(listening.ListeningService):
         self.config = config
         self.reactor = reactor
         self.backend = backend
-        self.server = TFTPServer(
-            backend, reactor,
-            limits=Limits(config.max_blksize, config.max_windowsize,
-                          config.max_bytes_in_flight),
-            timeout=float(config.timeout), retries=config.retries,
-            max_sessions=config.max_sessions,
-            max_sessions_per_client=config.max_sessions_per_client,
-            recent=recent)
+        self.server = TFTPServer(backend, reactor, recent=recent, events=self.events,
+                                 **_server_settings(config))
 
     def _listen(self, host):
         port = self.reactor.listenUDP(self.config.port, ListenerProtocol(self.server, host), interface=host)
@@ -92,3 +100,49 @@ class TFTPService(listening.ListeningService):
     def stopService(self):
         self.server.stop()
         return listening.ListeningService.stopService(self)
+
+    def transfers_in_flight(self):
+        """
+        One small dict per running transfer, oldest first: peer, port,
+        file, bytes (sent), acked, block (last acknowledged), blksize,
+        windowsize, started (reactor time), state.
+        """
+        return self.server.in_flight()
+
+    def reconfigure(self, config, selector=None, backend=None):
+        """
+        Apply a reloaded config (the reload contract): the new root, backend
+        and limits apply to transfers that start from now on; transfers in
+        flight finish on the reader and limits they started with.  The
+        listening ports are re-bound only when C{port} or C{addresses}
+        changed; then a Deferred fires once they are open.  If they cannot
+        be opened, the old ones are opened again, the old port and
+        addresses stay in force, and the Deferred fails with the
+        L{BindError}.
+
+        @param selector: unused: TFTP asks no selector (the backend chain
+            may).
+        @param backend: the new L{ownsocket.interfaces.IFileBackend}; None
+            serves C{config.root} from the file system.
+        """
+        if backend is None:
+            backend = FilesystemBackend(config.root, config.case_insensitive)
+        old = self.config
+        self.config = config
+        self.backend = backend
+        self.server.configure(backend, **_server_settings(config))
+        if not self.ports or (old.port, old.addresses) == (config.port, config.addresses):
+            return defer.succeed(None)
+        return self._close_ports().addCallback(lambda _: self._rebind(old))
+
+    def _rebind(self, old):
+        try:
+            self._bind()
+        except BindError as error:
+            self.log.error("tftp: reload could not re-bind ({error}); still listening on the "
+                           "old port and addresses", error=str(error))
+            self.config = dataclasses.replace(self.config, port=old.port, addresses=old.addresses)
+            self._bind()
+            raise
+        self.log.info("tftp: listening on {where}", where=", ".join(
+            f"{host}:{port}" for host, port in self.listening_addresses()))

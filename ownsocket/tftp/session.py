@@ -104,6 +104,19 @@ class Session:
     def done(self) -> bool:
         return self.state is DONE
 
+    @property
+    def acked_block(self) -> int:
+        """The highest block acknowledged, counted past 65535 (no wrap)."""
+        return self._base
+
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes sent at least once (the status page's progress)."""
+        sent = self._sent
+        if sent and sent == self._last_block:
+            return (sent - 1) * self.blksize + self._last_len
+        return sent * self.blksize
+
     # -- events ------------------------------------------------------------
 
     def start(self, now: float) -> List[bytes]:
