@@ -122,14 +122,29 @@ class ListenerTests(unittest.TestCase):
 
     def test_reconfigure_rebinds_only_when_the_port_changes(self):
         old = self.service.ports[0]
-        self.assertIsNone(self.service.reconfigure(self.runtime.config))
+        d = self.service.reconfigure(self.runtime.config)
         self.assertIs(self.service.ports[0], old)
         new_config = replace(self.runtime.config, admin=replace(self.runtime.config.admin, port=0,
                                                                 addresses=("127.0.0.2",)))
-        d = self.service.reconfigure(new_config)
+        d.addCallback(lambda _: self.service.reconfigure(new_config))
 
         def check(_):
-            self.assertEqual(self.service.listening_addresses()[0][0], "127.0.0.2")
+            self.assertEqual([host for host, _ in self.service.listening_addresses()], ["127.0.0.2"])
+        return d.addCallback(check)
+
+    def test_reconfigure_to_a_busy_port_keeps_the_old_one(self):
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        self.addCleanup(holder.close)
+        before = self.service.listening_addresses()
+        busy = replace(self.runtime.config, admin=replace(self.runtime.config.admin,
+                                                          port=holder.getsockname()[1]))
+        d = self.service.reconfigure(busy)
+
+        def check(result):
+            self.assertIsNone(result)
+            self.assertEqual(self.service.listening_addresses(), before)
         return d.addCallback(check)
 
 

@@ -13,7 +13,6 @@ a failure to bind is one line (L{ownsocket.listening.BindError}).
 
 from __future__ import annotations
 
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
@@ -82,20 +81,12 @@ class AdminService(listening.ListeningService):
         self.metrics.trail = trail
         self.root = build_root(runtime, self.metrics, trail)
         self.site = AdminSite(self.root, reactor=runtime.reactor)
-        self._bound = None
+        #: The [admin] settings the port was opened with (a reload passes new ones to reconfigure).
+        self.config = runtime.config.admin
         self._subscribed = False
-
-    @property
-    def config(self):
-        """The [admin] settings in force now (ListeningService binds from them)."""
-        return self.runtime.config.admin
 
     def _listen(self, host):
         return self.reactor.listenTCP(self.config.port, self.site, interface=host)
-
-    def _bind(self):
-        if not self.ports:
-            self._bind_with(self.config)
 
     def startService(self):
         listening.ListeningService.startService(self)
@@ -115,44 +106,19 @@ class AdminService(listening.ListeningService):
         return listening.ListeningService.stopService(self)
 
     def reconfigure(self, config, selector=None, backend=None):
-        """The reload contract: re-bind only when [admin] addresses or port
-        changed; the page, API and metrics read the new config by themselves.
-
-        The settings come from the argument: the caller may swap
-        C{runtime.config} only after every service was told."""
-        admin = config.admin
-        if not self.running or (tuple(admin.addresses), admin.port) == self._bound:
-            return None
-
-        def rebind(_):
-            try:
-                self._bind_with(admin)
-            except listening.BindError as error:
-                self.log.error("admin listener not moved: {error}", error=str(error))
-                return None
-            self.log.info("admin listener moved to {where}",
-                          where=", ".join("%s:%d" % hp for hp in self.listening_addresses()))
-            return None
-        return self._close_ports().addCallback(rebind)
-
-    def _bind_with(self, admin):
-        hosts = [str(address) for address in admin.addresses] or [""]
-        try:
-            for host in hosts:
-                try:
-                    self.ports.append(self.reactor.listenTCP(admin.port, self.site, interface=host))
-                except CannotListenError as error:
-                    raise self._bind_error(host, error, admin.port) from None
-        except listening.BindError:
-            self._close_ports()
-            raise
-        self._bound = (tuple(admin.addresses), admin.port)
-
-    def _bind_error(self, host, error, port=None):
-        bind_error = listening.ListeningService._bind_error(self, host, error)
-        if port is not None and port != bind_error.port:
-            bind_error = listening.BindError(bind_error.host, port, bind_error.reason, self.transport)
-        return bind_error
+        """
+        The reload contract.  The page, the API and the metrics read
+        C{runtime.config} per request, so they follow by themselves; the
+        port is re-opened only when [admin] addresses or port changed
+        (L{listening.ListeningService.rebind}: unchanged ports stay open).
+        A new port that cannot be opened leaves the old ones, with one line.
+        """
+        def failed(failure):
+            failure.trap(listening.BindError)
+            self.log.error("reload: admin listener stays on {where}: {error}",
+                           where=", ".join("%s:%d" % hp for hp in self.listening_addresses()),
+                           error=str(failure.value))
+        return self.rebind(config.admin).addErrback(failed)
 
 
 def make_admin_service(runtime):
