@@ -175,3 +175,29 @@ class UnreachableTests(unittest.TestCase):
         self.assertEqual(str(error), "cannot bind TCP 127.0.0.1:%d: address already in use "
                                      "(another ownsocket, or change [admin] port)" % port)
         self.assertEqual(service.ports, [])
+
+
+class ConfigLookupTests(unittest.TestCase):
+    def write(self, text):
+        path = self.mktemp() + ".ini"
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_admin_url_from_the_config_file(self):
+        try:
+            from ownsocket.config import AdminConfig  # noqa: F401
+        except ImportError:
+            raise unittest.SkipTest("this checkout has no [admin] configuration section yet")
+        path = self.write("[admin]\naddresses = 127.0.0.5\nport = 9999\n")
+        self.assertEqual(cli.url_from_config(path), "http://127.0.0.5:9999")
+        path = self.write("[admin]\nenabled = false\n")
+        error = self.assertRaises(cli.TrailError, cli.url_from_config, path)
+        self.assertIn("[admin] enabled = false", str(error))
+
+    def test_bad_config_is_one_line(self):
+        path = self.write("[dhcp]\nno_such_key = 1\n")
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(cli.main(["--config", path, MAC], out, err), 1)
+        self.assertEqual(len(err.getvalue().strip().splitlines()), 1)
+        self.assertIn("no_such_key", err.getvalue())
