@@ -274,7 +274,7 @@ class BoundTests(unittest.TestCase):
         for _ in range(20):
             dhcp_exchange(h.bus)
             h.clock.advance(31)
-        self.assertEqual(len(h.trail.boots_of(MAC)), 8)
+        self.assertEqual(len(h.trail.boots_of(MAC)), 4)
 
 
 class RefusedTransferTests(unittest.TestCase):
@@ -313,3 +313,16 @@ class HttpBootTests(unittest.TestCase):
         h.bus.publish("http", "started", mac=MAC, peer="10.0.0.77", file="/a", size=1)
         self.assertEqual(h.trail.mac_for_peer("10.0.0.77"), MAC)
         self.assertEqual(len(h.trail.boots_of(MAC)), 1)
+
+
+class MacLimitTests(unittest.TestCase):
+    def test_boots_counts_macs_and_the_least_recent_mac_goes_first(self):
+        h = Harness(self, boots=3)
+        macs = ["52:54:00:00:00:%02x" % n for n in range(4)]
+        for mac in macs[:3]:
+            dhcp_exchange(h.bus, mac=mac)
+            h.clock.advance(31)
+        dhcp_exchange(h.bus, mac=macs[0])  # a second boot of the first MAC: it is recent again
+        dhcp_exchange(h.bus, mac=macs[3])
+        self.assertEqual([len(h.trail.boots_of(mac)) for mac in macs], [2, 0, 1, 1])
+        self.assertEqual(len(h.trail), 4)

@@ -16,10 +16,12 @@ Nothing here reads a clock of its own: event times come from the bus, and
 the quiet timers run on the injected reactor, so tests drive it all with
 C{task.Clock}.
 
-Memory is bounded under a MAC flood: at most C{[admin] boots} boots are
-kept (oldest dropped first), each with at most C{events_per_boot} events
-(the first ones and the latest ones; the middle is counted, not kept), and
-every text field is truncated.  The address -> MAC map is bounded too.
+Memory is bounded under a MAC flood: the boots of at most C{[admin] boots}
+MACs are kept (the MAC whose latest boot began longest ago is forgotten
+first), at most L{BOOTS_PER_MAC} boots each, each with at most
+C{events_per_boot} events (the first ones and the latest ones; the middle is
+counted, not kept); client text is truncated.  The address -> MAC map is
+bounded too.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ _HARMLESS = ("ok", "size-probe", "size_probe")
 #: Longest text kept from any event field (client-controlled file names).
 MAX_TEXT = 200
 
-#: Boots kept per MAC, whatever the global limit.
-BOOTS_PER_MAC = 8
+#: Boots kept per MAC (the latest ones).
+BOOTS_PER_MAC = 4
 
 # First-stage names that are iPXE: after them a DHCP round must follow.
 _IPXE_HINTS = ("ipxe", "kpxe", "snponly", "snp.efi", "undionly")
@@ -378,7 +380,7 @@ class BootTrail:
         self.arp_table = arp_table
         self._numbers = itertools.count(1)
         self._boots = OrderedDict()      # number -> Boot, oldest first
-        self._by_key = {}                # key (MAC or "peer:IP") -> deque of Boot
+        self._by_key = OrderedDict()     # key (MAC or "peer:IP") -> deque of Boot, least recent first
         self._mac_of = OrderedDict()     # address -> MAC, from replies seen
         self.evicted = 0
         self._lim = self._limits()
@@ -448,9 +450,11 @@ class BootTrail:
         history.append(boot)
         while len(history) > BOOTS_PER_MAC:
             self._forget(history[0])
-        boots = self._boots
-        while len(boots) > limit:
-            self._forget(boots[next(iter(boots))])
+        by_key = self._by_key
+        by_key.move_to_end(key)
+        while len(by_key) > limit:  # forget the MAC that started a boot longest ago
+            for old in list(by_key[next(iter(by_key))]):
+                self._forget(old)
         return boot
 
     def _forget(self, boot):
