@@ -31,6 +31,9 @@ from tests import netns, vmnet
 from tests.test_status_page import SCREENSHOT_DIR, chromium, parse
 
 BOOT_TIMEOUT = 150
+#: [admin] stall_after of the BIOS scenario, which waits for the boot's summary line: long enough for
+#: iPXE to start under a loaded CI machine (5-8 s here), short enough to keep the test lean.
+STALL_AFTER = 20
 ADMIN_PORT = 9067
 GUEST_MAC = vmnet.DEFAULT_MAC
 ADMIN = "http://127.0.0.1:%d" % ADMIN_PORT
@@ -83,11 +86,12 @@ class _Boot:
         if not self.failed:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def start_ownsocket(self, mode="server", http=True):
+    def start_ownsocket(self, mode="server", http=True, stall_after=30):
         config = vmnet.ownsocket_config(os.path.join(self.dir, "ownsocket.ini"), self.dir, self.root,
                                         mode=mode, http=http)
         with open(config, "a") as f:
-            f.write("\n[admin]\nenabled = true\naddresses = 127.0.0.1\nport = %d\n" % ADMIN_PORT)
+            f.write("\n[admin]\nenabled = true\naddresses = 127.0.0.1\nport = %d\nstall_after = %s\n"
+                    % (ADMIN_PORT, stall_after))
         self.server = self.ns.start(vmnet.ownsocket_argv(config, self.log), name="ownsocket",
                                     log=os.path.join(self.dir, "ownsocket.out"),
                                     env=vmnet.ownsocket_env(), cwd=self.dir)
@@ -163,7 +167,7 @@ class StatusPageDuringBootTests(unittest.TestCase):
 
     def test_bios_boot_on_the_status_page_and_in_the_trail(self):
         run = _Boot(self, "bios")
-        run.start_ownsocket()
+        run.start_ownsocket(stall_after=STALL_AFTER)
         vm = run.ns.start_guest(vmnet.bios_ipxe(), serial_log=run.serial, log=os.path.join(run.dir, "qemu.log"))
 
         # 1. While it boots: the page in a real browser shows the MAC and its stage.
@@ -208,6 +212,14 @@ class StatusPageDuringBootTests(unittest.TestCase):
         sent = sample("ownsocket_tftp_sent_bytes_total")
         self.assertEqual(sent, sum(os.path.getsize(os.path.join(run.root, name)) for name in
                                    ("undionly.kpxe", "boot.ipxe", "marker-pcbios.ipxe")))
+        # 5. Once nothing happened for stall_after seconds, the boot ends with one summary line.
+        pattern = re.compile(r"boot of %s complete after [0-9.]+ s: undionly\.kpxe over TFTP, script boot\.ipxe, "
+                             r"1 file\(s\) after it \[dhcp \+0\.0 s, first-stage \+[0-9.]+ s, ipxe-dhcp "
+                             r"\+[0-9.]+ s, script \+[0-9.]+ s, files \+[0-9.]+ s\]" % re.escape(GUEST_MAC))
+        if not vmnet.wait_until(lambda: pattern.search(vmnet.read_text(run.log)), STALL_AFTER + 30, interval=0.5):
+            run.fail("no summary line for the boot")
+        self.assertEqual(len(re.findall(r"boot of %s " % re.escape(GUEST_MAC), vmnet.read_text(run.log))), 1)
+        self.assertEqual(run.boots()[0]["outcome"], "complete")
         run.ns.stop(vm)
         run.failed = False
 
