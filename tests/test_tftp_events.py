@@ -170,6 +170,15 @@ class InFlightTests(EventsTestCase):
         proto.datagramReceived(wire.build_ack(6), PEER)
         self.assertEqual(self.service.transfers_in_flight(), [])
 
+    def test_waiting_request_listed(self):
+        self.make(max_sessions=1)
+        self.send(rrq("f"), ("192.0.2.10", 1))
+        self.reactor.advance(0.25)
+        self.send(rrq("f"), ("192.0.2.11", 2))
+        rows = self.service.transfers_in_flight()
+        self.assertEqual([(r["peer"], r["state"], r["started"]) for r in rows],
+                         [("192.0.2.10", "sending", 0), ("192.0.2.11", "waiting", 0.25)])
+
     def test_opening_transfer_listed(self):
         self.make()
         self.backend.get_reader = lambda request: defer.Deferred()
@@ -204,13 +213,18 @@ class ReconfigureTests(EventsTestCase):
         self.assertEqual(self.results(), ["ok", "ok"])
         self.assertEqual([e.fields["blksize"] for e in self.finished()], [1468, 512])
 
-    def test_without_backend_serves_the_new_root(self):
+    def test_whole_config_without_backend_serves_the_new_root(self):
+        from ownsocket import config as configuration
         self.make()
-        root = self.mktemp()
+        root = os.path.abspath(self.mktemp())
         os.makedirs(root)
         with open(os.path.join(root, "g"), "wb") as f:
             f.write(b"hello")
-        self.service.reconfigure(TftpConfig(port=6969, root=root))
+        whole = configuration.load(text=f"[tftp]\nport = 6969\nroot = {root}\nmax_sessions = 9\n",
+                                   known_interfaces=set())
+        self.successResultOf(self.service.reconfigure(whole, None, None))
+        self.assertEqual(self.service.server.max_sessions, 9)
+        self.assertIs(self.service.config, whole.tftp)
         self.send(rrq("g"))
         proto, transport = self.session()
         self.assertEqual(transport.written[0][0], wire.build_data(1, b"hello"))
@@ -245,3 +259,41 @@ class ReconfigureTests(EventsTestCase):
         self.assertEqual(self.service.listening_addresses(), [("0.0.0.0", 6969)])
         self.assertEqual((self.service.config.port, self.service.config.max_sessions), (6969, 7))
         self.assertEqual(self.service.server.max_sessions, 7)
+
+
+class FakeResource:
+    RLIMIT_NOFILE = 7
+    RLIM_INFINITY = -1
+
+    def __init__(self, soft, hard, refuse=False):
+        self.limits = (soft, hard)
+        self.refuse = refuse
+
+    def getrlimit(self, which):
+        return self.limits
+
+    def setrlimit(self, which, limits):
+        if self.refuse:
+            raise ValueError("not allowed")
+        self.limits = limits
+
+
+class DescriptorLimitTests(unittest.TestCase):
+
+    def test_soft_limit_raised_within_the_hard_one(self):
+        from ownsocket.tftp.service import _ensure_descriptors
+        fake = FakeResource(1024, 524288)
+        self.assertIsNone(_ensure_descriptors(1600, fake))
+        self.assertEqual(fake.limits, (1600, 524288))
+        fake = FakeResource(4096, 524288)
+        self.assertIsNone(_ensure_descriptors(1600, fake))
+        self.assertEqual(fake.limits, (4096, 524288))   # never lowered
+
+    def test_warns_when_the_hard_limit_is_too_low(self):
+        from ownsocket.tftp.service import _ensure_descriptors
+        fake = FakeResource(256, 1000)
+        warning = _ensure_descriptors(1600, fake)
+        self.assertEqual(fake.limits, (1000, 1000))
+        self.assertIn("open-file limit 1000 is below the 1600", warning)
+        fake = FakeResource(256, 4096, refuse=True)
+        self.assertIn("open-file limit 256", _ensure_descriptors(1600, fake))

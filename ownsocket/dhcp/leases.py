@@ -83,11 +83,6 @@ CREATE INDEX IF NOT EXISTS leases_by_mac ON leases (mac);
 """
 
 
-def _row(row) -> Lease:
-    address, mac, state, expires, hostname, subnet = row
-    return Lease(mac, IPv4(address), state, expires, hostname, subnet)
-
-
 def _own(leases, now, ranges, excluded):
     """The client's live offer or binding within C{ranges}, not excluded."""
     for lease in leases:
@@ -112,6 +107,33 @@ def _deferred(method):
     return wrapper
 
 
+def _lease_from_row(path, row) -> Lease:
+    """
+    A row read back from the database, checked: SQLite keeps any type in any
+    column, and a file edited by hand or damaged must stop the server with
+    one line naming the row, not a traceback (nor hand out an address that
+    an unreadable row may hold).
+    """
+    address, mac, state, expires, hostname, subnet = row
+    try:
+        if not isinstance(address, str):
+            raise ValueError("address is not text")
+        parsed = IPv4(address)
+        if mac is not None and not isinstance(mac, str):
+            raise ValueError("mac is not text")
+        if state not in (OFFERED, BOUND, DECLINED):
+            raise ValueError(f"unknown state {state!r}")
+        if isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires != expires:
+            raise ValueError(f"expires is not a number: {expires!r}")
+        if hostname is not None and not isinstance(hostname, str):
+            raise ValueError("hostname is not text")
+        if subnet is not None and not isinstance(subnet, str):
+            raise ValueError("subnet is not text")
+    except ValueError as error:
+        raise LeaseStoreError(f"lease database {path}: bad row for address {address!r:.60}: {error}") from None
+    return Lease(mac, parsed, state, float(expires), hostname, subnet)
+
+
 @implementer(ILeaseStore)
 class SqliteLeaseStore:
     """
@@ -134,8 +156,8 @@ class SqliteLeaseStore:
         self._in_batch = False
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA journal_mode=WAL").fetchall()
+            self._db.execute(f"PRAGMA synchronous={synchronous}").fetchall()
             if self._manual_checkpoints:
                 # In WAL mode a commit appends to the log without fsync; the
                 # fsyncs happen when the log is copied back into the database
@@ -144,15 +166,17 @@ class SqliteLeaseStore:
                 # the socket's queue (ACK/s at 5,000 offered swung between
                 # 2,400 and 4,900; with no checkpoints, a steady 4,900), so
                 # the DHCP service checkpoints when the network is quiet.
-                self._db.execute("PRAGMA wal_autocheckpoint=0")
+                self._db.execute("PRAGMA wal_autocheckpoint=0").fetchall()
             self._db.executescript(_SCHEMA)
             self._migrate()
             self._load()
-        except sqlite3.Error as error:
+        except (sqlite3.Error, UnicodeDecodeError) as error:
+            # A damaged file can make SQLite hand back text that is not
+            # UTF-8, which the sqlite3 module raises as UnicodeDecodeError.
             raise LeaseStoreError(f"cannot open lease database {path}: {error}") from None
 
     def _migrate(self):
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        version = self._db.execute("PRAGMA user_version").fetchall()[0][0]
         if version < 1:
             columns = [row[1] for row in self._db.execute("PRAGMA table_info(leases)")]
             if "subnet" not in columns:
@@ -165,8 +189,8 @@ class SqliteLeaseStore:
         the copy stays exact and no query runs per packet."""
         self._by_address: Dict[IPv4, Lease] = {}
         self._by_mac: Dict[str, List[Lease]] = {}
-        for row in self._db.execute(f"SELECT {_COLUMNS} FROM leases"):
-            self._remember(_row(row))
+        for row in self._db.execute(f"SELECT {_COLUMNS} FROM leases").fetchall():
+            self._remember(_lease_from_row(self.path, row))
 
     # -- queries ------------------------------------------------------------
 
@@ -389,6 +413,6 @@ class SqliteLeaseStore:
         """Copy the write-ahead log into the database file and empty it."""
         if self._manual_checkpoints and not self._in_batch:
             try:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.Error as error:
                 raise LeaseStoreError(f"cannot checkpoint the lease database: {error}") from None

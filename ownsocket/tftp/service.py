@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from typing import Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -53,6 +54,37 @@ def _enlarge_receive_buffer(port) -> None:
             return
         except OSError:
             continue
+
+
+#: Descriptors one transfer may hold: two sockets (the lean ports keep a
+#: connected and an unconnected one) and the file being read.
+DESCRIPTORS_PER_TRANSFER = 3
+
+
+def _ensure_descriptors(needed: int, resource_module=None) -> Optional[str]:
+    """
+    Raise the soft limit on open files towards C{needed} (as far as the
+    hard limit allows): systemd and most shells start services with a soft
+    limit of 1,024, which C{max_sessions} transfers could exhaust.  Returns
+    a warning line when the limit stays below C{needed}, else None.
+    """
+    if resource_module is None:
+        try:
+            import resource as resource_module
+        except ImportError:   # not POSIX
+            return None
+    soft, hard = resource_module.getrlimit(resource_module.RLIMIT_NOFILE)
+    if soft == resource_module.RLIM_INFINITY or soft >= needed:
+        return None
+    target = needed if hard == resource_module.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource_module.setrlimit(resource_module.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    if target < needed:
+        return (f"open-file limit {target} is below the {needed} that max_sessions needs; "
+                f"transfers beyond it are refused with an error (raise LimitNOFILE)")
+    return None
 
 
 def _server_settings(config) -> dict:
@@ -92,6 +124,12 @@ class TFTPService(listening.ListeningService):
         self.server = TFTPServer(backend, reactor, recent=recent, events=self.events,
                                  **_server_settings(config))
 
+    def privilegedStartService(self):
+        warning = _ensure_descriptors(self.config.max_sessions * DESCRIPTORS_PER_TRANSFER + 64)
+        if warning:
+            self.log.warn("tftp: {warning}", warning=warning)
+        listening.ListeningService.privilegedStartService(self)
+
     def _listen(self, host):
         port = self.reactor.listenUDP(self.config.port, ListenerProtocol(self.server, host), interface=host)
         _enlarge_receive_buffer(port)
@@ -105,7 +143,8 @@ class TFTPService(listening.ListeningService):
         """
         One small dict per running transfer, oldest first: peer, port,
         file, bytes (sent), acked, block (last acknowledged), blksize,
-        windowsize, started (reactor time), state.
+        windowsize, started (reactor time), state (opening, wait-oack-ack,
+        sending); then one per request waiting for a slot (state waiting).
         """
         return self.server.in_flight()
 
@@ -120,16 +159,23 @@ class TFTPService(listening.ListeningService):
         addresses stay in force, and the Deferred fails with the
         L{BindError}.
 
+        @param config: the new L{ownsocket.config.Config} (its C{tftp}
+            part is used), or a L{ownsocket.config.TftpConfig}.
         @param selector: unused: TFTP asks no selector (the backend chain
             may).
         @param backend: the new L{ownsocket.interfaces.IFileBackend}; None
             serves C{config.root} from the file system.
         """
+        config = getattr(config, "tftp", config)
         if backend is None:
             backend = FilesystemBackend(config.root, config.case_insensitive)
         old = self.config
         self.config = config
         self.backend = backend
+        if config.max_sessions > old.max_sessions:
+            warning = _ensure_descriptors(config.max_sessions * DESCRIPTORS_PER_TRANSFER + 64)
+            if warning:
+                self.log.warn("tftp: {warning}", warning=warning)
         self.server.configure(backend, **_server_settings(config))
         if not self.ports or (old.port, old.addresses) == (config.port, config.addresses):
             return defer.succeed(None)
