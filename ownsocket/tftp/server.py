@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from ownsocket.files import ReadRequest, normalise
 from ownsocket.interfaces import AccessViolation, BackendError
+from ownsocket.probes import expected_probe
 from ownsocket.tftp import wire
 from ownsocket.tftp.fastport import session_factory
 from ownsocket.tftp.netascii import NetasciiReader
@@ -214,7 +215,9 @@ class TFTPServer:
         if not isinstance(failure.value, BackendError):
             self.log.failure("TFTP backend failed for {name}", failure, name=transfer.name)
         transfer.listener.reply(wire.build_error(code, message), transfer.peer)
-        self._log_refusal(transfer.peer, transfer.name, "error", f"{code} {message}")
+        probe = expected_probe(transfer.name) if code == wire.ERR_NOT_FOUND else None
+        self._log_refusal(transfer.peer, transfer.name, "expected probe" if probe else "error",
+                          f"{code} {message}" + (f": {probe}" if probe else ""))
 
     def _ended(self, transfer: Transfer, protocol: SessionProtocol) -> None:
         self._forget(transfer)
