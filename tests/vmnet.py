@@ -1029,7 +1029,7 @@ class FleetHost:
     bootfile: "str | None" = None
 
 
-def fleet_config(path, workdir, tftp_root, hosts, interface="br0"):
+def fleet_config(path, workdir, tftp_root, hosts, interface="br0", tftp_settings=()):
     """
     One ownsocket config for every kind of machine: iPXE chain-loading for
     BIOS and plain UEFI (per-host ``bootfile = snponly.efi``: OVMF with and
@@ -1044,7 +1044,7 @@ def fleet_config(path, workdir, tftp_root, hosts, interface="br0"):
              "leases = %s" % os.path.join(workdir, "leases.sqlite"),
              "", "[subnet:lab]", "network = %s" % SERVER_NETWORK,
              "pool = 10.99.0.100-10.99.0.200", "router = %s" % SERVER_ADDRESS,
-             "", "[tftp]", "root = %s" % tftp_root,
+             "", "[tftp]", "root = %s" % tftp_root] + ["%s = %s" % item for item in tftp_settings] + [
              "", "[http]", "enabled = false",
              "", "[boot]", "selectors = template, ipxe, host, arch",
              "default = undionly.kpxe", "arch.0 = undionly.kpxe",
