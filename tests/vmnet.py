@@ -1029,7 +1029,7 @@ class FleetHost:
     bootfile: "str | None" = None
 
 
-def fleet_config(path, workdir, tftp_root, hosts, interface="br0", tftp_settings=()):
+def fleet_config(path, workdir, tftp_root, hosts, interface="br0", tftp_settings=(), ipxe_mode="stateful"):
     """
     One ownsocket config for every kind of machine: iPXE chain-loading for
     BIOS and plain UEFI (per-host ``bootfile = snponly.efi``: OVMF with and
@@ -1049,7 +1049,7 @@ def fleet_config(path, workdir, tftp_root, hosts, interface="br0", tftp_settings
              "", "[boot]", "selectors = template, ipxe, host, arch",
              "default = undionly.kpxe", "arch.0 = undionly.kpxe",
              "arch.7 = efi/shimx64.efi", "arch.11 = grubaa64.efi",
-             "", "[selector:ipxe]", "script = boot.ipxe",
+             "", "[selector:ipxe]", "script = boot.ipxe", "mode = %s" % ipxe_mode,
              "", "[selector:template]",
              "grub/grub.cfg = %s" % os.path.join(templates, "grub.cfg.in"),
              "boot.ipxe = %s" % os.path.join(templates, "boot.ipxe.in"),
