@@ -22,6 +22,15 @@ Needs root, working C{ip netns}, C{qemu-system-x86_64}, OVMF (Debian
 C{ovmf}), the iPXE ROMs (C{ipxe-qemu}) and boot files (C{ipxe}), C{ss}, and
 dnsmasq for the proxyDHCP scenario; skips with the reason otherwise.
 
+L{SignedBootTests} adds shim and GRUB: OVMF with Secure Boot on (shim ->
+signed network GRUB -> a grub.cfg generated for that machine -> a marker
+whose name says GRUB saw shim_lock), the refusal of an unsigned loader,
+arm64 (AAVMF, signed arm64 GRUB), and the whole fleet (BIOS iPXE, UEFI PXE,
+Secure Boot, arm64) booting at once from one config.  They also need
+C{shim-signed}, C{grub-efi-amd64-signed}, C{qemu-system-arm},
+C{qemu-efi-aarch64} and the arm64 GRUB that C{.ci/setup.d/50-arm64-grub.sh}
+unpacks.
+
 A Router Advertisement sender runs on the bridge (see
 L{tests.vmnet.NetNamespace.start_router_advertiser}): without one iPXE spends
 ~13 s per stage waiting for IPv6 autoconfiguration.  Set

@@ -11,7 +11,6 @@ fetches, and the plugin path (config -> load_selectors -> build_backend).
 import ipaddress
 import os
 
-from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest

@@ -156,7 +156,6 @@ class TemplateFiles:
                  hosts_only: bool = False):
         self.templates = dict(templates)
         self._hosts = {host.mac: host for host in hosts}
-        self._host_names = {host.name for host in hosts}
         self._values: Dict[str, Dict[Optional[str], str]] = {k: dict(v) for k, v in (values or {}).items()}
         self.hosts_only = hosts_only
         for template in self.templates.values():
