@@ -475,6 +475,8 @@ class SignedBootTests(unittest.TestCase):
             position = match.end()
         run.check(not re.search(r"tftp peer=%s:\d+ \S+ result=error" % re.escape(address), text),
                   "%s: a TFTP request was answered with an error that was not an expected probe" % host)
+        run.check("grub.cfg for %s %s %s arch " % (host, mac, address) in run.serial_text(host),
+                  "%s: GRUB did not run the grub.cfg rendered for it" % host)
 
     def _ipxe_stages(self, run, host, first_stage, text):
         address = FLEET[host].address
