@@ -1003,8 +1003,11 @@ def write_grub_root(root, token, hosts, arm64=True):
             text = grub_marker_text(host, secure, token)
             markers[(host, "sb" if secure else "grub")] = text
             with open(os.path.join(root, "marker-%s%s" % (host, "-sb" if secure else "")), "w") as f:
-                # halt powers QEMU off under lockdown too (FIRMWARE-FACTS 6e).
-                f.write('echo "%s"\nhalt\n' % text)
+                # halt powers QEMU off under lockdown too (FIRMWARE-FACTS 6e);
+                # the pause lets GRUB's last TFTP ACK leave first (without
+                # it the arm64 guest sometimes powered off before the server
+                # saw the ACK, and the server logged a timeout).
+                f.write('echo "%s"\nsleep 2\nhalt\n' % text)
         markers[(host, "ipxe")] = ipxe_marker_text(host, token)
         with open(os.path.join(root, "marker-%s.ipxe" % host), "w") as f:
             f.write("#!ipxe\necho %s\nsleep 600\n" % markers[(host, "ipxe")])
