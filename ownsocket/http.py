@@ -26,6 +26,7 @@ from ownsocket import listening
 from ownsocket.events import EventBus
 from ownsocket.files import ReadRequest, normalise
 from ownsocket.interfaces import AccessViolation, BackendError, FileNotFound
+from ownsocket.probes import expected_probe
 
 #: Bytes read from the backend per write; the transport's buffer decides pace.
 CHUNK = 64 * 1024
@@ -376,7 +377,8 @@ class BootFileResource(Resource):
     def _not_opened(self, failure, exchange):
         error = failure.value
         if isinstance(error, FileNotFound):
-            self._error(exchange, 404, "Not Found", str(error))
+            probe = expected_probe(exchange.request.path)
+            self._error(exchange, 404, "Not Found", f"expected probe: {probe}" if probe else str(error))
         elif isinstance(error, AccessViolation):
             self._error(exchange, 403, "Forbidden", str(error))
         elif isinstance(error, BackendError):

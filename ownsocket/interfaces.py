@@ -41,7 +41,7 @@ class ISelectorFactory(Interface):
         @param context: an L{ownsocket.boot.loader.SelectorContext} (the whole
             config and the clock).
         @return: a provider of L{IBootFileSelector}.
-        @raise ownsocket.boot.loader.SettingError: for a bad setting; start-up
+        @raise SettingError: for a bad setting; start-up
             stops with a line naming the section and key.
         """
 
@@ -146,6 +146,18 @@ class ILeaseStore(Interface):
 
     def close():
         """Release connections and files; may return a Deferred."""
+
+
+class SettingError(ValueError):
+    """
+    A bad key in a C{[selector:NAME]} section, raised by a selector factory;
+    start-up stops with a line naming the section and this key.  It lives
+    here, not in the loader, so a plugin needs only the contracts module.
+    """
+
+    def __init__(self, key, message):
+        self.key = key
+        super().__init__(message)
 
 
 class BackendError(Exception):
