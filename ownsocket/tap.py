@@ -21,6 +21,7 @@ from ownsocket.boot.recent import RecentRequests
 from ownsocket.dhcp.leases import LeaseStoreError
 from ownsocket.dhcp.service import DhcpService
 from ownsocket.dhcp.sockets import SocketError
+from ownsocket.dhcp6.leases import LeaseStoreError as LeaseStoreError6
 from ownsocket.events import EventBus
 from ownsocket.filechain import BackendChain
 from ownsocket.files import FilesystemBackend, resolve
@@ -105,11 +106,20 @@ def makeService(options, reactor=None):
         DhcpService(config, build_selector(config, reactor, selectors), reactor,
                     boot_file_size=boot_file_size_function(config.tftp, reactor),
                     recent=recent, events=events).setServiceParent(services)
+    ipv6 = bool(config.subnets6) and config.dhcp.enabled and config.dhcp.mode == "server"
+    if ipv6:
+        from ownsocket.dhcp6.service import Dhcp6Service
+        Dhcp6Service(config, build_selector(config, reactor, selectors), reactor,
+                     recent=recent, events=events).setServiceParent(services)
     if config.tftp.enabled:
-        TFTPService(config.tftp, backend=backend, reactor=reactor, recent=recent, events=events).setServiceParent(services)
+        tftp = TFTPService(config.tftp, backend=backend, reactor=reactor, recent=recent, events=events)
+        tftp.listen_ipv6 = ipv6  # also [::]:69 when no [tftp] addresses are named
+        tftp.setServiceParent(services)
     if config.http.enabled:
         http_backend = build_backend(config, selectors, config.http.root) if config.http.root else backend
-        HTTPService(config.http, http_backend, reactor=reactor, recent=recent, events=events).setServiceParent(services)
+        http = HTTPService(config.http, http_backend, reactor=reactor, recent=recent, events=events)
+        http.listen_ipv6 = ipv6
+        http.setServiceParent(services)
     return StartupGuard(services, config, selectors)
 
 
@@ -129,12 +139,16 @@ class StartupGuard(MultiService):
     def startService(self):
         MultiService.startService(self)
         config = self.config
-        self.log.info("ownsocket {version} with {source}: DHCP {dhcp}, TFTP {tftp}, HTTP {http}; "
+        self.log.info("ownsocket {version} with {source}: DHCP {dhcp}, TFTP {tftp}, HTTP {http}{dhcp6}; "
                       "selectors {selectors}",
                       version=__version__, source=config.source,
                       dhcp=("off" if not config.dhcp.enabled else
                             "proxy mode" if config.dhcp.mode == "proxy" else
                             f"{len(config.subnets)} subnet(s)"),
+                      dhcp6=(f", DHCPv6 {len(config.subnets6)} subnet6(s) (port 547, Router Advertisements"
+                             f" where router_advertisements = true; TFTP/HTTP also on IPv6)"
+                             if config.subnets6 and config.dhcp.enabled and config.dhcp.mode == "server"
+                             else ""),
                       tftp=f"port {config.tftp.port}, root {os.path.abspath(config.tftp.root)}"
                       if config.tftp.enabled else "off",
                       http=f"port {config.http.port}" if config.http.enabled else "off",
@@ -148,5 +162,5 @@ class StartupGuard(MultiService):
             MultiService.privilegedStartService(self)
         except SystemExit:
             raise
-        except (SocketError, LeaseStoreError, BindError) as error:
+        except (SocketError, LeaseStoreError, LeaseStoreError6, BindError) as error:
             fail(str(error))

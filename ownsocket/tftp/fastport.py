@@ -35,7 +35,7 @@ import socket
 import struct
 import sys
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 try:
     from twisted.internet.epollreactor import EPollReactor
 except ImportError:  # no epoll on this platform
@@ -260,7 +260,8 @@ class SessionPort:
         self._mux = mux
         self.protocol = protocol
         self.peer = peer
-        catcher = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+        catcher = socket.socket(family, socket.SOCK_DGRAM)
         connected = None
         try:
             catcher.setblocking(False)
@@ -269,7 +270,7 @@ class SessionPort:
             # other reusable socket holds (Linux counts that as no conflict).
             catcher.bind((interface, 0))
             catcher.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            connected = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            connected = socket.socket(family, socket.SOCK_DGRAM)
             connected.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             connected.setblocking(False)
             connected.bind((interface, catcher.getsockname()[1]))
@@ -369,7 +370,7 @@ class SessionPort:
 
     def getHost(self):
         host, port = self._socket.getsockname()[:2]
-        return IPv4Address("UDP", host, port)
+        return (IPv6Address if ":" in host else IPv4Address)("UDP", host, port)
 
     def stopListening(self):
         if not self.connected:
