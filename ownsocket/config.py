@@ -144,6 +144,9 @@ class Subnet6Config:
     domain: Tuple[str, ...] = ()
     #: false when a router on the link already sends RAs (with M=1)
     router_advertisements: bool = True
+    #: RA router lifetime.  Not 0 by default: OVMF's PXEv6 waits 10 s for a
+    #: route it only finds as a default route (FIRMWARE-FACTS §8d)
+    router_lifetime: int = 1800
     #: the address put in option-59 URLs; by default the interface's own
     #: address inside C{network}
     server_address: Optional[ipaddress.IPv6Address] = None
@@ -415,6 +418,7 @@ _SUBNET6_KEYS: Dict[str, Tuple[str, Callable]] = {
     "dns": ("dns", parse_address6_list),
     "domain": ("domain", parse_name_list),
     "router_advertisements": ("router_advertisements", parse_bool),
+    "router_lifetime": ("router_lifetime", _int_between(0, 9000)),
     "server_address": ("server_address", parse_optional_address6),
 }
 

@@ -54,7 +54,7 @@ class Subnet6(unittest.TestCase):
                          "<text>: [subnet6:a] interface: no interface named 'eth9' on this host")
         self.assertError("[subnet6:a]\nnetwork = fd99::/64\nrouter = fd99::1\n",
                          "<text>: [subnet6:a] router: unknown key (known keys: dns, domain, interface, "
-                         "lease_time, network, pool, router_advertisements, server_address)")
+                         "lease_time, network, pool, router_advertisements, router_lifetime, server_address)")
         self.assertError("[subnet6:a]\nnetwork = fd99::/64\n\n[subnet6:b]\nnetwork = fd99::/48\n",
                          "<text>: [subnet6:b] network: fd99::/48 overlaps fd99::/64 of [subnet6:a]")
         self.assertError("[subnet6:a]\nnetwork = fe80::/64\n",

@@ -102,7 +102,7 @@ class RealClients(unittest.TestCase):
         self.assertRegex(ra, r"Prefix\s*:\s*fd77::/64")
         self.assertRegex(ra, r"On-link\s*:\s*Yes")
         self.assertRegex(ra, r"Autonomous address conf\.\s*:\s*No")
-        self.assertRegex(ra, r"Router lifetime\s*:\s*0 \(0x00000000\) seconds")
+        self.assertRegex(ra, r"Router lifetime\s*:\s*1800 \(0x00000708\) seconds")
 
         conf = os.path.join(self.work, "dhclient6.conf")
         with open(conf, "w") as handle:

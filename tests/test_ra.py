@@ -48,15 +48,15 @@ class Wire(unittest.TestCase):
 
     def test_our_ra_says_what_dnsmasqs_said(self):
         """Same flags, prefix, L/A bits and options as the RA that booted
-        OVMF and iPXE in FIRMWARE-FACTS §8; only the router lifetime is 0
-        (not a default router)."""
+        OVMF and iPXE in FIRMWARE-FACTS §8."""
         theirs = load_hex6("dnsmasq_ra")
         ad = ra.advertisement_for(SUBNETS, "52:54:00:00:00:01", 1500)
         ours = ra.build_ra(ad)
         self.assertEqual(ours[0], ra.ROUTER_ADVERTISEMENT)
         self.assertEqual(ours[4:6], theirs[4:6])  # hop limit 64, M=1 O=1
         self.assertEqual(ours[4:6], b"\x40\xc0")
-        self.assertEqual(struct.unpack("!H", ours[6:8])[0], 0)
+        self.assertEqual(ours[4:8], theirs[4:8])  # router lifetime 1800 too
+        self.assertEqual(struct.unpack("!H", ours[6:8])[0], 1800)
         their_options = dict(options(theirs))
         our_options = dict(options(ours))
         self.assertEqual(sorted(our_options), sorted(their_options))
@@ -153,3 +153,12 @@ class Advertiser(unittest.TestCase):
         self.advertiser.solicited(b"\x85", "fe80::1")
         self.assertEqual(len(self.sock.sent), 1)
         self.advertiser.stop()
+
+
+class RouterLifetime(unittest.TestCase):
+
+    def test_configurable(self):
+        subnets = configuration.load(text="[subnet6:a]\nnetwork = fd99::/64\nrouter_lifetime = 0\n",
+                                     known_interfaces=set()).subnets6
+        data = ra.build_ra(ra.advertisement_for(subnets, None, None))
+        self.assertEqual(data[6:8], b"\x00\x00")

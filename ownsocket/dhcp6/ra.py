@@ -5,9 +5,14 @@ Why a boot server sends them (FIRMWARE-FACTS §8d): iPXE starts DHCPv6 only
 after an RA with M or O set, and OVMF waits 10 s for a route to the boot
 server unless an RA gives it the on-link prefix.  So, per configured link:
 M=1 O=1, the prefix with L=1 and A=0 (addresses come from DHCPv6, as
-dnsmasq does with a stateful range), router lifetime 0 (this server is not a
-default router: it only says what is on the link), MTU and source
-link-layer address; sent every 3-4 s and at once on a Router Solicitation.
+dnsmasq does with a stateful range), MTU and source link-layer address;
+sent every 3-4 s and at once on a Router Solicitation.  The router lifetime
+is 1800 s (as dnsmasq) unless [subnet6] router_lifetime says otherwise:
+OVMF's PXEv6 looks for a route to the boot server before it uses its new
+address, at a moment when it does not know the server's address yet, so
+only a default route ends that look-up; with lifetime 0 every PXEv6 boot
+waited the full 10 s (EDK2 PxeBcCheckRouteTable, seen in
+tests/test_boot6_e2e.py).
 Operators whose router already advertises set C{router_advertisements =
 false}.  Nothing is sent on a link no [subnet6:...] names.
 
@@ -132,6 +137,7 @@ def advertisement_for(subnets: Sequence, mac: Optional[str], mtu: Optional[int])
     dns = tuple(address for subnet in wanted for address in subnet.dns)
     return Advertisement(
         prefixes=tuple(Prefix(subnet.network, subnet.lease_time, subnet.lease_time) for subnet in wanted),
+        router_lifetime=max(subnet.router_lifetime for subnet in wanted),
         mtu=mtu, source_mac=mac, dns=dns, dns_lifetime=max(subnet.lease_time for subnet in wanted) if dns else 0)
 
 
