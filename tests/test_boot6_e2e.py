@@ -23,6 +23,7 @@ dnsmasq took 27.5 s (pxe6) and 39.4 s (http6) on this TCG set-up
 import os
 import re
 import shutil
+import sys
 import tempfile
 import uuid
 
@@ -107,6 +108,61 @@ class IPv6Boot(unittest.TestCase):
                 shutil.rmtree(work, ignore_errors=True)
             elif not passed:
                 print("\nkept %s" % work)
+
+    def run_dnsmasq(self, scenario):
+        """The same boot with dnsmasq 2.90 configured as FIRMWARE-FACTS §8f
+        (and python's http.server for HTTPv6): the reference, timed under
+        the same load as ownsocket's run."""
+        if shutil.which("dnsmasq") is None:
+            raise unittest.SkipTest("dnsmasq is not installed")
+        work = tempfile.mkdtemp(prefix="dnsmasq-boot6-")
+        os.chmod(work, 0o755)
+        root = os.path.join(work, "root")
+        marker = vmnet.write_boot_root(root, uuid.uuid4().hex[:8])["efi"]
+        serial = os.path.join(work, "serial.log")
+        dnslog = os.path.join(work, "dnsmasq.log")
+        argv = ["dnsmasq", "-d", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp",
+                "--dhcp-leasefile=%s" % os.path.join(work, "leases"), "--interface=br0", "--bind-interfaces",
+                "--dhcp-range=fd99::100,fd99::1ff,64,10m", "--enable-ra", "--dhcp-authoritative",
+                "--dhcp-match=set:efi64,option6:61,7", "--dhcp-match=set:efi64http,option6:61,16",
+                "--dhcp-userclass=set:ipxe,iPXE", "--tag-if=set:chained,tag:ipxe",
+                "--dhcp-option=tag:chained,option6:bootfile-url,tftp://[fd99::1]/boot.ipxe",
+                "--enable-tftp", "--tftp-root=%s" % root]
+        if scenario == "pxe6":
+            argv.append("--dhcp-option=tag:efi64,tag:!chained,option6:bootfile-url,tftp://[fd99::1]/snponly.efi")
+        else:
+            argv += ["--dhcp-option=tag:efi64http,tag:!chained,option6:bootfile-url,http://[fd99::1]/snponly.efi",
+                     "--dhcp-option-force=tag:efi64http,tag:!chained,option6:16,PX,HTTPClient"]
+        try:
+            with vmnet.NetNamespace() as ns:
+                lab6.add_ipv6(ns)
+                server = ns.start(argv, name="dnsmasq", log=dnslog)
+                watch = [server]
+                if scenario == "http6":
+                    watch.append(ns.start([sys.executable, "-m", "http.server", "--bind", lab6.SERVER6, "80"],
+                                          cwd=root, name="http", log=os.path.join(work, "http.log")))
+                self.assertTrue(vmnet.wait_until(lambda: vmnet.listening(ns, udp=(69, 547)), 30, watch=watch))
+                vm = ns.start_guest(lab6.ovmf_ipv6_guest(scenario), serial_log=serial)
+                seconds, _ = vmnet.wait_for_boot(
+                    vm, serial, marker, lambda: "marker-efi.ipxe to" in vmnet.read_text(dnslog),
+                    BOOT_TIMEOUT, watch=watch)
+                self.assertIsNotNone(seconds, vmnet.read_text(dnslog)[-3000:])
+                print("\n%s with dnsmasq: marker after %.1f s from QEMU start" % (scenario, seconds))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    if not os.environ.get("OWNSOCKET_E2E_DNSMASQ"):
+        reference_skip = "set OWNSOCKET_E2E_DNSMASQ=1 to time dnsmasq on the same boots (for ratios)"
+    else:
+        reference_skip = None
+
+    def test_reference_dnsmasq_pxe6(self):
+        self.run_dnsmasq("pxe6")
+    test_reference_dnsmasq_pxe6.skip = reference_skip
+
+    def test_reference_dnsmasq_http6(self):
+        self.run_dnsmasq("http6")
+    test_reference_dnsmasq_http6.skip = reference_skip
 
     def test_ovmf_pxe6_then_ipxe_over_ipv6(self):
         self.run_boot("pxe6")

@@ -76,3 +76,35 @@ class ListenerAddresses(unittest.TestCase):
     def test_bad_address(self):
         error = self.assertRaises(configuration.ConfigError, load, "[tftp]\naddresses = fd99::zz\n")
         self.assertEqual(str(error), "<text>: [tftp] addresses: 'fd99::zz' is not an IPv4 or IPv6 address")
+
+
+class ShippedExample(unittest.TestCase):
+    """conf/ipv6.example.ini, which the README's IPv6 section shows, loads
+    and builds a selector chain that gives OVMF and iPXE their URLs."""
+
+    def test_loads_and_boots(self):
+        import os
+
+        from twisted.internet import task
+
+        from ownsocket.dhcp6 import wire
+        from ownsocket.dhcp6.leases import MemoryLeaseStore6
+        from ownsocket.dhcp6.server import Dhcp6Server, Link
+        from ownsocket.tap import build_selector
+        from tests.lab6 import load_hex6
+
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "conf", "ipv6.example.ini")
+        config = configuration.load(path, known_interfaces={"eth0"})
+        (subnet,) = config.subnets6
+        self.assertEqual((subnet.interface, str(subnet.network)), ("eth0", "fd99::/64"))
+        self.assertEqual(len(config.subnets), 1)
+        clock = task.Clock()
+        server = Dhcp6Server(config, MemoryLeaseStore6(), build_selector(config, clock), clock)
+        link = Link("eth0", (ipaddress.IPv6Address("fd99::1"),), wire.duid_ll("02:00:00:00:00:01"))
+        urls = {}
+        for name in ("ovmf_pxe6_solicit", "ovmf_http6_solicit"):
+            (out,) = server.handle(wire.parse(load_hex6(name)), link, ("fe80::5054:ff:fe99:10", 546))
+            urls[name] = wire.parse_server_message(out.data).option(wire.OPT_BOOTFILE_URL)
+        self.assertEqual(urls, {"ovmf_pxe6_solicit": b"tftp://[fd99::1]/snponly.efi",
+                                "ovmf_http6_solicit": b"http://[fd99::1]/snponly.efi"})
