@@ -147,6 +147,14 @@ class Advertiser(unittest.TestCase):
         self.assertEqual(self.sock.sent[-1][1], ("fe80::5054:ff:fe99:10", 0, 0, 7))
         self.advertiser.stop()
 
+    def test_own_kernels_rs_is_not_answered(self):
+        self.advertiser.start()
+        self.advertiser.solicited(bytes.fromhex("8500000000000000" "0101525400000001"), "fe80::1")
+        self.assertEqual(len(self.sock.sent), 1)
+        self.advertiser.solicited(bytes.fromhex("8500000000000000" "0101525400000002"), "fe80::2")
+        self.assertEqual(len(self.sock.sent), 2)
+        self.advertiser.stop()
+
     def test_bad_rs_is_dropped(self):
         self.advertiser.start()
         self.advertiser.solicited(bytes.fromhex("8500000000000000"), "fe80::1", hop_limit=64)

@@ -290,11 +290,13 @@ class RouterAdvertiser:
         try:
             if hop_limit is not None and hop_limit != 255:
                 raise MalformedPacket(f"hop limit {hop_limit}, not 255 (not from this link)")
-            parse_rs(data, unspecified)
+            rs = parse_rs(data, unspecified)
         except MalformedPacket as error:
             self._drop_log("dropped Router Solicitation from {source} on {interface}: {reason}",
                            source=source, interface=self.interface, reason=error)
             return
+        if rs.source_mac is not None and rs.source_mac == self.advertisement.source_mac:
+            return  # this host's own kernel soliciting on the link: not for us to answer
         if unspecified:
             now = self.reactor.seconds()
             if self._last_multicast is not None and now - self._last_multicast < MULTICAST_ANSWER_GAP:
