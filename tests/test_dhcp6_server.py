@@ -405,6 +405,15 @@ class Stores(unittest.TestCase):
         again.close()
         self.assertEqual(list(SqliteLeaseStore6(db).all_leases()), [])
 
+    def test_offers_are_not_written(self):
+        path = self.mktemp() + ".sqlite"
+        from ownsocket.dhcp6.leases import Lease6
+        store = SqliteLeaseStore6(path)
+        store.put(Lease6(b"\x00\x04" + bytes(16), 5, "52:54:00:99:00:10", IPv6("fd99::105"), "offered", 5000.0))
+        self.assertEqual(store.holder(IPv6("fd99::105")).state, "offered")
+        store.close()
+        self.assertEqual(list(SqliteLeaseStore6(path).all_leases()), [])
+
     def test_path(self):
         self.assertEqual(sqlite_path_for("/var/lib/ownsocket/leases.sqlite"), "/var/lib/ownsocket/leases-v6.sqlite")
         self.assertEqual(sqlite_path_for("leases.db"), "leases.db-v6")
