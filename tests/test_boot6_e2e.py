@@ -99,7 +99,8 @@ class IPv6Boot(unittest.TestCase):
                 self.assertIn(first, text)
                 self.assertRegex(text, r"DHCPv6 Request .* -> Reply fd99::\S+ boot '(tftp|http)://\[fd99::1\]/snponly\.efi'")
                 self.assertRegex(text, r"DHCPv6 Request .* -> Reply fd99::\S+ boot 'tftp://\[fd99::1\]/boot\.ipxe'")
-                print("\n%s%s: marker after %.1f s from QEMU start (dnsmasq: %s)"
+                print("\n%s%s: marker after %.1f s from QEMU start (dnsmasq took %s in FIRMWARE-FACTS §8a; "
+                      "OWNSOCKET_E2E_DNSMASQ=1 times it under the same load)"
                       % (scenario, " dual stack" if dual_stack else "", seconds,
                          "27.5 s" if scenario == "pxe6" else "39.4 s"))
                 passed = True
