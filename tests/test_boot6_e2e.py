@@ -7,7 +7,7 @@ over IPv6 to a marker script.
            boot.ipxe -> marker-efi.ipxe (IPv6 only on the link)
   - pxe6 dual stack: the same with DHCPv4 served on the link too (iPXE
            waits for DHCPv4 as well, FIRMWARE-FACTS §8a)
-  - http6: OVMF PXEv6 (no boot file: falls through) -> HTTPv6 ->
+  - http6 (and http6 dual stack): OVMF PXEv6 (no boot file: falls through) -> HTTPv6 ->
            snponly.efi from ownsocket's own HTTP on [fd99::1] -> iPXE ->
            marker
 
@@ -173,3 +173,6 @@ class IPv6Boot(unittest.TestCase):
 
     def test_ovmf_http6_then_ipxe_over_ipv6(self):
         self.run_boot("http6")
+
+    def test_ovmf_http6_dual_stack(self):
+        self.run_boot("http6", dual_stack=True)
