@@ -158,14 +158,16 @@ class Dhcp6Server:
         self.clock = clock
         self.recent = recent
         self.events = events
-        self.offer_hold = config.dhcp.offer_hold
-        self.decline_time = config.dhcp.decline_time
-        self.http_port = config.http.port
         self._handlers = {
             wire.SOLICIT: self._solicit, wire.REQUEST: self._request, wire.RENEW: self._renew,
             wire.REBIND: self._renew, wire.RELEASE: self._release, wire.DECLINE: self._decline,
             wire.CONFIRM: self._confirm, wire.INFORMATION_REQUEST: self._information,
         }
+
+    # Read from the config on use: a reload swaps C{config}.
+    offer_hold = property(lambda self: self.config.dhcp.offer_hold)
+    decline_time = property(lambda self: self.config.dhcp.decline_time)
+    http_port = property(lambda self: self.config.http.port)
 
     # -- entry point -------------------------------------------------------
 
