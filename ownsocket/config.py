@@ -665,6 +665,9 @@ def _check(config: Config, known_interfaces) -> None:
 
 def _check_subnets6(config: Config, known_interfaces) -> None:
     source = config.source
+    if config.subnets6 and config.dhcp.mode == "proxy":
+        raise ConfigError(source, f"subnet6:{config.subnets6[0].name}", None,
+                          "DHCPv6 has no proxy mode: remove the [subnet6:...] sections or set [dhcp] mode = server")
     seen_pools = []
     for index, subnet in enumerate(config.subnets6):
         section = f"subnet6:{subnet.name}"

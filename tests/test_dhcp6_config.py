@@ -66,6 +66,12 @@ class Subnet6(unittest.TestCase):
                          "fd99::/64 (At least 3 parts expected in '10.0.0.0')")
 
 
+    def test_no_proxy_mode(self):
+        self.assertError("[dhcp]\nmode = proxy\n\n[subnet6:a]\nnetwork = fd99::/64\n",
+                         "<text>: [subnet6:a]: DHCPv6 has no proxy mode: remove the [subnet6:...] sections "
+                         "or set [dhcp] mode = server")
+
+
 class ListenerAddresses(unittest.TestCase):
 
     def test_tftp_and_http_take_ipv6_addresses(self):
