@@ -90,6 +90,13 @@ KINDS = {
         "dropped": ("reason",),
         "sent": ("message", "xid", "address", "file", "selector", "arch", "reason"),
     },
+    "dhcp6": {
+        # a DHCPv6 answer sent; message: advertise or reply; address the
+        # first address in it (None without one); file the option-59 URL
+        "sent": ("message", "xid", "address", "file", "selector", "arch", "reason"),
+        # dropped before an answer; reason: parse, no-subnet, not-for-us, ignored
+        "dropped": ("reason",),
+    },
     "tftp": {
         # an RRQ accepted; options as granted (blksize, windowsize, tsize)
         "started": ("file", "blksize", "windowsize", "size"),

@@ -13,6 +13,8 @@ served; symlinks out of the root are the backend's business (L{resolve}).
 
 from __future__ import annotations
 
+import socket
+
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet import defer
@@ -538,6 +540,12 @@ class HTTPService(listening.ListeningService):
         self.site = BootSite(self.resource, reactor)
 
     def _listen(self, host):
+        if ":" in host:  # IPv6: see ListeningService._ipv6_socket
+            sock = self._ipv6_socket(host, socket.SOCK_STREAM)
+            try:
+                return self.reactor.adoptStreamPort(sock.fileno(), socket.AF_INET6, self.site)
+            finally:
+                sock.close()
         return self.reactor.listenTCP(self.config.port, self.site, interface=host)
 
     def transfers_in_flight(self):

@@ -114,6 +114,16 @@ class BootRequest:
     server_address: Optional[IPv4Address] = None
     """The address of ours the client talks to, for C{@server@} in file
     names and URLs (differs per interface and subnet)."""
+    # DHCPv6 facts (defaults for DHCPv4, so selectors written for it work
+    # unchanged).  Over DHCPv6, arch comes from option 61, vendor_class is
+    # the first string of option 16, user_class the items of option 15,
+    # client_uuid a DUID-UUID as option 97 would carry it (type 0 + 16 bytes),
+    # and message_type the DHCPv4 number of the same step (Solicit ->
+    # DISCOVER 1, Request/Renew/Rebind -> REQUEST 3, Information-Request
+    # -> INFORM 8).
+    family: int = 4
+    duid: Optional[bytes] = None
+    iaid: Optional[int] = None
 
     @property
     def is_ipxe(self) -> bool:
