@@ -354,7 +354,7 @@ class PostgresLeaseStore:
         from psycopg import errors
         try:
             connection = self._connection()
-        except psycopg.Error as error:
+        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
             raise LeaseStoreUnavailable(_one_line(error)) from None
         try:
             try:
@@ -411,7 +411,13 @@ class PostgresLeaseStore:
         connection = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout,
                                      application_name="ownsocket", autocommit=True)
         if not self._migrated:
-            migrate(connection)
+            try:
+                migrate(connection)
+            except psycopg.Error as error:
+                connection.close()
+                raise LeaseStoreError(f"cannot create or upgrade the lease tables: {_one_line(error)} "
+                                      f"(the role needs CREATE on the database's schema, or to own the tables)") \
+                    from None
             self._migrated = True
         return connection
 

@@ -29,9 +29,12 @@ QUIET = 1.0
 CHECKPOINT_MAX = 300.0
 
 
-#: How often lapsed offers and quarantines are deleted from the store (and,
-#: with a store other servers share, the free-address hint refreshed).
+#: How often lapsed offers and quarantines are deleted from the store, and
+#: (every REFRESH_EVERY rounds, with a store other servers share) the
+#: free-address hint refreshed: a stale hint only costs a lost claim, and a
+#: refresh reads every lease.
 RECLAIM_INTERVAL = 10.0
+REFRESH_EVERY = 6
 
 
 def open_store(path, clock):
@@ -219,7 +222,8 @@ class DhcpService(Service):
     def _reclaim(self):
         if self.server is None or not hasattr(self.server, "addresses"):
             return None
-        d = self.server.addresses.reclaim()
+        self._reclaim_rounds = getattr(self, "_reclaim_rounds", 0) + 1
+        d = self.server.addresses.reclaim(refresh=self._reclaim_rounds % REFRESH_EVERY == 0)
         d.addErrback(lambda failure: self.log.warn("lease reclaim failed: {error}",
                                                    error=failure.getErrorMessage()))
         return None  # a slow database must not stop the loop
