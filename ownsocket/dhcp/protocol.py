@@ -102,8 +102,11 @@ class DhcpProtocol(DatagramProtocol):
                         self._deliver(result, state)
         except Exception as error:
             state["failed"] = True
-            self.log.error("lease database failed: {count} replies not sent: {error}",
-                           count=len(state["ready"]), error=error)
+            if isinstance(error, LeaseStoreError):
+                self.log.error("lease database failed: {count} replies not sent: {error}",
+                               count=len(state["ready"]), error=error)
+            else:
+                self.log.failure("lease batch failed: {count} replies not sent", count=len(state["ready"]))
             if self.events.active:
                 for message, addr in finishing + starting:
                     self._dropped("store-error", message)

@@ -19,7 +19,7 @@ from ownsocket.events import EventBus
 from ownsocket.dhcp.protocol import DhcpProtocol
 from ownsocket.dhcp.proxy import ProxyArrival, ProxyServer
 from ownsocket.dhcp.server import Arrival, DhcpServer, make_boot_request
-from ownsocket.dhcp.sockets import candidate_interfaces, open_interface_socket
+from ownsocket.dhcp.sockets import SocketError, candidate_interfaces, open_interface_socket
 
 
 #: How often to look whether the lease log can be checkpointed, how long
@@ -175,14 +175,19 @@ class DhcpService(Service):
                     self._listen(name, dhcp.proxy_port, ProxyArrival(name, address, 4011))
                 else:
                     self._listen(name, dhcp.port, Arrival(name, address))
-        except Exception as error:  # SocketError, or ports below 1024 after dropping root
+        except (SocketError, OSError) as error:  # e.g. a port below 1024 after dropping root
             self.log.error("DHCP cannot re-open its sockets after the reload: {error}", error=error)
+        except Exception:
+            self.log.failure("DHCP cannot re-open its sockets after the reload")
 
     def _restart(self):
         try:
             self.privilegedStartService()
-        except Exception as error:
+        except (SocketError, OSError, LeaseStoreError) as error:
             self.log.error("DHCP cannot restart after the reload: {error}", error=error)
+            return
+        except Exception:
+            self.log.failure("DHCP cannot restart after the reload")
             return
         if self.running:
             self._start_loops()
