@@ -137,8 +137,7 @@ class Addresses:
             first.append((requested, "requested by the client (option 50)"))
         # The client's own offer or binding (if still in the pool) is tried
         # before all of these, by the store, in the same round trip.
-        own = (tuple((r.first, r.last) for r in subnet.pools), frozenset(pool._reserved))
-        return self._claim_rounds(mac, subnet, first, hold, ROUNDS, own)
+        return self._claim_rounds(mac, subnet, first, hold, ROUNDS, pool.bounds)
 
     def _reserved_offer(self, lease, mac, address):
         if lease is None or lease.mac != mac:
@@ -157,9 +156,6 @@ class Addresses:
         if not addresses and own is None:
             return self._reuse_oldest_offer(mac, subnet, hold)
         d = self.store.claim(mac, subnet.name, addresses, OFFERED, hold, own=own)
-        known = self._leases
-        mine = {address for address in addresses
-                if known.get(address) is not None and known[address].mac == mac}
 
         def claimed(lease):
             if lease is None:
@@ -167,8 +163,9 @@ class Addresses:
                 if rounds > 1:
                     return self._claim_rounds(mac, subnet, [], hold, rounds - 1)
                 return self._reuse_oldest_offer(mac, subnet, hold)
+            before = self._leases.get(lease.address)
             self._see(lease)
-            if lease.address not in addresses or lease.address in mine:
+            if lease.address not in addresses or (before is not None and before.mac == mac):
                 return lease.address, "the client's current lease"
             self._lost(addresses[:addresses.index(lease.address)])
             return lease.address, tries[addresses.index(lease.address)][1]

@@ -44,6 +44,9 @@ class AddressPool:
         self._lapsed: "OrderedDict[int, None]" = OrderedDict()
         self._offers: "OrderedDict[IPv4, str]" = OrderedDict()
         self.size = len(self._all)
+        #: (ranges, reserved) for a store's claim(own=...): the client's
+        #: own lease counts only while its address is in these ranges
+        self.bounds = (tuple((r.first, r.last) for r in subnet.pools), frozenset(self._reserved))
 
     def reset(self, used: Iterable[int], lapsed: Iterable[int], offers) -> None:
         """Start again from what the store holds (integers; offers as
