@@ -16,7 +16,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from ownsocket.dhcp import wire
-from ownsocket.dhcp.leases import LeaseStoreError
+from ownsocket.dhcp.leases import LeaseStoreError, LeaseStoreUnavailable
 from ownsocket.dhcp.server import Arrival, message_name
 from ownsocket.events import EventBus
 from ownsocket.ratelimit import RateLimitedLog
@@ -85,8 +85,9 @@ class DhcpProtocol(DatagramProtocol):
                     try:
                         result = self.server.handle(message, self.arrival, addr)
                     except LeaseStoreError as error:
-                        self._store_log("lease database failed for {mac}; request dropped: {error}",
-                                        mac=message.mac, error=error)
+                        if not isinstance(error, LeaseStoreUnavailable):
+                            self._store_log("lease database failed for {mac}; request dropped: {error}",
+                                            mac=message.mac, error=error)
                         if self.events.active:
                             self._dropped("store-error", message)
                         continue
@@ -122,7 +123,9 @@ class DhcpProtocol(DatagramProtocol):
             self._send(replies)
 
     def _failed(self, failure, message):
-        if failure.check(LeaseStoreError):
+        if failure.check(LeaseStoreUnavailable):
+            reason = "store-error"  # the store said it once, and says when it is back
+        elif failure.check(LeaseStoreError):
             self._store_log("lease database failed for {mac}; request dropped: {error}",
                             mac=message.mac, error=failure.getErrorMessage())
             reason = "store-error"

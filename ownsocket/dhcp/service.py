@@ -14,7 +14,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from ownsocket.dhcp.leases import LeaseStoreError, SqliteLeaseStore
+from ownsocket.dhcp.leases import LeaseStoreError, LeaseStoreUnavailable, SqliteLeaseStore
 from ownsocket.events import EventBus
 from ownsocket.dhcp.protocol import DhcpProtocol
 from ownsocket.dhcp.proxy import ProxyArrival, ProxyServer
@@ -229,9 +229,12 @@ class DhcpService(Service):
             return None
         self._reclaim_rounds = getattr(self, "_reclaim_rounds", 0) + 1
         d = self.server.addresses.reclaim(refresh=self._reclaim_rounds % REFRESH_EVERY == 0)
-        d.addErrback(lambda failure: self.log.warn("lease reclaim failed: {error}",
-                                                   error=failure.getErrorMessage()))
+        d.addErrback(self._reclaim_failed)
         return None  # a slow database must not stop the loop
+
+    def _reclaim_failed(self, failure):
+        if not failure.check(LeaseStoreUnavailable):  # that one the store reports itself
+            self.log.warn("lease reclaim failed: {error}", error=failure.getErrorMessage())
 
     def _maybe_checkpoint(self):
         """Checkpoint the lease log when no request came for a while, or at
