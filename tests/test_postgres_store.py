@@ -140,6 +140,15 @@ class SeveralServersTests(PostgresTestCase):
         self.assertEqual((yield self.store.claim(TWO, "lab", [B], BOUND, 600)).address, B)
         self.flushLoggedErrors()
 
+    @defer.inlineCallbacks
+    def test_behind_refuses_offers_not_bindings(self):
+        from ownsocket.dhcp.leases import LeaseStoreBusy
+        self.store._in_flight = self.store._backlog  # as if that many transactions were queued
+        yield self.assertFailure(self.store.claim(ONE, "lab", [A], OFFERED, 30), LeaseStoreBusy)
+        bound = self.store.claim(TWO, "lab", [B], BOUND, 600)
+        self.store._in_flight = 0
+        self.assertEqual((yield bound).address, B)
+
     def test_password_never_logged(self):
         from ownsocket.dhcp.pgstore import describe
         text = describe("postgresql://u:s3cret@/db?host=/tmp/x")

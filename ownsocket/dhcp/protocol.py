@@ -16,7 +16,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from ownsocket.dhcp import wire
-from ownsocket.dhcp.leases import LeaseStoreError, LeaseStoreUnavailable
+from ownsocket.dhcp.leases import LeaseStoreBusy, LeaseStoreError, LeaseStoreUnavailable
 from ownsocket.dhcp.server import Arrival, message_name
 from ownsocket.events import EventBus
 from ownsocket.ratelimit import RateLimitedLog
@@ -123,7 +123,10 @@ class DhcpProtocol(DatagramProtocol):
             self._send(replies)
 
     def _failed(self, failure, message):
-        if failure.check(LeaseStoreUnavailable):
+        if failure.check(LeaseStoreBusy):
+            self._shed_log("overloaded: the lease database is behind; DISCOVERs dropped (clients retry)")
+            reason = "overload"
+        elif failure.check(LeaseStoreUnavailable):
             reason = "store-error"  # the store said it once, and says when it is back
         elif failure.check(LeaseStoreError):
             self._store_log("lease database failed for {mac}; request dropped: {error}",
