@@ -16,12 +16,14 @@ The database decides, not any server's memory:
 
 Twisted's reactor never waits for the database: statements run on a small,
 bounded pool of threads, each with its own connection.  Everything asked in
-one reactor turn (one socket read's batch) is one transaction, and its
-Deferreds fire only after the COMMIT, so an ACK never precedes its lease.
-(Measured against psycopg's asyncio connections: they would need the
-asyncio reactor for the whole process; a thread round trip on this machine
-costs about as much as a Unix-socket round trip, and one transaction per
-batch amortises both.)
+one reactor turn (one socket read's batch) is one transaction, sent in
+pipeline mode, and its Deferreds fire only after the COMMIT, so an ACK never
+precedes its lease.  Measured here (SELECT 1 round trips on a loaded 2-core
+machine): psycopg blocking 171 us; one deferToThreadPool per query 549 us;
+psycopg's AsyncConnection on asyncio 395 us (and it would need the asyncio
+reactor for the whole process); 20 per thread trip in one transaction
+217 us; the same pipelined 148 us.  Hence threads, one trip per batch,
+pipeline mode.
 
 When the database cannot be reached, every change fails at once with
 L{LeaseStoreUnavailable} (no binding without a commit: clients get no
