@@ -43,7 +43,7 @@ from dhcp_bench import PXE_OPTIONS, TWISTD, cpu_seconds, listening, parse_perfdh
 
 SERVER_IP, RELAY_IP = "10.80.0.1", "10.80.0.2"
 POOL = ("10.80.1.0", "10.80.60.255")
-BIG_POOL = ("10.80.1.0", "10.81.255.255")  # room for 100,000 leases and more
+BIG_POOL = ("10.80.1.0", "10.82.255.255")  # room for 100,000 leases and more (in 10.80.0.0/14)
 MAC_BASES = ("00:0c:01:00:00:00", "00:0c:02:00:00:00", "00:0c:03:00:00:00")
 
 
@@ -59,7 +59,7 @@ leases = {leases}
 enabled = false
 
 [subnet:bench]
-network = 10.80.0.0/16
+network = {"10.80.0.0/14" if pool == BIG_POOL else "10.80.0.0/16"}
 pool = {pool[0]}-{pool[1]}
 router = {SERVER_IP}
 lease_time = 3600
@@ -258,7 +258,7 @@ def memory(bench, leases=100_000, rate=1000, duration=10):
 def _fill_pg(count):
     # hand the schema to ownsocket's own migration first: rows go in after
     from ownsocket.dhcp.pgstore import _MIGRATIONS
-    return (_MIGRATIONS[1] + "CREATE TABLE ownsocket_schema (version integer NOT NULL);"
+    return ("SET ROLE ownsocket;" + _MIGRATIONS[1] + "CREATE TABLE ownsocket_schema (version integer NOT NULL);"
             "INSERT INTO ownsocket_schema VALUES (1);"
             "INSERT INTO ownsocket_leases (address, mac, subnet, state, expires)"
             f" SELECT '10.80.1.0'::inet + i, 'aa:' || lpad(to_hex(i), 14, '0'), 'bench', 'bound',"
@@ -332,7 +332,7 @@ def main(argv=None):
         with netns.Lab() as lab:
             bench = Bench(lab, cluster, workdir)
             for rate in [int(r) for r in args.rates.split(",")]:
-                for kind in args.servers.split(","):
+                for kind in filter(None, args.servers.split(",")):
                     row = run(bench, kind, rate, args.duration, args.clients)
                     print(f"  {kind} @ {rate}/s: " + (row["error"] or
                           f"{row['acks_per_s']:.0f} ACK/s, loss {row['loss_pct']:.1f} %, "

@@ -140,6 +140,15 @@ class SeveralServersTests(PostgresTestCase):
         self.assertEqual((yield self.store.claim(TWO, "lab", [B], BOUND, 600)).address, B)
         self.flushLoggedErrors()
 
+    @defer.inlineCallbacks
+    def test_behind_refuses_offers_not_bindings(self):
+        from ownsocket.dhcp.leases import LeaseStoreBusy
+        self.store._in_flight = self.store._backlog  # as if that many transactions were queued
+        yield self.assertFailure(self.store.claim(ONE, "lab", [A], OFFERED, 30), LeaseStoreBusy)
+        bound = self.store.claim(TWO, "lab", [B], BOUND, 600)
+        self.store._in_flight = 0
+        self.assertEqual((yield bound).address, B)
+
     def test_password_never_logged(self):
         from ownsocket.dhcp.pgstore import describe
         text = describe("postgresql://u:s3cret@/db?host=/tmp/x")
@@ -229,22 +238,35 @@ class TwoServersOneSegmentTests(PostgresTestCase):
 
     @defer.inlineCallbacks
     def test_database_down_means_no_answer_then_service_resumes(self):
+        """No binding without a commit; one log line when it goes, one when
+        it is back; no restart."""
+        from twisted.logger import formatEvent, globalLogPublisher
+        from ownsocket.dhcp import wire
         from ownsocket.events import EventList
         from tests import packets
+        lines = []
+        observer = lambda event: lines.append(formatEvent(event))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         seen = EventList()
         self.servers[0].events.subscribe(seen)
         [offer] = yield self.ask(0, packets.ovmf_pxe_discover(mac=ONE))
         self.cluster.stop()
         try:
-            failed = yield self.assertFailure(
-                defer.maybeDeferred(self.servers[0].handle, __import__("ownsocket.dhcp.wire", fromlist=["x"]).parse(
-                    self.request(ONE, offer["yiaddr"], self.ids[0])), self.arrivals[0]),
-                LeaseStoreUnavailable)
-            self.assertIn("unreachable", str(failed))
+            for _ in range(3):
+                failed = yield self.assertFailure(
+                    defer.maybeDeferred(self.servers[0].handle, wire.parse(
+                        self.request(ONE, offer["yiaddr"], self.ids[0])), self.arrivals[0]),
+                    LeaseStoreUnavailable)
+                self.assertIn("unreachable", str(failed))
         finally:
             self.cluster.start()
-        self.servers[0].store._retry_at = 0
+        down = [line for line in lines if "unreachable" in line]
+        self.assertEqual(len(down), 1, down)
+        self.assertNotIn("password", down[0])
+        self.servers[0].store._retry_at = 0  # the backoff's wait is not what this test is about
         [ack] = yield self.ask(0, self.request(ONE, offer["yiaddr"], self.ids[0]))
         self.assertEqual(ack["type"], 5)
+        self.assertEqual(len([line for line in lines if "reachable again" in line]), 1)
         self.assertEqual([e.kind for e in seen.events if e.kind in ("committed",)], ["committed"])
         self.flushLoggedErrors()

@@ -69,13 +69,28 @@ class Addresses:
         return self.store.all_leases().addCallback(self.resync)
 
     def resync(self, leases):
-        """Make the hint what the store says (every row, lapsed ones too)."""
-        self._leases = {}
-        self._expiries = []
-        for pool in self.pools.values():
-            pool.__init__(pool.subnet, pool._reserved)
+        """Make the hint what the store says (every row, lapsed ones too).
+        Done in bulk: with 100,000 leases this runs on the reactor thread."""
+        now = self.clock.seconds()
+        self._leases = {lease.address: lease for lease in leases}
+        self._expiries = [(lease.expires, int(lease.address), lease.address) for lease in leases
+                          if lease.expires != FOREVER and lease.active(now)]
+        heapq.heapify(self._expiries)
+        per_pool = {name: ([], [], []) for name in self.pools}
         for lease in leases:
-            self._see(lease)
+            name = lease.subnet if lease.subnet in per_pool else self._subnet_name(lease.address)
+            if name is None or name not in per_pool:
+                continue
+            used, lapsed, offers = per_pool[name]
+            if lease.active(now):
+                used.append(int(lease.address))
+                if lease.state == OFFERED:
+                    offers.append((lease.expires, lease.address, lease.mac))
+            elif lease.state == BOUND:
+                lapsed.append(int(lease.address))
+        for name, (used, lapsed, offers) in per_pool.items():
+            offers.sort()
+            self.pools[name].reset(used, lapsed, [(address, mac) for _, address, mac in offers])
         return self
 
     def pool(self, subnet_name) -> AddressPool:
@@ -122,8 +137,7 @@ class Addresses:
             first.append((requested, "requested by the client (option 50)"))
         # The client's own offer or binding (if still in the pool) is tried
         # before all of these, by the store, in the same round trip.
-        own = (tuple((r.first, r.last) for r in subnet.pools), frozenset(pool._reserved))
-        return self._claim_rounds(mac, subnet, first, hold, ROUNDS, own)
+        return self._claim_rounds(mac, subnet, first, hold, ROUNDS, pool.bounds)
 
     def _reserved_offer(self, lease, mac, address):
         if lease is None or lease.mac != mac:
@@ -142,9 +156,6 @@ class Addresses:
         if not addresses and own is None:
             return self._reuse_oldest_offer(mac, subnet, hold)
         d = self.store.claim(mac, subnet.name, addresses, OFFERED, hold, own=own)
-        known = self._leases
-        mine = {address for address in addresses
-                if known.get(address) is not None and known[address].mac == mac}
 
         def claimed(lease):
             if lease is None:
@@ -152,8 +163,9 @@ class Addresses:
                 if rounds > 1:
                     return self._claim_rounds(mac, subnet, [], hold, rounds - 1)
                 return self._reuse_oldest_offer(mac, subnet, hold)
+            before = self._leases.get(lease.address)
             self._see(lease)
-            if lease.address not in addresses or lease.address in mine:
+            if lease.address not in addresses or (before is not None and before.mac == mac):
                 return lease.address, "the client's current lease"
             self._lost(addresses[:addresses.index(lease.address)])
             return lease.address, tries[addresses.index(lease.address)][1]
@@ -255,11 +267,11 @@ class Addresses:
             if pool is not None:
                 pool.freed(address, lapsed=lease.state == BOUND)
 
-    def reclaim(self):
+    def reclaim(self, refresh=True):
         """Delete lapsed offers and quarantines from the store; with a shared
-        store also refresh the hint from it."""
+        store and C{refresh}, also refresh the hint from it."""
         d = self.store.reclaim()
-        if getattr(self.store, "shared", False):
+        if refresh and getattr(self.store, "shared", False):
             d.addCallback(lambda _: self.store.all_leases())
             d.addCallback(self.resync)
         return d

@@ -68,6 +68,11 @@ class LeaseStoreUnavailable(LeaseStoreError):
     """The lease database cannot be reached just now (it is retried)."""
 
 
+class LeaseStoreBusy(LeaseStoreError):
+    """The lease database is behind: a new offer is refused at once rather
+    than answered too late to matter (the client retries)."""
+
+
 _COLUMNS = "address, mac, state, expires, hostname, subnet"
 
 _SCHEMA = """

@@ -44,6 +44,18 @@ class AddressPool:
         self._lapsed: "OrderedDict[int, None]" = OrderedDict()
         self._offers: "OrderedDict[IPv4, str]" = OrderedDict()
         self.size = len(self._all)
+        #: (ranges, reserved) for a store's claim(own=...): the client's
+        #: own lease counts only while its address is in these ranges
+        self.bounds = (tuple((r.first, r.last) for r in subnet.pools), frozenset(self._reserved))
+
+    def reset(self, used: Iterable[int], lapsed: Iterable[int], offers) -> None:
+        """Start again from what the store holds (integers; offers as
+        (address, mac) oldest first): for a refresh of many leases at once."""
+        self._free = set(self._all)
+        self._free.difference_update(used)
+        self._lapsed = OrderedDict((value, None) for value in lapsed if value in self._free)
+        self._free.difference_update(self._lapsed)
+        self._offers = OrderedDict((address, mac) for address, mac in offers if address in self)
 
     def __contains__(self, address: IPv4) -> bool:
         return self.subnet.in_pool(address) and address not in self._reserved

@@ -16,7 +16,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from ownsocket.dhcp import wire
-from ownsocket.dhcp.leases import LeaseStoreError
+from ownsocket.dhcp.leases import LeaseStoreBusy, LeaseStoreError, LeaseStoreUnavailable
 from ownsocket.dhcp.server import Arrival, message_name
 from ownsocket.events import EventBus
 from ownsocket.ratelimit import RateLimitedLog
@@ -85,8 +85,9 @@ class DhcpProtocol(DatagramProtocol):
                     try:
                         result = self.server.handle(message, self.arrival, addr)
                     except LeaseStoreError as error:
-                        self._store_log("lease database failed for {mac}; request dropped: {error}",
-                                        mac=message.mac, error=error)
+                        if not isinstance(error, LeaseStoreUnavailable):
+                            self._store_log("lease database failed for {mac}; request dropped: {error}",
+                                            mac=message.mac, error=error)
                         if self.events.active:
                             self._dropped("store-error", message)
                         continue
@@ -102,8 +103,11 @@ class DhcpProtocol(DatagramProtocol):
                         self._deliver(result, state)
         except Exception as error:
             state["failed"] = True
-            self.log.error("lease database failed: {count} replies not sent: {error}",
-                           count=len(state["ready"]), error=error)
+            if isinstance(error, LeaseStoreError):
+                self.log.error("lease database failed: {count} replies not sent: {error}",
+                               count=len(state["ready"]), error=error)
+            else:
+                self.log.failure("lease batch failed: {count} replies not sent", count=len(state["ready"]))
             if self.events.active:
                 for message, addr in finishing + starting:
                     self._dropped("store-error", message)
@@ -119,7 +123,12 @@ class DhcpProtocol(DatagramProtocol):
             self._send(replies)
 
     def _failed(self, failure, message):
-        if failure.check(LeaseStoreError):
+        if failure.check(LeaseStoreBusy):
+            self._shed_log("overloaded: the lease database is behind; DISCOVERs dropped (clients retry)")
+            reason = "overload"
+        elif failure.check(LeaseStoreUnavailable):
+            reason = "store-error"  # the store said it once, and says when it is back
+        elif failure.check(LeaseStoreError):
             self._store_log("lease database failed for {mac}; request dropped: {error}",
                             mac=message.mac, error=failure.getErrorMessage())
             reason = "store-error"

@@ -14,12 +14,12 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from ownsocket.dhcp.leases import LeaseStoreError, SqliteLeaseStore
+from ownsocket.dhcp.leases import LeaseStoreError, LeaseStoreUnavailable, SqliteLeaseStore
 from ownsocket.events import EventBus
 from ownsocket.dhcp.protocol import DhcpProtocol
 from ownsocket.dhcp.proxy import ProxyArrival, ProxyServer
 from ownsocket.dhcp.server import Arrival, DhcpServer, make_boot_request
-from ownsocket.dhcp.sockets import candidate_interfaces, open_interface_socket
+from ownsocket.dhcp.sockets import SocketError, candidate_interfaces, open_interface_socket
 
 
 #: How often to look whether the lease log can be checkpointed, how long
@@ -29,9 +29,12 @@ QUIET = 1.0
 CHECKPOINT_MAX = 300.0
 
 
-#: How often lapsed offers and quarantines are deleted from the store (and,
-#: with a store other servers share, the free-address hint refreshed).
+#: How often lapsed offers and quarantines are deleted from the store, and
+#: (every REFRESH_EVERY rounds, with a store other servers share) the
+#: free-address hint refreshed: a stale hint only costs a lost claim, and a
+#: refresh reads every lease.
 RECLAIM_INTERVAL = 10.0
+REFRESH_EVERY = 6
 
 
 def open_store(path, clock):
@@ -172,14 +175,19 @@ class DhcpService(Service):
                     self._listen(name, dhcp.proxy_port, ProxyArrival(name, address, 4011))
                 else:
                     self._listen(name, dhcp.port, Arrival(name, address))
-        except Exception as error:  # SocketError, or ports below 1024 after dropping root
+        except (SocketError, OSError) as error:  # e.g. a port below 1024 after dropping root
             self.log.error("DHCP cannot re-open its sockets after the reload: {error}", error=error)
+        except Exception:
+            self.log.failure("DHCP cannot re-open its sockets after the reload")
 
     def _restart(self):
         try:
             self.privilegedStartService()
-        except Exception as error:
+        except (SocketError, OSError, LeaseStoreError) as error:
             self.log.error("DHCP cannot restart after the reload: {error}", error=error)
+            return
+        except Exception:
+            self.log.failure("DHCP cannot restart after the reload")
             return
         if self.running:
             self._start_loops()
@@ -219,10 +227,14 @@ class DhcpService(Service):
     def _reclaim(self):
         if self.server is None or not hasattr(self.server, "addresses"):
             return None
-        d = self.server.addresses.reclaim()
-        d.addErrback(lambda failure: self.log.warn("lease reclaim failed: {error}",
-                                                   error=failure.getErrorMessage()))
+        self._reclaim_rounds = getattr(self, "_reclaim_rounds", 0) + 1
+        d = self.server.addresses.reclaim(refresh=self._reclaim_rounds % REFRESH_EVERY == 0)
+        d.addErrback(self._reclaim_failed)
         return None  # a slow database must not stop the loop
+
+    def _reclaim_failed(self, failure):
+        if not failure.check(LeaseStoreUnavailable):  # that one the store reports itself
+            self.log.warn("lease reclaim failed: {error}", error=failure.getErrorMessage())
 
     def _maybe_checkpoint(self):
         """Checkpoint the lease log when no request came for a while, or at

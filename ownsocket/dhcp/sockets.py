@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 import struct
 from typing import List, Optional, Tuple
@@ -46,10 +47,25 @@ def interface_address(name: str) -> Optional[ipaddress.IPv4Address]:
         probe.close()
 
 
+def interface_names(sys_class_net="/sys/class/net") -> List[str]:
+    """Every network interface's name.  PyPy's socket module has no
+    if_nameindex(); Linux lists the same names under /sys/class/net."""
+    nameindex = getattr(socket, "if_nameindex", None)
+    if nameindex is not None:
+        try:
+            return [name for _, name in nameindex()]
+        except OSError:
+            pass
+    try:
+        return sorted(os.listdir(sys_class_net))
+    except OSError:
+        return []
+
+
 def candidate_interfaces(names=()) -> List[Tuple[str, Optional[ipaddress.IPv4Address]]]:
     """The configured interfaces, or every interface, with their addresses."""
     if not names:
-        names = [name for _, name in socket.if_nameindex()]
+        names = interface_names()
     return [(name, interface_address(name)) for name in names]
 
 
