@@ -350,7 +350,7 @@ GRUB_SKIP = _grub_missing()
 class _FleetRun(_Run):
     """A namespace with one tap per guest and ownsocket on the fleet config."""
 
-    def __init__(self, test, name, taps=1):
+    def __init__(self, test, name, taps=1, proxy=False):
         self.test = test
         self.name = name
         self.dir = tempfile.mkdtemp(prefix="ownsocket-e2e-%s-" % name)
@@ -370,11 +370,25 @@ class _FleetRun(_Run):
         self.qemu_log = os.path.join(self.dir, "qemu.log")
         if os.environ.get("OWNSOCKET_E2E_RA", "1") != "0":
             self.ns.start_router_advertiser(log=os.path.join(self.dir, "ra.log"))
-        cfg = vmnet.fleet_config(os.path.join(self.dir, "ownsocket.ini"), self.dir, self.root, FLEET.values())
+        udp = (67, 69)
+        if proxy:
+            # dnsmasq on a leg of the bridge hands out the addresses.
+            if shutil.which("dnsmasq") is None:
+                raise unittest.SkipTest("dnsmasq is not installed (apt-get install dnsmasq)")
+            leg = self.ns.add_leg("dh", "10.99.0.2/24")
+            self.dnsmasq_log = os.path.join(self.dir, "dnsmasq.log")
+            self.dnsmasq = leg.start(vmnet.dnsmasq_base_argv(leg.ifname, self.dir), name="dnsmasq",
+                                     log=self.dnsmasq_log)
+            if not vmnet.wait_until(lambda: vmnet.listening(self.ns, udp=(67,), netns=leg.name), 20,
+                                    interval=0.3, watch=[self.dnsmasq]):
+                test.fail("dnsmasq did not start:\n" + vmnet.read_text(self.dnsmasq_log))
+            udp = (67, 69, 4011)
+        cfg = vmnet.fleet_config(os.path.join(self.dir, "ownsocket.ini"), self.dir, self.root, FLEET.values(),
+                                 proxy=proxy)
         self.server = self.ns.start(vmnet.ownsocket_argv(cfg, self.log), name="ownsocket",
                                     log=os.path.join(self.dir, "ownsocket.out"),
                                     env=vmnet.ownsocket_env(), cwd=self.dir)
-        if not vmnet.wait_until(lambda: vmnet.listening(self.ns, udp=(67, 69)), 30,
+        if not vmnet.wait_until(lambda: vmnet.listening(self.ns, udp=udp), 30,
                                 interval=0.3, watch=[self.server]):
             test.fail("ownsocket did not start:\n%s\n%s" % (
                 vmnet.read_text(self.server.log)[-3000:], vmnet.read_text(self.log)[-3000:]))
@@ -400,6 +414,9 @@ class _FleetRun(_Run):
         out = vmnet.read_text(os.path.join(self.dir, "ownsocket.out")).strip()
         if out:
             parts.append("--- ownsocket stdout/stderr ---\n" + out[-2000:])
+        if getattr(self, "dnsmasq_log", None):
+            lines = [line for line in vmnet.read_text(self.dnsmasq_log).splitlines() if "DHCP" in line]
+            parts.append("--- dnsmasq (address server) ---\n" + "\n".join(lines[-30:]))
         for host, (vm, serial) in self.guests.items():
             parts.append("--- %s: QEMU pid %s exit %s; serial (last 25 lines) ---\n%s" % (
                 host, vm.pid, vm.returncode, "\n".join(self.serial_text(host).splitlines()[-25:])))
@@ -586,3 +603,26 @@ class SignedBootTests(unittest.TestCase):
                       "%s printed another machine's marker" % host)
         run.passed("all four markers; seconds after QEMU start: %s" % ", ".join(
             "%s %.1f" % (host, done[host]) for host in pending))
+
+    def test_proxydhcp_per_machine_ipxe_script(self):
+        """
+        Proxy mode: dnsmasq gives the address, ownsocket (proxyDHCP) the boot
+        file; OVMF PXE -> snponly.efi -> iPXE -> boot.ipxe rendered for pxe1,
+        whose DHCP request ownsocket finds by MAC through the ARP table ->
+        marker-pxe1.ipxe.
+        """
+        run = _FleetRun(self, "proxy-template", proxy=True)
+        run.start("pxe1", vmnet.uefi_pxe(), run.ns.taps[0])
+        marker = re.compile(r"tftp peer=10\.99\.0\.\d+:\d+ file=marker-pxe1\.ipxe result=ok ")
+        done = self._wait_markers(run, {"pxe1": (run.markers[("pxe1", "ipxe")], marker)}, BOOT_TIMEOUT)
+        text = run.ownsocket_text()
+        mac = FLEET["pxe1"].mac
+        run.check("pxe1" in done, "pxe1 never printed its marker")
+        ack = re.search(r"DHCPACK\(eth0\) (10\.99\.0\.\d+) %s" % mac, vmnet.read_text(run.dnsmasq_log))
+        run.check(ack, "dnsmasq never gave pxe1 its address")
+        run.check(re.search(r"proxy DISCOVER from %s via br0:67 .*-> OFFER: boot 'snponly\.efi'" % mac, text),
+                  "ownsocket made no proxy offer of snponly.efi")
+        run.check(re.search(r"template boot.ipxe rendered for %s at %s \(\[host:pxe1\]\)" % (
+            mac, re.escape(ack.group(1))), text), "boot.ipxe was not rendered for pxe1 at its dnsmasq address")
+        run.check(not re.search(r"-> (OFFER|ACK) 10\.99\.", text), "ownsocket handed out an address in proxy mode")
+        run.passed("per-machine boot.ipxe in proxy mode, marker %.1f s after QEMU start" % done["pxe1"])

@@ -1032,7 +1032,8 @@ class FleetHost:
     bootfile: "str | None" = None
 
 
-def fleet_config(path, workdir, tftp_root, hosts, interface="br0", tftp_settings=(), ipxe_mode="stateful"):
+def fleet_config(path, workdir, tftp_root, hosts, interface="br0", tftp_settings=(), ipxe_mode="stateful",
+                 proxy=False):
     """
     One ownsocket config for every kind of machine: iPXE chain-loading for
     BIOS and plain UEFI (per-host ``bootfile = snponly.efi``: OVMF with and
@@ -1044,10 +1045,14 @@ def fleet_config(path, workdir, tftp_root, hosts, interface="br0", tftp_settings
     """
     templates = os.path.join(os.path.dirname(tftp_root), "templates")
     lines = ["[dhcp]", "interfaces = %s" % interface,
-             "leases = %s" % os.path.join(workdir, "leases.sqlite"),
-             "", "[subnet:lab]", "network = %s" % SERVER_NETWORK,
-             "pool = 10.99.0.100-10.99.0.200", "router = %s" % SERVER_ADDRESS,
-             "", "[tftp]", "root = %s" % tftp_root] + ["%s = %s" % item for item in tftp_settings] + [
+             "leases = %s" % os.path.join(workdir, "leases.sqlite")]
+    if proxy:
+        # Another server hands out the addresses: no subnet, no host address.
+        lines += ["mode = proxy"]
+    else:
+        lines += ["", "[subnet:lab]", "network = %s" % SERVER_NETWORK,
+                  "pool = 10.99.0.100-10.99.0.200", "router = %s" % SERVER_ADDRESS]
+    lines += ["", "[tftp]", "root = %s" % tftp_root] + ["%s = %s" % item for item in tftp_settings] + [
              "", "[http]", "enabled = false",
              "", "[boot]", "selectors = template, ipxe, host, arch",
              "default = undionly.kpxe", "arch.0 = undionly.kpxe",
@@ -1058,8 +1063,9 @@ def fleet_config(path, workdir, tftp_root, hosts, interface="br0", tftp_settings
              "boot.ipxe = %s" % os.path.join(templates, "boot.ipxe.in"),
              "clients = hosts"]
     for host in hosts:
-        lines += ["", "[host:%s]" % host.name, "mac = %s" % host.mac, "address = %s" % host.address,
-                  "hostname = %s" % host.name]
+        lines += ["", "[host:%s]" % host.name, "mac = %s" % host.mac, "hostname = %s" % host.name]
+        if not proxy:
+            lines.append("address = %s" % host.address)
         if host.bootfile:
             lines.append("bootfile = %s" % host.bootfile)
     with open(path, "w") as f:
