@@ -10,6 +10,22 @@ marker (the same flow as tests/test_boot_e2e.py):
   bios       SeaBIOS + iPXE NIC ROM (e1000), TFTP
   uefi-pxe   OVMF's own PXE client (virtio-net, no ROM), TFTP
   uefi-http  OVMF HTTP boot (fw_cfg: IPv4/IPv6 PXE off), first stage over HTTP
+  uefi-sb    OVMF Secure Boot: shim -> efi/grubx64.efi (signed network GRUB)
+             -> /grub/grub.cfg -> /marker-sb1-sb (a GRUB script)
+  arm64      AAVMF (qemu-system-aarch64 -M virt): grubaa64.efi -> /grub/grub.cfg
+             -> /marker-arm1
+  fleet      the four machines bios1 (SeaBIOS iPXE), pxe1 (OVMF PXE, iPXE),
+             sb1 (Secure Boot) and arm1 (arm64) started at once on one bridge;
+             the time is the last of the four markers
+
+For the GRUB scenarios ownsocket renders /grub/grub.cfg and boot.ipxe per
+machine from templates (tests/vmnet.fleet_config).  dnsmasq cannot generate
+files: it gets ``dhcp-no-override`` (the boot file in the BOOTP file field,
+where shim looks), ``dhcp-host`` entries with the same addresses and names,
+one static grub.cfg that picks the marker by ``$net_default_mac`` and one
+static boot.ipxe that chains ``marker-${hostname}.ipxe`` (option 12 from
+dhcp-host): the same files on the wire, the per-machine part done by GRUB
+and iPXE instead.
 
 ownsocket runs with its stateful iPXE selector (a MAC gets the script only
 after it fetched a first stage) and serves HTTP itself.  dnsmasq 2.90 runs the
@@ -58,7 +74,19 @@ SCENARIOS = {
     "uefi-pxe": (vmnet.uefi_pxe, "efi"),
     "uefi-http": (vmnet.uefi_http, "efi"),
 }
+GRUB_SCENARIOS = ("uefi-sb", "arm64", "fleet")
 SERVERS = ("ownsocket", "dnsmasq", "ownsocket-stateless")
+FLEET = {
+    "bios1": vmnet.FleetHost("bios1", "52:54:00:99:01:01", "10.99.0.11"),
+    "pxe1": vmnet.FleetHost("pxe1", "52:54:00:99:01:02", "10.99.0.12", bootfile="snponly.efi"),
+    "sb1": vmnet.FleetHost("sb1", "52:54:00:99:01:03", "10.99.0.13"),
+    "arm1": vmnet.FleetHost("arm1", "52:54:00:99:01:04", "10.99.0.14"),
+}
+#: Which machines each GRUB scenario boots, and the marker each must reach.
+GRUB_GUESTS = {"uefi-sb": ("sb1",), "arm64": ("arm1",), "fleet": ("bios1", "pxe1", "sb1", "arm1")}
+MARKER_KIND = {"bios1": "ipxe", "pxe1": "ipxe", "sb1": "sb", "arm1": "grub"}
+MARKER_FILE = {"bios1": "marker-bios1.ipxe", "pxe1": "marker-pxe1.ipxe", "sb1": "marker-sb1-sb",
+               "arm1": "marker-arm1"}
 HTTP_URL = "http://%s/snponly.efi" % vmnet.SERVER_ADDRESS
 
 
@@ -145,11 +173,117 @@ def one_boot(scenario, server, args, keep_root):
     return seconds, files, workdir
 
 
+def dnsmasq_grub_argv(interface, workdir, tftp_root):
+    """dnsmasq for the shim/GRUB/iPXE fleet flows (see the module docstring)."""
+    argv = vmnet.dnsmasq_base_argv(interface, workdir) + [
+        "--enable-tftp", "--tftp-root=%s" % tftp_root,
+        "--dhcp-no-override",
+        "--dhcp-match=set:ipxe,175",
+        "--dhcp-option=tag:ipxe,encap:175,176,1b",
+        "--dhcp-match=set:efi64,option:client-arch,7",
+        "--dhcp-match=set:arm64,option:client-arch,11",
+        "--dhcp-boot=tag:ipxe,boot.ipxe",
+        "--dhcp-boot=tag:!ipxe,tag:pxe1,snponly.efi",
+        "--dhcp-boot=tag:!ipxe,tag:efi64,tag:!pxe1,efi/shimx64.efi",
+        "--dhcp-boot=tag:!ipxe,tag:arm64,grubaa64.efi",
+        "--dhcp-boot=tag:!ipxe,tag:!efi64,tag:!arm64,undionly.kpxe",
+    ]
+    for host in FLEET.values():
+        tag = "set:%s," % host.name if host.name == "pxe1" else ""
+        argv.append("--dhcp-host=%s,%s%s,%s" % (host.mac, tag, host.address, host.name))
+    return argv
+
+
+def write_static_fleet_files(root):
+    """What dnsmasq serves instead of the generated files (one for everyone)."""
+    os.makedirs(os.path.join(root, "grub"), exist_ok=True)
+    with open(os.path.join(root, "grub", "grub.cfg"), "w") as f:
+        for host in FLEET.values():
+            f.write('if [ "$net_default_mac" = "%s" ]; then set host=%s; fi\n' % (host.mac, host.name))
+        f.write('set sb=\nif [ "$shim_lock" = "y" ]; then set sb=-sb; fi\nsource /marker-${host}$sb\n')
+    with open(os.path.join(root, "boot.ipxe"), "w") as f:
+        f.write("#!ipxe\nchain marker-${hostname}.ipxe\n")
+
+
+def one_grub_boot(scenario, server, args, keep_root):
+    """
+    Boot the scenario's machines at once; return ({host: seconds to its
+    marker or None}, fetched files per host, workdir).
+    """
+    hosts = GRUB_GUESTS[scenario]
+    workdir = tempfile.mkdtemp(prefix="boot-%s-%s-" % (scenario, server), dir=keep_root)
+    os.chmod(workdir, 0o755)
+    root = os.path.join(workdir, "tftpboot")
+    markers = vmnet.write_grub_root(root, uuid.uuid4().hex[:8], list(FLEET), arm64="arm1" in hosts)
+    with vmnet.NetNamespace(taps=len(hosts)) as ns:
+        if not args.no_ra:
+            ns.start_router_advertiser(log=os.path.join(workdir, "ra.log"))
+        if server.startswith("ownsocket"):
+            log = os.path.join(workdir, "ownsocket.log")
+            cfg = vmnet.fleet_config(os.path.join(workdir, "ownsocket.ini"), workdir, root, FLEET.values(),
+                                     ipxe_mode="stateless" if server.endswith("stateless") else "stateful")
+            proc = ns.start(vmnet.ownsocket_argv(cfg, log), name="ownsocket",
+                            log=os.path.join(workdir, "ownsocket.out"), env=vmnet.ownsocket_env(), cwd=workdir)
+
+            def sent(host):
+                return re.compile(r"tftp peer=%s:\d+ file=/?%s result=ok" % (
+                    re.escape(FLEET[host].address), re.escape(MARKER_FILE[host])))
+        else:
+            log = os.path.join(workdir, "dnsmasq.log")
+            write_static_fleet_files(root)
+            proc = ns.start(dnsmasq_grub_argv(ns.bridge, workdir, root), name="dnsmasq", log=log)
+
+            def sent(host):
+                return re.compile(r"dnsmasq-tftp\[\d+\]: sent \S*/%s to %s\b" % (
+                    re.escape(MARKER_FILE[host]), re.escape(FLEET[host].address)))
+        if not vmnet.wait_until(lambda: vmnet.listening(ns, udp=(67, 69)), 30, interval=0.3, watch=[proc]):
+            raise SystemExit("%s did not start:\n%s" % (server, vmnet.read_text(proc.log)[-3000:]))
+        guests = {}
+        for tap, host in zip(ns.taps, hosts):
+            if host == "bios1":
+                spec = vmnet.bios_ipxe()
+            elif host == "pxe1":
+                spec = vmnet.uefi_pxe()
+            elif host == "sb1":
+                spec = vmnet.uefi_secure_boot(os.path.join(workdir, "vars-sb1.fd"))
+            else:
+                spec = vmnet.arm64_uefi(os.path.join(workdir, "vars-arm1.fd"))
+            serial = os.path.join(workdir, "serial-%s.log" % host)
+            guests[host] = (ns.start_guest(spec, tap=tap, mac=FLEET[host].mac, serial_log=serial,
+                                           log=os.path.join(workdir, "qemu-%s.log" % host)), serial)
+        done = {}
+
+        def check():
+            text = vmnet.read_text(log)
+            for host, (vm, serial) in guests.items():
+                if host not in done and markers[(host, MARKER_KIND[host])] in vmnet.read_text(serial) \
+                        and sent(host).search(text):
+                    done[host] = vm.elapsed()
+            return len(done) == len(guests)
+
+        vmnet.wait_until(check, args.timeout, interval=0.1, watch=[proc])
+        check()
+    files = fetched_files(server, workdir)
+    times = {host: done.get(host) for host in hosts}
+    if len(done) < len(hosts):
+        for host in hosts:
+            if host not in done:
+                tail = "\n".join(vmnet.console_text(vmnet.read_text(guests[host][1])).splitlines()[-12:])
+                print("  !! %s/%s: %s reached no marker; serial tail:\n%s" % (scenario, server, host, tail),
+                      flush=True)
+        print("  (kept in %s)" % workdir, flush=True)
+        return times, files, workdir
+    if not keep_root:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return times, files, workdir
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one run per scenario and server")
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario and server (median shown)")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma separated: %s" % ", ".join(SCENARIOS))
+    ap.add_argument("--scenarios", default=",".join(list(SCENARIOS) + list(GRUB_SCENARIOS)),
+                    help="comma separated: %s" % ", ".join(list(SCENARIOS) + list(GRUB_SCENARIOS)))
     ap.add_argument("--servers", default="ownsocket,dnsmasq", help="comma separated: %s" % ", ".join(SERVERS))
     ap.add_argument("--no-ra", action="store_true",
                     help="no IPv6 Router Advertisement on the bridge (iPXE then waits ~13 s per stage)")
@@ -160,7 +294,7 @@ def main():
     scenarios = [s for s in args.scenarios.split(",") if s]
     servers = [s for s in args.servers.split(",") if s]
     for s in scenarios:
-        if s not in SCENARIOS:
+        if s not in SCENARIOS and s not in GRUB_SCENARIOS:
             ap.error("unknown scenario %s" % s)
     for s in servers:
         if s not in SERVERS:
@@ -171,6 +305,13 @@ def main():
         if shutil.which(tool) is None:
             raise SystemExit("missing %s: apt-get install qemu-system-x86 ovmf ipxe ipxe-qemu dnsmasq iproute2"
                              % tool)
+    if any(s in GRUB_SCENARIOS for s in scenarios):
+        try:
+            for name in vmnet.SIGNED_FILES:
+                vmnet.signed_boot_file(name)
+        except vmnet.VmnetError as error:
+            raise SystemExit("%s (GRUB scenarios; also apt-get install shim-signed grub-efi-amd64-signed "
+                             "qemu-system-arm qemu-efi-aarch64)" % error)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
         os.chmod(args.keep, 0o755)
@@ -190,11 +331,23 @@ def main():
     for run in range(runs):
         for scenario in scenarios:
             for server in servers:
-                seconds, files, _ = one_boot(scenario, server, args, args.keep)
+                if scenario in GRUB_SCENARIOS:
+                    times, files, _ = one_grub_boot(scenario, server, args, args.keep)
+                    # The scenario's time is its slowest machine's (the fleet is
+                    # done when the last one is).
+                    seconds = None if None in times.values() else max(times.values())
+                    for host, value in times.items():
+                        if len(times) > 1:
+                            results.setdefault(("%s:%s" % (scenario, host), server), []).append((value, []))
+                    shown = ", ".join("%s %s" % (h, "%.1f" % v if v is not None else "FAIL")
+                                      for h, v in times.items()) if len(times) > 1 else " -> ".join(files)
+                else:
+                    seconds, files, _ = one_boot(scenario, server, args, args.keep)
+                    shown = " -> ".join(files)
                 results.setdefault((scenario, server), []).append((seconds, files))
                 print("  run %d %-9s %-19s %s  %s" % (run + 1, scenario, server,
                                                        "%6.1f s" % seconds if seconds is not None else "  FAIL  ",
-                                                       " -> ".join(files)), flush=True)
+                                                       shown), flush=True)
 
     def median(key):
         times = [s for s, _ in results.get(key, []) if s is not None]
@@ -208,17 +361,23 @@ def main():
         header += " | ownsocket/dnsmasq"
     print(header + " |")
     print("|" + "---|" * (header.count("|")))
+    rows = []
     for scenario in scenarios:
+        rows.append(scenario)
+        if scenario == "fleet":
+            rows += ["fleet:%s" % host for host in GRUB_GUESTS["fleet"]]
+    for scenario in rows:
         cells = []
         for server in servers:
             m = median((scenario, server))
             cells.append("FAIL" if m is None else "%.1f" % m)
-        row = "| %-9s | " % scenario + " | ".join(cells)
+        row = "| %-11s | " % scenario + " | ".join(cells)
         if "ownsocket" in servers and "dnsmasq" in servers:
             a, b = median((scenario, "ownsocket")), median((scenario, "dnsmasq"))
             row += " | " + ("%.2f" % (a / b) if a and b else "-")
         print(row + " |")
-    print("\nseconds = median over %d run(s), from QEMU start to the marker line on the serial console." % runs)
+    print("\nseconds = median over %d run(s), from QEMU start to the marker line on the serial console "
+          "(fleet: the last of the four; fleet:HOST each machine)." % runs)
     print("files each server sent (last run):")
     for scenario in scenarios:
         for server in servers:

@@ -13,6 +13,8 @@ served; symlinks out of the root are the backend's business (L{resolve}).
 
 from __future__ import annotations
 
+import socket
+
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet import defer
@@ -26,6 +28,7 @@ from ownsocket import listening
 from ownsocket.events import EventBus
 from ownsocket.files import ReadRequest, normalise
 from ownsocket.interfaces import AccessViolation, BackendError, FileNotFound
+from ownsocket.probes import expected_probe
 
 #: Bytes read from the backend per write; the transport's buffer decides pace.
 CHUNK = 64 * 1024
@@ -376,7 +379,8 @@ class BootFileResource(Resource):
     def _not_opened(self, failure, exchange):
         error = failure.value
         if isinstance(error, FileNotFound):
-            self._error(exchange, 404, "Not Found", str(error))
+            probe = expected_probe(exchange.request.path)
+            self._error(exchange, 404, "Not Found", f"expected probe: {probe}" if probe else str(error))
         elif isinstance(error, AccessViolation):
             self._error(exchange, 403, "Forbidden", str(error))
         elif isinstance(error, BackendError):
@@ -536,6 +540,12 @@ class HTTPService(listening.ListeningService):
         self.site = BootSite(self.resource, reactor)
 
     def _listen(self, host):
+        if ":" in host:  # IPv6: see ListeningService._ipv6_socket
+            sock = self._ipv6_socket(host, socket.SOCK_STREAM)
+            try:
+                return self.reactor.adoptStreamPort(sock.fileno(), socket.AF_INET6, self.site)
+            finally:
+                sock.close()
         return self.reactor.listenTCP(self.config.port, self.site, interface=host)
 
     def transfers_in_flight(self):

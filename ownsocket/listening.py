@@ -8,6 +8,7 @@ turned into a single readable line.
 from __future__ import annotations
 
 import errno
+import socket
 
 from twisted.application import service
 from twisted.internet import defer
@@ -43,6 +44,10 @@ class ListeningService(service.Service):
     in_use_hint = "address already in use"
     log = Logger()
 
+    #: With no addresses configured, listen on "::" (IPv6 only) as well as
+    #: on 0.0.0.0; tap.py sets it when a [subnet6:...] is configured.
+    listen_ipv6 = False
+
     def __init__(self):
         self.ports = []
 
@@ -61,7 +66,7 @@ class ListeningService(service.Service):
     def _bind(self) -> None:
         if self.ports:
             return
-        hosts = [str(address) for address in self.config.addresses] or [""]
+        hosts = [str(address) for address in self.config.addresses] or (["", "::"] if self.listen_ipv6 else [""])
         try:
             for host in hosts:
                 try:
@@ -86,6 +91,28 @@ class ListeningService(service.Service):
     def stopService(self):
         super().stopService()
         return self._close_ports()
+
+    def _ipv6_socket(self, host: str, kind: int) -> socket.socket:
+        """
+        A bound, non-blocking IPv6 socket for C{reactor.adoptDatagramPort}
+        or C{adoptStreamPort}.  Twisted's listenUDP/listenTCP on "::" make
+        a dual-stack socket, which collides with the IPv4 listener on the
+        same port (and would show IPv4 peers as ::ffff:a.b.c.d): this one is
+        IPV6_V6ONLY.
+        """
+        sock = socket.socket(socket.AF_INET6, kind)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, self.config.port))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(50)
+            sock.setblocking(False)
+        except OSError as error:
+            sock.close()
+            raise CannotListenError(host, self.config.port, error) from None
+        return sock
 
     def _close_ports(self):
         ports, self.ports = self.ports, []

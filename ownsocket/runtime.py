@@ -127,7 +127,7 @@ class Runtime:
         self.config_path = config_path
         self.recent = recent
         self.started_at = reactor.seconds()
-        self.dhcp = self.tftp = self.http = self.admin = None
+        self.dhcp = self.dhcp6 = self.tftp = self.http = self.admin = None
         self.reloads = {"ok": 0, "failed": 0}
         self._adopt(prepared)
 
@@ -140,7 +140,7 @@ class Runtime:
     def services(self):
         """(name, service) of each running service, in start order."""
         return [(name, service) for name, service in
-                (("dhcp", self.dhcp), ("tftp", self.tftp), ("http", self.http), ("admin", self.admin))
+                (("dhcp", self.dhcp), ("dhcp6", self.dhcp6), ("tftp", self.tftp), ("http", self.http), ("admin", self.admin))
                 if service is not None]
 
     def backend_for(self, name, prepared: Prepared):

@@ -19,6 +19,7 @@ from ownsocket.boot.recent import RecentRequests
 from ownsocket.dhcp.leases import LeaseStoreError
 from ownsocket.dhcp.service import DhcpService
 from ownsocket.dhcp.sockets import SocketError
+from ownsocket.dhcp6.leases import LeaseStoreError as LeaseStoreError6
 from ownsocket.events import EventBus
 from ownsocket.files import resolve
 from ownsocket.interfaces import BackendError
@@ -115,13 +116,20 @@ def makeService(options, reactor=None, admin_factory=make_admin):
                                    boot_file_size=boot_file_size_function(config.tftp, reactor),
                                    recent=recent, events=events)
         runtime.dhcp.setServiceParent(services)
+    ipv6 = bool(config.subnets6) and config.dhcp.enabled and config.dhcp.mode == "server"
+    if ipv6:
+        from ownsocket.dhcp6.service import Dhcp6Service
+        runtime.dhcp6 = Dhcp6Service(config, prepared.selector, reactor, recent=recent, events=events)
+        runtime.dhcp6.setServiceParent(services)
     if config.tftp.enabled:
         runtime.tftp = TFTPService(config.tftp, backend=prepared.tftp_backend, reactor=reactor,
                                    recent=recent, events=events)
+        runtime.tftp.listen_ipv6 = ipv6  # also [::]:69 when no [tftp] addresses are named
         runtime.tftp.setServiceParent(services)
     if config.http.enabled:
         runtime.http = HTTPService(config.http, prepared.http_backend, reactor=reactor,
                                    recent=recent, events=events)
+        runtime.http.listen_ipv6 = ipv6
         runtime.http.setServiceParent(services)
     if config.admin.enabled:
         runtime.admin = admin_factory(runtime)
@@ -150,7 +158,7 @@ class StartupGuard(MultiService):
         config = runtime.config
         admin = config.admin
         self.log.info("ownsocket {version} with {source} (sha256 {short}): DHCP {dhcp}, TFTP {tftp}, "
-                      "HTTP {http}, admin {admin}; selectors {selectors}",
+                      "HTTP {http}{dhcp6}, admin {admin}; selectors {selectors}",
                       short=runtime.config_hash[:12],
                       admin=(f"{', '.join(str(a) for a in admin.addresses) or '0.0.0.0'} port {admin.port}"
                              if runtime.admin is not None else "off"),
@@ -158,6 +166,10 @@ class StartupGuard(MultiService):
                       dhcp=("off" if not config.dhcp.enabled else
                             "proxy mode" if config.dhcp.mode == "proxy" else
                             f"{len(config.subnets)} subnet(s)"),
+                      dhcp6=(f", DHCPv6 {len(config.subnets6)} subnet6(s) (port 547, Router Advertisements"
+                             f" where router_advertisements = true; TFTP/HTTP also on IPv6)"
+                             if config.subnets6 and config.dhcp.enabled and config.dhcp.mode == "server"
+                             else ""),
                       tftp=f"port {config.tftp.port}, root {os.path.abspath(config.tftp.root)}"
                       if config.tftp.enabled else "off",
                       http=f"port {config.http.port}" if config.http.enabled else "off",
@@ -176,5 +188,5 @@ class StartupGuard(MultiService):
             MultiService.privilegedStartService(self)
         except SystemExit:
             raise
-        except (SocketError, LeaseStoreError, BindError) as error:
+        except (SocketError, LeaseStoreError, LeaseStoreError6, BindError) as error:
             fail(str(error))

@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.trial import unittest
 
 from ownsocket.config import TftpConfig
@@ -323,6 +323,12 @@ class RealSocketTests(ClientTestCase):
         self.assertLess(max(pings), 0.25)
         self.assertGreater(len(lateness), 5)
         self.assertLess(max(lateness), 0.25)
+        # The client returns once it has sent the last ACK; the server may
+        # not have read it yet.
+        for _ in range(100):
+            if not self.service.server.transfers:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
         mux = self.service.server._listen_session.mux
         self.assertFalse(mux._holding)
         self.assertEqual(mux._readers, {})
@@ -436,6 +442,69 @@ class FloodTests(ClientTestCase):
                 sock.close()
 
 
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "tftp_bench.py")
+
+#: Runs the benchmark's client (one socket per download, all on 127.0.0.1)
+#: in a process of its own and prints (error, size, crc) per download.
+CONCURRENT_CLIENT = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("tftp_bench", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+port, name, count, blksize = int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+fetches = [bench.Fetch(("127.0.0.1", port), name, blksize) for _ in range(count)]
+bench.fetch_all(fetches, limit=float(sys.argv[6]))
+print(json.dumps([[f.error, f.size, f.crc] for f in fetches]))
+"""
+
+
+class ConcurrentTests(unittest.TestCase):
+    """Many transfers from one address with the shipped defaults (a proxy,
+    a NAT, a parallel installer): all of them complete."""
+
+    timeout = 240
+
+    def setUp(self):
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        self.addCleanup(shutil.rmtree, self.root, True)
+        # Only what a test must change: the port and the root.
+        config = TftpConfig(port=0, root=self.root, addresses=(ipaddress.IPv4Address(LOOPBACK),))
+        self.service = TFTPService(config, reactor=reactor)
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.port = self.service.listening_addresses()[0][1]
+
+    @defer.inlineCallbacks
+    def test_100_concurrent_transfers_from_one_address(self):
+        import json
+        import sys
+        import zlib
+        data = os.urandom(512 * 1024)
+        with open(os.path.join(self.root, "small.bin"), "wb") as f:
+            f.write(data)
+        done = defer.Deferred()
+        collector = _Collect(done)
+        process = reactor.spawnProcess(
+            collector, sys.executable,
+            [sys.executable, "-c", CONCURRENT_CLIENT, BENCH, str(self.port), "small.bin", "100",
+             "1468", "120"], env=os.environ)
+        killer = reactor.callLater(200, lambda: process.signalProcess("KILL"))
+        try:
+            out, err, code = yield done
+        finally:
+            if killer.active():
+                killer.cancel()
+        self.assertEqual(code, 0, err.decode(errors="replace"))
+        results = json.loads(out)
+        self.assertEqual(len(results), 100)
+        expected = [None, len(data), zlib.crc32(data)]
+        failed = [r for r in results if r != expected]
+        self.assertEqual(failed, [], f"{len(failed)} of 100 failed")
+        self.assertEqual(self.service.server.transfers, {})
+
+
 class BindErrorTests(unittest.TestCase):
 
     def test_port_in_use(self):
@@ -510,10 +579,12 @@ class SessionMuxHoldTests(unittest.TestCase):
     def setUp(self):
         from twisted.internet.epollreactor import EPollReactor
         from ownsocket.tftp.fastport import SessionMux
+        from ownsocket.tftp.reactorhold import ReactorHold
         self.reactor = EPollReactor()
         self.addCleanup(self.reactor._poller.close)
         self.addCleanup(self.reactor.waker.connectionLost, None)
-        self.mux = SessionMux(self.reactor)
+        self.mux = SessionMux(self.reactor, ReactorHold.probe(self.reactor))
+        self.assertIsNotNone(self.mux._hold_with)
         self.session = self.udp()
         self.served = []
         self.mux.add(self.session, lambda: self.served.append(self.session.recv(64)))

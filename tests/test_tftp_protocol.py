@@ -297,53 +297,201 @@ class ListenerTests(ServiceTestCase):
 
 class CapacityTests(ServiceTestCase):
 
-    def test_per_client_cap_evicts_oldest_silent_session(self):
-        self.make(max_sessions_per_client=2)
+    def finish(self, proto, peer, limit=1000):
+        """Acknowledge every block, as a client that keeps up would."""
+        block = 0
+        if proto.session.state == "wait-oack-ack":
+            proto.datagramReceived(wire.build_ack(0), peer)
+        while not proto.session.done:
+            block += 1
+            proto.datagramReceived(wire.build_ack(block), peer)
+            self.assertLess(block, limit)
+        return proto.session.result
+
+    def test_defaults_admit_a_burst_of_100_from_one_address(self):
+        self.make(files={"f": os.urandom(3000)})
+        peers = [("192.0.2.10", 1000 + n) for n in range(100)]
+        for peer in peers:
+            self.send(rrq("f", blksize=1468), peer)
+        self.assertEqual(len(self.sessions()), 100)
+        self.assertEqual(self.replies(), [])   # nobody refused
+        # Clients that take a while to answer (the first timer expires)
+        # lose nothing: nobody else asked for room.
+        self.reactor.advance(1.0)
+        results = [self.finish(proto, peer) for (proto, _), peer in zip(self.sessions(), peers)]
+        self.assertEqual(results, ["ok"] * 100)
+        self.assertEqual({line["tftp_result"] for line in self.lines()}, {"ok"})
+
+    def test_new_requests_never_evict_unanswered_ones(self):
+        self.make(max_sessions_per_client=2, files={"f": os.urandom(100000)})
         self.send(rrq("f"), ("192.0.2.10", 1))
         self.send(rrq("f"), ("192.0.2.10", 2))
         self.send(rrq("f"), ("192.0.2.10", 3))
+        self.send(rrq("f"), ("192.0.2.10", 3))   # retransmitted while it waits
+        # The third waits: no session, no answer yet, nobody evicted ...
+        self.assertEqual(self.replies(), [])
+        (p1, t1), (p2, t2) = self.sessions()
+        # ... and other addresses are not limited by this one.
+        self.send(rrq("f"), ("192.0.2.11", 1))
+        self.assertEqual(len(self.sessions()), 3)
+        # The first two keep answering: the server is really full, and the
+        # third hears so within about a second (its own timeout is longer).
+        for step in range(1, 30):
+            p1.datagramReceived(wire.build_ack(step), ("192.0.2.10", 1))
+            p2.datagramReceived(wire.build_ack(step), ("192.0.2.10", 2))
+            self.reactor.advance(0.05)
+        self.assertEqual(self.replies(), [(wire.build_error(0, "Server busy, try again"), ("192.0.2.10", 3))])
+        self.assertLessEqual(self.service.server.max_wait, 1.1)
+        self.assertEqual(len(self.sessions()), 3)
+        self.assertTrue(t1.connected and t2.connected)
+
+    def test_waiting_request_takes_the_place_of_a_silent_one(self):
+        self.make(max_sessions=2)
+        self.send(rrq("f"), ("192.0.2.10", 1))
+        self.send(rrq("f"), ("192.0.2.10", 2))
+        self.reactor.advance(0.3)
+        self.send(rrq("f"), ("192.0.2.12", 1))
+        self.assertEqual(len(self.sessions()), 2)
+        self.reactor.pump([0.05] * 20)
+        # At the first retransmission (1 s) the oldest silent one makes room.
+        (p1, t1), (p2, t2), (p3, t3) = self.sessions()
+        self.assertEqual((p1.session.result, p2.session.result, p3.session.result), ("evicted", None, None))
+        self.assertEqual(p3.peer, ("192.0.2.12", 1))
+        self.assertEqual(self.replies(), [])
+
+    def test_per_client_cap_evicts_oldest_silent_session(self):
+        self.make(max_sessions_per_client=2)
+        self.send(rrq("f"), ("192.0.2.10", 1))
+        self.reactor.advance(0.5)
+        self.send(rrq("f"), ("192.0.2.10", 2))
+        self.reactor.advance(0.6)   # the first has resent its DATA 1: silent
+        self.send(rrq("f"), ("192.0.2.10", 3))
         (p1, t1), (p2, t2), (p3, t3) = self.sessions()
         self.assertEqual((t1.connected, t2.connected, t3.connected), (False, True, True))
+        self.assertEqual(p1.session.result, "evicted")
         self.assertEqual(self.backend.readers[0].finished, 1)
         self.assertEqual(sorted(self.service.server.transfers), [("192.0.2.10", 2), ("192.0.2.10", 3)])
 
-    def test_active_sessions_are_never_evicted(self):
+    def test_silent_session_that_never_answered_goes_first(self):
         self.make(max_sessions=2, files={"f": os.urandom(100000)})
-        for port in (1, 2):
-            self.send(rrq("f"), ("192.0.2.10", port))
-            proto, _ = self.sessions()[-1]
-            proto.datagramReceived(wire.build_ack(1), ("192.0.2.10", port))
-        self.send(rrq("f"), ("192.0.2.99", 9))
-        self.assertEqual(self.replies(), [(wire.build_error(0, "Server busy, try again"), ("192.0.2.99", 9))])
+        self.send(rrq("f"), ("192.0.2.10", 1))
+        self.send(rrq("f"), ("192.0.2.11", 1))
+        first, _ = self.sessions()[0]
+        first.datagramReceived(wire.build_ack(1), ("192.0.2.10", 1))
+        self.reactor.advance(1.1)   # both resend, neither hears back
+        self.assertTrue(all(proto.session.silent for proto, _ in self.sessions()))
+        self.send(rrq("f"), ("192.0.2.12", 1))
+        self.assertEqual([proto.session.result for proto, _ in self.sessions()], [None, "evicted", None])
+        # A stalled transfer is evicted too, when nothing better is left:
+        # the oldest first.
+        third, _ = self.sessions()[2]
+        third.datagramReceived(wire.build_ack(1), ("192.0.2.12", 1))
+        self.reactor.advance(1.1)
+        self.send(rrq("f"), ("192.0.2.13", 1))
+        self.assertEqual([proto.session.result for proto, _ in self.sessions()],
+                         ["evicted", "evicted", None, None])
+
+    def test_active_sessions_are_never_evicted(self):
+        self.make(max_sessions=2, files={"f": os.urandom(1000000)})
+        peers = [("192.0.2.10", 1), ("192.0.2.10", 2)]
+        blocks = {}
+        for peer in peers:
+            self.send(rrq("f"), peer)
+            blocks[peer] = 1
+        for step in range(40):
+            for (proto, _), peer in zip(self.sessions(), peers):
+                proto.datagramReceived(wire.build_ack(blocks[peer]), peer)
+                blocks[peer] += 1
+            self.reactor.advance(0.1)
+            self.send(rrq("f"), ("192.0.2.99", 9 + step))
+        # Each waited about a second for a slot, then heard "busy".
+        self.assertEqual(self.replies(), [(wire.build_error(0, "Server busy, try again"), ("192.0.2.99", 9 + step))
+                                          for step in range(29)])
         self.assertTrue(all(t.connected for _, t in self.sessions()))
+
+    def test_first_timer_follows_the_learned_round_trip(self):
+        self.make(files={"f": b"x" * 100}, timeout=3)
+        self.assertEqual(self.service.server.initial_rto(), 3.0)
+        self.send(rrq("f"))
+        proto, _ = self.sessions()[0]
+        self.reactor.advance(0.01)
+        proto.datagramReceived(wire.build_ack(1), PEER)
+        self.assertEqual(self.service.server.initial_rto(), 0.2)   # MIN_RTO: a LAN
+        self.send(rrq("f"), ("192.0.2.10", 2))
+        proto, transport = self.sessions()[-1]
+        self.reactor.advance(0.19)
+        self.assertEqual(len(transport.written), 1)
+        self.reactor.advance(0.02)
+        self.assertEqual(len(transport.written), 2)
+        self.assertTrue(proto.session.silent)
+
+    def learn_lan_round_trip(self, peer):
+        self.send(rrq("f"), peer)
+        proto, _ = self.sessions()[-1]
+        self.reactor.advance(0.002)
+        self.assertEqual(self.finish(proto, peer), "ok")
+
+    def flood(self, count, rate, first_index=0):
+        """C{count} spoofed RRQs from 250 addresses, C{rate} per second."""
+        for index in range(first_index, first_index + count):
+            self.send(rrq("f", blksize=1468), (f"198.51.100.{index % 250}", 10000 + index))
+            self.reactor.advance(1.0 / rate)
 
     def test_spoofed_flood_does_not_lock_out_a_real_client(self):
         self.make(max_sessions=16, max_sessions_per_client=4, files={"f": os.urandom(20000)})
         legit = ("192.0.2.77", 3333)
+        self.learn_lan_round_trip(legit)
         self.send(rrq("f"), legit)
-        running, running_transport = self.sessions()[0]
+        running, running_transport = self.sessions()[-1]
         running.datagramReceived(wire.build_ack(1), legit)
-        for index in range(500):
-            self.send(rrq("f", blksize=1468), (f"198.51.100.{index % 250}", 10000 + index))
-        self.assertTrue(running_transport.connected)
-        self.assertLessEqual(len(self.service.server.transfers), 16)
-        # A second real client arriving mid-flood gets a session at once,
-        # and keeps it because it answers.
-        newcomer = ("192.0.2.78", 4444)
-        self.send(rrq("f"), newcomer)
-        proto, transport = self.sessions()[-1]
-        proto.datagramReceived(wire.build_ack(1), newcomer)
-        for index in range(500, 1000):
-            self.send(rrq("f"), (f"198.51.100.{index % 250}", 10000 + index))
-        self.assertTrue(transport.connected)
         block = 1
-        while transport.connected:
-            block += 1
-            proto.datagramReceived(wire.build_ack(block), newcomer)
-            self.assertLess(block, 100)
+        # 1,000 spoofed requests at 60/s (below 16 slots / MIN_RTO), while
+        # the running transfer keeps answering.
+        for index in range(0, 1000, 10):
+            self.flood(10, 60.0, index)
+            if running_transport.connected:
+                block += 1
+                running.datagramReceived(wire.build_ack(block), legit)
+            self.assertLessEqual(len(self.service.server.transfers), 16)
+            if index == 500:
+                # A second real client arriving mid-flood gets a session at
+                # once, and keeps it because it answers.
+                newcomer = ("192.0.2.78", 4444)
+                before = len(self.sessions())
+                self.send(rrq("f"), newcomer)
+                self.assertEqual(len(self.sessions()), before + 1)
+                proto, transport = self.sessions()[-1]
+                self.assertEqual(self.finish(proto, newcomer), "ok")
+        self.assertEqual(running.session.result, "ok")
         self.assertEqual(proto.session.result, "ok")
         # Every evicted reader was finished exactly once.
         finished = [r.finished for r in self.backend.readers]
         self.assertEqual(set(finished) - {0, 1}, set())
         evictions = [line for line in self.lines() if line["tftp_result"] == "evicted"]
-        self.assertEqual(len(evictions), 10)  # logged at a bounded rate
+        self.assertGreaterEqual(len(evictions), 10)
+        self.assertLessEqual(len(evictions), 30)   # logged at a bounded rate (1/s after 10)
+
+    def test_flood_above_capacity_answers_newcomers_and_spares_running_ones(self):
+        self.make(max_sessions=16, files={"f": os.urandom(400000)})
+        legit = ("192.0.2.77", 3333)
+        self.learn_lan_round_trip(legit)
+        self.send(rrq("f"), legit)
+        running, running_transport = self.sessions()[-1]
+        newcomer = ("192.0.2.78", 4444)
+        block = 0
+        # 3,000 spoofed requests at 1,000/s: far above 16 slots / MIN_RTO.
+        for index in range(0, 3000, 10):
+            self.flood(10, 1000.0, index)
+            block += 1
+            running.datagramReceived(wire.build_ack(block), legit)
+            if index == 1000:
+                self.send(rrq("f"), newcomer)
+        self.assertTrue(running_transport.connected)
+        self.assertLessEqual(len(self.service.server.transfers), 16)
+        # The newcomer got a slot (a lottery at this rate) or was told
+        # "busy" within about a second: never left to its own timeout.
+        admitted = newcomer in [proto.peer for proto, _ in self.sessions()]
+        told = (wire.build_error(0, "Server busy, try again"), newcomer) in self.replies()
+        self.assertTrue(admitted != told, (admitted, told))
+        busy = [line for line in self.lines() if line["tftp_result"] == "busy"]
+        self.assertGreater(len(busy), 0)

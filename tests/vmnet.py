@@ -51,6 +51,12 @@ __all__ = [
     "bios_ipxe",
     "uefi_pxe",
     "uefi_http",
+    "uefi_secure_boot",
+    "arm64_uefi",
+    "signed_boot_file",
+    "write_grub_root",
+    "fleet_config",
+    "FleetHost",
     "ipxe_rom",
     "ovmf_firmware",
     "Process",
@@ -147,6 +153,7 @@ class GuestSpec:
     machine_args: tuple = ()
     memory: str = "256M"
     boot_args: tuple = ()
+    qemu: str = QEMU
 
     def qemu_args(self, tap, mac=DEFAULT_MAC, serial_log=None, debugcon_log=None,
                   uuid=None, extra_args=()):
@@ -155,7 +162,7 @@ class GuestSpec:
         if self.romfile is not None:
             device += ",romfile=%s" % self.romfile
         argv = [
-            QEMU,
+            self.qemu,
             "-nodefaults",
             "-accel", "tcg",
             "-m", self.memory,
@@ -219,6 +226,55 @@ def uefi_http(nic="virtio-net-pci"):
                          "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
                          "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no",
                      ))
+
+
+#: Secure Boot OVMF: the SMM build and a varstore with Microsoft's keys
+#: enrolled (PK set: Secure Boot is on from the first boot, FIRMWARE-FACTS 6a).
+OVMF_SB_CODE = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+OVMF_SB_VARS = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
+#: ArmVirtQemu (Debian qemu-efi-aarch64); the empty varstore: no keys, SB off.
+AAVMF_CODE = "/usr/share/AAVMF/AAVMF_CODE.fd"
+AAVMF_VARS = "/usr/share/AAVMF/AAVMF_VARS.fd"
+QEMU_ARM64 = "qemu-system-aarch64"
+
+
+def _pflash(code, vars_copy, template):
+    """A read-only CODE flash and a private writable copy of a VARS template
+    (the firmware writes to it: shim sets SbatLevel, OVMF its boot options)."""
+    for path in (code, template):
+        if not os.path.exists(path):
+            raise VmnetError("%s not found (install %s)" % (
+                path, "ovmf" if "OVMF" in path else "qemu-efi-aarch64"))
+    shutil.copyfile(template, vars_copy)
+    return ("-drive", "if=pflash,format=raw,unit=0,readonly=on,file=%s" % code,
+            "-drive", "if=pflash,format=raw,unit=1,file=%s" % vars_copy)
+
+
+def uefi_secure_boot(vars_copy, nic="virtio-net-pci", vars_template=OVMF_SB_VARS):
+    """
+    OVMF with Secure Boot on (FIRMWARE-FACTS 6a): the SMM build, Microsoft's
+    keys in a private copy of the varstore at ``vars_copy``, ``q35,smm=on``
+    (the SMM build prints nothing without SMM).  The PXE client is EDK2's, as
+    in :func:`uefi_pxe`, and byte-identical on the wire (6b).
+    ``vars_template=OVMF_VARS_4M.fd`` (no keys) gives the same firmware with
+    Secure Boot off, for controls.
+    """
+    return GuestSpec(name="uefi-sb", nic=nic, romfile="", memory="512M",
+                     machine_args=("-machine", "q35,smm=on",
+                                   "-global", "driver=cfi.pflash01,property=secure,value=on",
+                                   "-global", "ICH9-LPC.disable_s3=1")
+                     + _pflash(OVMF_SB_CODE, vars_copy, vars_template))
+
+
+def arm64_uefi(vars_copy, nic="virtio-net-pci"):
+    """
+    AAVMF on ``qemu-system-aarch64 -M virt`` under TCG (FIRMWARE-FACTS 7):
+    EDK2's PXE client with option 93 = 11.  The NIC's default ROM is x86
+    code, so it is removed.
+    """
+    return GuestSpec(name="arm64", nic=nic, romfile="", memory="512M", qemu=QEMU_ARM64,
+                     machine_args=("-machine", "virt", "-cpu", "cortex-a57")
+                     + _pflash(AAVMF_CODE, vars_copy, AAVMF_VARS))
 
 
 # ---------------------------------------------------------------------------
@@ -874,6 +930,141 @@ def write_boot_root(root, token):
             f.write("#!ipxe\necho %s\nsleep 600\n" % markers[platform])
     os.chmod(root, 0o755)
     return markers
+
+
+# -- shim and GRUB (Secure Boot, arm64) ---------------------------------------
+#
+# The chain is firmware -> shim -> GRUB -> /grub/grub.cfg (one per machine)
+# -> /marker-<host>[-sb], a GRUB script that echoes a line and halts.  The
+# grub.cfg asks for the "-sb" marker only when GRUB sees shim_lock, i.e.
+# when Secure Boot really was on (FIRMWARE-FACTS 6a).
+
+#: Where .ci/setup.d/50-arm64-grub.sh unpacks grub-efi-arm64-signed.
+ARM64_GRUB_DIR = os.environ.get("OWNSOCKET_ARM64_GRUB_DIR", "/var/lib/ownsocket-ci/grub-efi-arm64-signed")
+
+SIGNED_FILES = {
+    "shimx64.efi": ("/usr/lib/shim/shimx64.efi.signed", "shim-signed"),
+    "grubnetx64.efi": ("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed", "grub-efi-amd64-signed"),
+    "grubnetaa64.efi": (os.path.join(ARM64_GRUB_DIR, "usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed"),
+                        "grub-efi-arm64-signed (bash .ci/setup.d/50-arm64-grub.sh)"),
+}
+
+#: The per-machine GRUB config, as an ownsocket template.
+GRUB_TEMPLATE = """\
+echo "grub.cfg for @hostname@ @mac@ @ip@ arch @arch@ shim_lock=$shim_lock"
+set sb=
+if [ "$shim_lock" = "y" ]; then set sb=-sb; fi
+source /marker-@hostname@$sb
+"""
+
+#: The per-machine iPXE script, as an ownsocket template.
+IPXE_TEMPLATE = """\
+#!ipxe
+echo boot.ipxe for @hostname@ @mac@ platform ${platform}
+chain marker-@hostname@.ipxe
+"""
+
+
+def signed_boot_file(name):
+    """Path of a signed shim/GRUB image (see :data:`SIGNED_FILES`)."""
+    path, package = SIGNED_FILES[name]
+    if not os.path.exists(path):
+        raise VmnetError("%s not found (install %s)" % (path, package))
+    return path
+
+
+def grub_marker_text(host, secure_boot, token):
+    return "OWNSOCKET-MARKER %s sb=%s %s" % (host, "yes" if secure_boot else "no", token)
+
+
+def ipxe_marker_text(host, token):
+    return "OWNSOCKET-MARKER %s ipxe %s" % (host, token)
+
+
+def write_grub_root(root, token, hosts, arm64=True):
+    """
+    Fill ``root`` for shim/GRUB and iPXE machines named ``hosts``: the first
+    stages, ``efi/shimx64.efi`` with ``efi/grubx64.efi`` next to it (shim
+    takes the directory from the BOOTP file field, FIRMWARE-FACTS 6d),
+    ``grubaa64.efi``, and for each host a GRUB marker with and without
+    "-sb" and an iPXE marker.  Templates go to ``<root>/../templates``.
+    Returns ``{(host, kind): marker text}`` with kind ``sb``, ``grub``, ``ipxe``.
+    """
+    os.makedirs(os.path.join(root, "efi"), exist_ok=True)
+    for name in FIRST_STAGES:
+        shutil.copy(ipxe_file(name), os.path.join(root, name))
+    shutil.copy(signed_boot_file("shimx64.efi"), os.path.join(root, "efi", "shimx64.efi"))
+    shutil.copy(signed_boot_file("grubnetx64.efi"), os.path.join(root, "efi", "grubx64.efi"))
+    if arm64:
+        shutil.copy(signed_boot_file("grubnetaa64.efi"), os.path.join(root, "grubaa64.efi"))
+    markers = {}
+    for host in hosts:
+        for secure in (True, False):
+            text = grub_marker_text(host, secure, token)
+            markers[(host, "sb" if secure else "grub")] = text
+            with open(os.path.join(root, "marker-%s%s" % (host, "-sb" if secure else "")), "w") as f:
+                # halt powers QEMU off under lockdown too (FIRMWARE-FACTS 6e);
+                # the pause lets GRUB's last TFTP ACK leave first (without
+                # it the arm64 guest sometimes powered off before the server
+                # saw the ACK, and the server logged a timeout).
+                f.write('echo "%s"\nsleep 2\nhalt\n' % text)
+        markers[(host, "ipxe")] = ipxe_marker_text(host, token)
+        with open(os.path.join(root, "marker-%s.ipxe" % host), "w") as f:
+            f.write("#!ipxe\necho %s\nsleep 600\n" % markers[(host, "ipxe")])
+    templates = os.path.join(os.path.dirname(root), "templates")
+    os.makedirs(templates, exist_ok=True)
+    with open(os.path.join(templates, "grub.cfg.in"), "w") as f:
+        f.write(GRUB_TEMPLATE)
+    with open(os.path.join(templates, "boot.ipxe.in"), "w") as f:
+        f.write(IPXE_TEMPLATE)
+    for directory in (root, os.path.join(root, "efi"), templates):
+        os.chmod(directory, 0o755)
+    return markers
+
+
+@dataclass(frozen=True)
+class FleetHost:
+    """One machine of the fleet config: its [host:NAME] section."""
+
+    name: str
+    mac: str
+    address: str
+    bootfile: "str | None" = None
+
+
+def fleet_config(path, workdir, tftp_root, hosts, interface="br0", tftp_settings=(), ipxe_mode="stateful"):
+    """
+    One ownsocket config for every kind of machine: iPXE chain-loading for
+    BIOS and plain UEFI (per-host ``bootfile = snponly.efi``: OVMF with and
+    without Secure Boot send identical DHCP, FIRMWARE-FACTS 6b), shim for
+    arch 7, GRUB for arch 11, and ``grub/grub.cfg`` and ``boot.ipxe``
+    rendered per machine by the ``template`` selector for the ``hosts``
+    only.  ``ipxe`` comes before ``host`` so that a host's first stage is
+    not handed to its chained iPXE again.
+    """
+    templates = os.path.join(os.path.dirname(tftp_root), "templates")
+    lines = ["[dhcp]", "interfaces = %s" % interface,
+             "leases = %s" % os.path.join(workdir, "leases.sqlite"),
+             "", "[subnet:lab]", "network = %s" % SERVER_NETWORK,
+             "pool = 10.99.0.100-10.99.0.200", "router = %s" % SERVER_ADDRESS,
+             "", "[tftp]", "root = %s" % tftp_root] + ["%s = %s" % item for item in tftp_settings] + [
+             "", "[http]", "enabled = false",
+             "", "[boot]", "selectors = template, ipxe, host, arch",
+             "default = undionly.kpxe", "arch.0 = undionly.kpxe",
+             "arch.7 = efi/shimx64.efi", "arch.11 = grubaa64.efi",
+             "", "[selector:ipxe]", "script = boot.ipxe", "mode = %s" % ipxe_mode,
+             "", "[selector:template]",
+             "grub/grub.cfg = %s" % os.path.join(templates, "grub.cfg.in"),
+             "boot.ipxe = %s" % os.path.join(templates, "boot.ipxe.in"),
+             "clients = hosts"]
+    for host in hosts:
+        lines += ["", "[host:%s]" % host.name, "mac = %s" % host.mac, "address = %s" % host.address,
+                  "hostname = %s" % host.name]
+        if host.bootfile:
+            lines.append("bootfile = %s" % host.bootfile)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
 
 
 def ownsocket_config(path, workdir, tftp_root, *, mode="server", interface="br0", http=True,

@@ -18,13 +18,19 @@ per datagram.  So, on Linux:
     foreign TIDs, so they still get RFC 1350's error 5;
   - one datagram is read per readiness (epoll is level-triggered, so
     anything left is reported again on the next round);
-  - while ACKs flow, the inner set holds the wait itself (see
-    L{SessionMux}), so lock-step costs no reactor iteration per block;
   - a window of DATA packets leaves in one C{sendmsg} with UDP
     segmentation offload (L{SessionPort.send_window}).
 
-The protocol objects are unchanged C{DatagramProtocol}s; anywhere else
-(test fakes, non-Linux reactors) the reactor's own C{listenUDP} is used.
+The reactor is asked only for C{IReactorFDSet.addReader}/C{removeReader}
+of one descriptor, which every reactor that watches file descriptors
+provides (epoll, poll, select, asyncio).  On Twisted's epoll reactor the
+mux also holds the reactor's wait while ACKs flow; that needs two private
+details of the reactor, kept in L{ownsocket.tftp.reactorhold} behind a
+probe that falls back to the plain way when they are not there.
+
+The protocol objects are unchanged C{DatagramProtocol}s, with the
+L{ISessionTransport} extras; anywhere else (test fakes, reactors without
+C{IReactorFDSet}, no epoll) the reactor's own C{listenUDP} is used.
 """
 
 from __future__ import annotations
@@ -34,14 +40,15 @@ import select
 import socket
 import struct
 import sys
+from typing import Optional
 
-from twisted.internet.address import IPv4Address
-try:
-    from twisted.internet.epollreactor import EPollReactor
-except ImportError:  # no epoll on this platform
-    EPollReactor = None
-from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from ownsocket.tftp.reactorhold import ReactorHold
+from ownsocket.tftp.transport import IPeerDatagramReceiver, ISessionTransport
 
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 #: ICMP port unreachable on a connected socket, and transient buffer
@@ -70,15 +77,21 @@ _GSO_REFUSED = (errno.EINVAL, errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT)
 _PEER_DATAGRAM = 256
 
 
+@implementer(IReadDescriptor)
 class SessionMux:
     """
     An inner epoll set of transfer sockets, read as one reactor reader.
 
-    On Twisted's epoll reactor the mux also takes the wait over while
-    transfers run (L{slice}): each reactor iteration costs a few
-    microseconds of Python (timed calls, the logging context around every
-    event), as much as serving the ACK itself, and in lock-step there is
-    one iteration per block.  So when the inner set is ready, the mux
+    The reactor sees only the inner set's descriptor, through the public
+    C{IReactorFDSet.addReader}: an epoll descriptor is readable while any
+    socket in it has a datagram, so this works on every reactor that
+    watches descriptors (epoll, poll, select, asyncio).
+
+    Where L{ReactorHold.probe} allows (Twisted's epoll reactor), the mux
+    also takes the wait over while transfers run (L{slice}): each reactor
+    iteration costs a few microseconds of Python (timed calls, the logging
+    context around every event), as much as serving the ACK itself, and in
+    lock-step there is one iteration per block.  So when the inner set is ready, the mux
     leaves the reactor's set and puts the reactor's own epoll descriptor
     into its inner set instead, then serves ACKs and blocks on the inner
     set alone until the reactor has something else to do: another
@@ -97,7 +110,11 @@ class SessionMux:
     #: served the plain way.
     busy_backoff = 16
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, hold: Optional[ReactorHold] = None):
+        """
+        @param hold: how to hold the reactor's wait; None serves every
+            event the plain way.  L{session_factory} probes for one.
+        """
         self._reactor = reactor
         self._epoll = select.epoll()
         self._readers = {}
@@ -107,11 +124,7 @@ class SessionMux:
         self._holding = False
         self._changed = False
         self._plain_events = 0
-        poller = getattr(reactor, "_poller", None)
-        self._reactor_fd = None
-        if EPollReactor is not None and isinstance(reactor, EPollReactor) \
-                and isinstance(poller, select.epoll):
-            self._reactor_fd = poller.fileno()
+        self._hold_with = hold
 
     # IReadDescriptor
     def fileno(self):
@@ -128,11 +141,19 @@ class SessionMux:
     rounds = 16
 
     def doRead(self):
-        if self._reactor_fd is not None and self._readers:
+        if self._hold_with is not None and self._readers:
             if not self._plain_events:
-                self._hold()
-                return
-            self._plain_events -= 1
+                try:
+                    self._hold()
+                    return
+                except Exception:
+                    # The reactor's insides changed under us: serve the
+                    # plain way from now on (starting now), and say so once.
+                    self._hold_with = None
+                    self.log.failure("TFTP: holding the reactor's wait failed; "
+                                     "transfers continue without it")
+            else:
+                self._plain_events -= 1
         solo = self._solo
         if solo is not None:
             # One transfer running (the usual single-client boot): its ACK
@@ -155,7 +176,7 @@ class SessionMux:
                 # away, so another poll now would only cost a syscall.
                 return
 
-    def _serve(self, ready):
+    def _serve(self, ready, reactor_fd=None):
         """Run the reader of each ready transfer socket; True when the
         reactor's own descriptor was among them (it has work of its own)."""
         readers = self._readers
@@ -167,7 +188,7 @@ class SessionMux:
                     reader()
                 except Exception:
                     self.log.failure("TFTP session socket failed")
-            elif fd == self._reactor_fd:
+            elif fd == reactor_fd:
                 reactor_ready = True
         return reactor_ready
 
@@ -175,27 +196,29 @@ class SessionMux:
         """Serve the inner set, waiting on it, until the reactor is needed."""
         reactor = self._reactor
         seconds = reactor.seconds
-        wait = reactor.timeout()   # until the reactor's next timed call
-        if wait is None or wait > self.slice:
-            wait = self.slice
-        end = seconds() + wait
-        reactor_fd = self._reactor_fd
+        hold = self._hold_with
+        end = seconds() + hold.until_next_call(self.slice)
+        reactor_fd = hold.reactor_fd()
         poll = self._epoll.poll
         epoll = self._epoll
-        if self._registered:
-            reactor.removeReader(self)
-            self._registered = False
-        epoll.register(reactor_fd, select.EPOLLIN)
         self._holding = True
         self._changed = False
+        watching = False
         try:
+            # Leave the reactor's set before its descriptor joins ours (the
+            # kernel refuses a loop of epoll sets with ELOOP).
+            if self._registered:
+                self._registered = False
+                reactor.removeReader(self)
+            epoll.register(reactor_fd, select.EPOLLIN)
+            watching = True
             timeout = 0
             first = True
             while True:
                 ready = poll(timeout)
                 if not ready:
                     return   # the next timed call is due
-                if self._serve(ready):
+                if self._serve(ready, reactor_fd):
                     if first:
                         self._plain_events = self.busy_backoff
                     return
@@ -207,7 +230,8 @@ class SessionMux:
                     return
         finally:
             self._holding = False
-            epoll.unregister(reactor_fd)
+            if watching:
+                epoll.unregister(reactor_fd)
             if self._readers and not self._registered:
                 self._registered = True
                 reactor.addReader(self)
@@ -250,6 +274,7 @@ class SessionMux:
             self._solo = None
 
 
+@implementer(ISessionTransport)
 class SessionPort:
     """
     The transport of one L{ownsocket.tftp.protocol.SessionProtocol}: a
@@ -260,7 +285,8 @@ class SessionPort:
         self._mux = mux
         self.protocol = protocol
         self.peer = peer
-        catcher = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+        catcher = socket.socket(family, socket.SOCK_DGRAM)
         connected = None
         try:
             catcher.setblocking(False)
@@ -269,7 +295,7 @@ class SessionPort:
             # other reusable socket holds (Linux counts that as no conflict).
             catcher.bind((interface, 0))
             catcher.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            connected = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            connected = socket.socket(family, socket.SOCK_DGRAM)
             connected.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             connected.setblocking(False)
             connected.bind((interface, catcher.getsockname()[1]))
@@ -295,8 +321,9 @@ class SessionPort:
         self._mux.add(self._socket, self._read_peer, self._read_peer)
         self.protocol.makeConnection(self)
         # The connected socket only ever delivers the peer's datagrams.
-        received = getattr(self.protocol, "peerDatagramReceived", None)
-        if received is None:
+        if IPeerDatagramReceiver.providedBy(self.protocol):
+            received = self.protocol.peerDatagramReceived
+        else:
             protocol, peer = self.protocol, self.peer
             received = lambda data: protocol.datagramReceived(data, peer)  # noqa: E731
         self._peer_received = received
@@ -369,7 +396,7 @@ class SessionPort:
 
     def getHost(self):
         host, port = self._socket.getsockname()[:2]
-        return IPv4Address("UDP", host, port)
+        return (IPv6Address if ":" in host else IPv4Address)("UDP", host, port)
 
     def stopListening(self):
         if not self.connected:
@@ -389,8 +416,8 @@ def session_factory(reactor):
     A function (protocol, interface, peer) -> started port: the lean ports
     on a real POSIX reactor with epoll, the reactor's listenUDP elsewhere.
     """
-    if isinstance(reactor, PosixReactorBase) and hasattr(select, "epoll"):
-        mux = SessionMux(reactor)
+    if IReactorFDSet.providedBy(reactor) and hasattr(select, "epoll"):
+        mux = SessionMux(reactor, ReactorHold.probe(reactor))
 
         def listen(protocol, interface, peer):
             port = SessionPort(mux, protocol, interface, peer)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ownsocket.tftp import wire
 from ownsocket.tftp.session import DONE
+from ownsocket.tftp.transport import IPeerDatagramReceiver, ISessionTransport
 
 #: Error 5 replies one transfer sends to foreign TIDs, at most.
 MAX_STRANGER_ANSWERS = 8
@@ -58,8 +60,11 @@ class ListenerProtocol(DatagramProtocol):
             self.server.garbage(addr, f"unknown opcode {opcode} ({len(datagram)} bytes)")
 
     def reply(self, datagram, addr) -> None:
+        transport = self.transport
+        if transport is None:
+            return  # closed by a reload; a transfer it started outlived it
         try:
-            self.transport.write(datagram, addr)
+            transport.write(datagram, addr)
         except OSError:
             pass  # ENOBUFS/EAGAIN/ENETUNREACH: the client will retry
 
@@ -69,6 +74,7 @@ class ListenerProtocol(DatagramProtocol):
             self.reply(datagram, addr)
 
 
+@implementer(IPeerDatagramReceiver)
 class SessionProtocol(DatagramProtocol):
     """
     Drives one L{Session} on its own ephemeral port.
@@ -100,20 +106,21 @@ class SessionProtocol(DatagramProtocol):
         self._send_window = None
 
     def makeConnection(self, transport):
-        # A transport with a socket connected to the peer (the fast ports)
-        # sends without an address, and a window in one go; any other
-        # gets an address and one call per datagram.
-        send = getattr(transport, "send_to_peer", None)
-        if send is None:
+        # An ISessionTransport (a socket connected to the peer: the fast
+        # ports) sends without an address, and a window in one go; any
+        # other IUDPTransport gets an address and one call per datagram.
+        if ISessionTransport.providedBy(transport):
+            self._send_peer = transport.send_to_peer
+            self._send_window = transport.send_window
+        else:
             write, peer = transport.write, self.peer
             send = lambda datagram: write(datagram, peer)  # noqa: E731
-        self._send_peer = send
-        window = getattr(transport, "send_window", None)
-        if window is None:
+
             def window(packets):
                 for packet in packets:
                     send(packet)
-        self._send_window = window
+            self._send_peer = send
+            self._send_window = window
         DatagramProtocol.makeConnection(self, transport)
 
     def begin(self) -> None:

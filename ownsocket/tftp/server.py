@@ -2,13 +2,35 @@
 TFTP policy: which requests become transfers, how many may run, what is
 logged.
 
-Capacity is shared fairly under attack: RRQs are trivially spoofed, and a
-spoofed request creates a transfer that will never see an ACK.  When the
-server (or one client address) is full, the oldest transfer that has not
-seen a single ACK is evicted to make room, so a flood of spoofed requests
-only ever displaces other never-answered transfers, and a real client that
-answers its first packet within the flood's turnover time is never locked
-out.  Transfers that are moving data are never evicted.
+Admission.  Many transfers from one address are normal (a proxy or cache,
+a NAT, an installer fetching in parallel, a test rig), so the defaults
+admit hundreds, and a new request never pushes out a transfer that simply
+has not been answered yet: a client needs a round trip to answer its first
+packet, and in a burst of requests from one host the newer ones must not
+evict the older ones before that round trip is over.  Only a transfer that
+has stayed silent through at least one retransmission may be evicted to
+make room: first one that never answered at all (oldest first), then one
+that stopped answering.  Transfers that are moving data are never evicted.
+When nothing may be evicted the request waits (without a port or a file)
+for at most C{timeout} plus a little: by then every transfer in the table
+has either answered, and the server is really full, or turned silent, and
+the waiting request takes its place.  If no slot came free it is refused
+with an ERROR ("Server busy"), so the client hears within about a second
+rather than after its own retries.
+
+Spoofed requests.  RRQs are trivially spoofed, and a spoofed request
+creates a transfer that never sees an ACK.  Such a transfer becomes
+evictable at its first retransmission, which comes one round trip
+estimate after its first packet: the server learns the round trip from the
+transfers it finished (clamped to [MIN_RTO, timeout]), so on a LAN a
+spoofed transfer holds its slot for about MIN_RTO (0.2 s).  A flood slower
+than C{max_sessions / MIN_RTO} requests per second (2,560/s with the
+defaults) therefore always leaves room for a real client; a faster one
+makes real clients see "Server busy" for as long as it lasts, and never
+disturbs transfers that are already moving data.  Before the server has
+learned a round trip (no transfer has finished yet), the first timer is
+C{timeout}, and a burst of spoofed requests holds its slots that long:
+a real client right behind it waits, then takes a slot.
 """
 
 from __future__ import annotations
@@ -20,53 +42,50 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from ownsocket.events import EventBus
 from ownsocket.files import ReadRequest, normalise
-from ownsocket.interfaces import AccessViolation, BackendError
+from ownsocket.interfaces import AccessViolation, BackendError, FileNotFound
+from ownsocket.probes import expected_probe
+from ownsocket.ratelimit import RateLimit
+from ownsocket.text import printable
 from ownsocket.tftp import wire
 from ownsocket.tftp.fastport import session_factory
 from ownsocket.tftp.netascii import NetasciiReader
 from ownsocket.tftp.options import Limits, negotiate
 from ownsocket.tftp.protocol import SessionProtocol
-from ownsocket.tftp.session import Session
+from ownsocket.tftp.session import MIN_RTO, Session
+
+#: After a scan of the transfers found none that may be evicted, the next
+#: scan waits this long (seconds): under a flood above capacity every RRQ
+#: would otherwise walk the whole table.  A transfer that turns silent
+#: meanwhile is found this much later, which only matters when full.
+RESCAN_AFTER = 0.01
+#: Requests that wait for a slot, at most; more are refused at once.
+MAX_WAITING = 1024
+#: How often waiting requests look for a slot (seconds).
+WAITING_POLL = 0.05
+
+_ERROR_BUSY = wire.build_error(wire.ERR_UNDEFINED, "Server busy, try again")
 
 
-class RateLimit:
-    """A token bucket; counts what it refused so the next line can say so."""
-
-    def __init__(self, clock, rate: float, burst: int):
-        self._clock = clock
-        self._rate = rate
-        self._burst = burst
-        self._tokens = float(burst)
-        self._stamp = clock.seconds()
-        self.suppressed = 0
-
-    def allow(self) -> bool:
-        now = self._clock.seconds()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        self.suppressed += 1
-        return False
-
-    def take_suppressed(self) -> int:
-        count, self.suppressed = self.suppressed, 0
-        return count
-
-
-def _printable(name: bytes) -> str:
-    """File names go into log lines: no control characters, bounded."""
-    text = name[:300].decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+#: Session results as the "finished" event names them (see events.KINDS).
+_EVENT_RESULTS = {
+    "ok": "ok",
+    "size probe": "size-probe",
+    "timeout": "timeout",
+    "client error": "aborted",
+    "evicted": "aborted",
+    "shutdown": "aborted",
+    "protocol error": "error",
+    "server error": "error",
+}
 
 
 class Transfer:
     """Bookkeeping for one request, from RRQ to the last log line."""
 
     __slots__ = ("peer", "name", "listener", "request", "protocol", "closed", "started",
-                 "next_request")
+                 "next_request", "published")
 
     def __init__(self, peer, name, listener, request, started):
         self.peer = peer
@@ -77,6 +96,8 @@ class Transfer:
         self.closed = False
         self.started = started
         self.next_request = None
+        #: The "finished" event went out (exactly one per transfer).
+        self.published = False
 
     @property
     def acked_any(self) -> bool:
@@ -96,8 +117,8 @@ class TFTPServer:
 
     def __init__(self, backend, reactor, *, limits: Limits = Limits(),
                  timeout: float = 1.0, retries: int = 6,
-                 max_sessions: int = 256, max_sessions_per_client: int = 4,
-                 recent=None):
+                 max_sessions: int = 512, max_sessions_per_client: int = 256,
+                 recent=None, events=None):
         self.backend = backend
         self.reactor = reactor
         self.limits = limits
@@ -106,8 +127,20 @@ class TFTPServer:
         self.max_sessions = max_sessions
         self.max_sessions_per_client = max_sessions_per_client
         self.recent = recent
+        self.events = events if events is not None else EventBus(reactor)
         self.transfers: "OrderedDict[tuple, Transfer]" = OrderedDict()
         self._listen_session = session_factory(reactor)
+        # The round trip learned from finished transfers (RFC 6298
+        # smoothing of their smoothed RTTs): a new transfer's first timer.
+        self._srtt = None
+        self._rttvar = 0.0
+        # host (None: any) -> time before which a scan for a silent
+        # transfer is known to find none (see RESCAN_AFTER).
+        self._no_silent_until = {}
+        # Requests that found no room, oldest first: peer -> (request,
+        # listener, name, path, since); polled while not empty.
+        self._waiting: "OrderedDict[tuple, tuple]" = OrderedDict()
+        self._waiting_call = None
         self._per_host = {}
         self._garbage_log = RateLimit(reactor, rate=1.0, burst=10)
         self._garbage_answers = RateLimit(reactor, rate=50.0, burst=100)
@@ -116,13 +149,25 @@ class TFTPServer:
         # boot, so the bound is generous, but a scanner cannot fill the log.
         self._refusal_log = RateLimit(reactor, rate=20.0, burst=50)
 
+    def configure(self, backend, *, limits: Limits, timeout: float, retries: int,
+                  max_sessions: int, max_sessions_per_client: int) -> None:
+        """New settings for transfers that start from now on (a reload);
+        running transfers keep their reader, limits and timers."""
+        self.backend = backend
+        self.limits = limits
+        self.timeout = timeout
+        self.retries = retries
+        self.max_sessions = max_sessions
+        self.max_sessions_per_client = max_sessions_per_client
+
     # -- requests ----------------------------------------------------------
 
     def handle_request(self, request: wire.Request, peer, listener) -> None:
-        name = _printable(request.filename)
+        name = printable(request.filename)
         if request.mode not in wire.MODES:
             listener.reply(wire.build_error(wire.ERR_ILLEGAL, "Unsupported mode"), peer)
             self._log_refusal(peer, name, "refused", f"mode {request.mode!r}")
+            self._publish_refusal(peer, name, "error", f"unsupported mode {request.mode!r}")
             return
         existing = self.transfers.get(peer)
         if existing is not None:
@@ -137,12 +182,16 @@ class TFTPServer:
         except AccessViolation as error:
             listener.reply(wire.build_error(wire.ERR_ACCESS, "Access violation"), peer)
             self._log_refusal(peer, name, "refused", str(error))
+            self._publish_refusal(peer, name, "denied", str(error))
             return
+        if peer in self._waiting:
+            return   # a retransmitted RRQ: it keeps its place
         if not self._make_room(peer[0]):
-            listener.reply(wire.build_error(wire.ERR_UNDEFINED, "Server busy, try again"), peer)
-            if self._evict_log.allow():
-                self._log_line(peer, name, "busy", detail="session limit reached")
+            self._wait(request, peer, listener, name, path)
             return
+        self._admit(request, peer, listener, name, path)
+
+    def _admit(self, request, peer, listener, name, path) -> None:
         transfer = Transfer(peer, name, listener, request, self.reactor.seconds())
         self.transfers[peer] = transfer
         self._per_host[peer[0]] = self._per_host.get(peer[0], 0) + 1
@@ -179,6 +228,7 @@ class TFTPServer:
             self._start(reader, transfer)
         except BaseException:
             self._forget(transfer)
+            self._publish_finished(transfer, "error", "internal error")
             reader.finish()
             raise
 
@@ -192,7 +242,7 @@ class TFTPServer:
         session = Session(reader, blksize=negotiated.blksize, windowsize=negotiated.windowsize,
                           timeout=timeout, retries=self.retries, oack=oack,
                           tsize_offered=negotiated.tsize is not None,
-                          now=self.reactor.seconds())
+                          now=self.reactor.seconds(), initial_rto=self.initial_rto())
         protocol = SessionProtocol(session, transfer.peer, self.reactor,
                                    lambda proto: self._ended(transfer, proto))
         try:
@@ -202,8 +252,13 @@ class TFTPServer:
             transfer.listener.reply(wire.build_error(wire.ERR_UNDEFINED, "Server error"), transfer.peer)
             self._forget(transfer)
             self._log_session(transfer, session)
+            self._publish_session(transfer, session)
             return
         transfer.protocol = protocol
+        if self.events.active:
+            self.events.publish("tftp", "started", peer=transfer.peer[0], file=transfer.name,
+                                blksize=session.blksize, windowsize=session.windowsize,
+                                size=reader.size, port=transfer.peer[1])
         protocol.begin()
 
     def _not_opened(self, failure, transfer: Transfer) -> None:
@@ -214,13 +269,25 @@ class TFTPServer:
         if not isinstance(failure.value, BackendError):
             self.log.failure("TFTP backend failed for {name}", failure, name=transfer.name)
         transfer.listener.reply(wire.build_error(code, message), transfer.peer)
-        self._log_refusal(transfer.peer, transfer.name, "error", f"{code} {message}")
+        probe = expected_probe(transfer.name) if code == wire.ERR_NOT_FOUND else None
+        self._log_refusal(transfer.peer, transfer.name, "expected probe" if probe else "error",
+                          f"{code} {message}" + (f": {probe}" if probe else ""))
+        if isinstance(failure.value, FileNotFound):
+            result = "not-found"
+        elif isinstance(failure.value, AccessViolation):
+            result = "denied"
+        else:
+            result = "error"
+        self._publish_finished(transfer, result, f"{code} {message}")
 
     def _ended(self, transfer: Transfer, protocol: SessionProtocol) -> None:
         self._forget(transfer)
         session = protocol.session
+        if session.srtt is not None:
+            self._learn_rtt(session.srtt)
         if session.result != "evicted" or self._evict_log.allow():
             self._log_session(transfer, session)
+        self._publish_session(transfer, session)
         if transfer.next_request is not None and session.result in ("size probe", "client error"):
             # The client ended this transfer and had already asked again.
             request, listener = transfer.next_request
@@ -228,21 +295,97 @@ class TFTPServer:
 
     # -- capacity ----------------------------------------------------------
 
+    def initial_rto(self) -> float:
+        """A new transfer's first retransmission timeout: the learned round
+        trip (RFC 6298: srtt + 4 rttvar), or the configured timeout before
+        any transfer has finished."""
+        if self._srtt is None:
+            return self.timeout
+        return min(max(self._srtt + 4 * self._rttvar, MIN_RTO), self.timeout)
+
+    def _learn_rtt(self, rtt: float) -> None:
+        if self._srtt is None:
+            self._srtt, self._rttvar = rtt, rtt / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
+            self._srtt = 0.875 * self._srtt + 0.125 * rtt
+
+    def _wait(self, request, peer, listener, name, path) -> None:
+        """
+        No room now: wait for a slot for at most L{max_wait}, then refuse.
+        Every transfer in the table either answers (then the server is
+        really full, and the client hears so within that time) or turns
+        silent within its first timer, at most C{timeout} after it started
+        (then the waiter takes its place).  So a burst of spoofed requests
+        cannot lock out a real client that arrives right behind it.
+        """
+        if len(self._waiting) >= MAX_WAITING:
+            self._refuse_busy(peer, listener, name)
+            return
+        self._waiting[peer] = (request, listener, name, path, self.reactor.seconds())
+        if self._waiting_call is None:
+            self._waiting_call = self.reactor.callLater(WAITING_POLL, self._serve_waiting)
+
+    @property
+    def max_wait(self) -> float:
+        return self.timeout + 2 * WAITING_POLL
+
+    def _serve_waiting(self) -> None:
+        self._waiting_call = None
+        now = self.reactor.seconds()
+        give_up = now - self.max_wait
+        for peer, (request, listener, name, path, since) in list(self._waiting.items()):
+            if self._make_room(peer[0]):
+                del self._waiting[peer]
+                self._admit(request, peer, listener, name, path)
+            elif since <= give_up:
+                del self._waiting[peer]
+                self._refuse_busy(peer, listener, name)
+        if self._waiting:
+            self._waiting_call = self.reactor.callLater(WAITING_POLL, self._serve_waiting)
+
+    def _refuse_busy(self, peer, listener, name) -> None:
+        listener.reply(_ERROR_BUSY, peer)
+        if self._evict_log.allow():
+            self._log_line(peer, name, "busy", detail="session limit reached")
+        self._publish_refusal(peer, name, "refused", "session limit reached")
+
     def _make_room(self, host: str) -> bool:
         if self._per_host.get(host, 0) >= self.max_sessions_per_client:
-            if not self._evict_one(lambda t: t.peer[0] == host):
+            if not self._evict_silent(host):
                 return False
         if len(self.transfers) >= self.max_sessions:
-            if not self._evict_one(lambda t: True):
+            if not self._evict_silent(None):
                 return False
         return True
 
-    def _evict_one(self, eligible) -> bool:
+    def _evict_silent(self, host) -> bool:
+        """Evict the transfer (of C{host}, or any) that best deserves it:
+        the oldest silent one that never answered, else the oldest silent
+        one.  False when none is silent."""
+        now = self.reactor.seconds()
+        if now < self._no_silent_until.get(host, now):
+            return False
+        stalled = None
         for transfer in self.transfers.values():
-            if eligible(transfer) and not transfer.acked_any:
-                self.evict(transfer, "evicted", "room for a newer request")
-                return True
-        return False
+            protocol = transfer.protocol
+            if protocol is None or (host is not None and transfer.peer[0] != host):
+                continue
+            session = protocol.session
+            if not session.silent:
+                continue
+            if not session.acked_any:
+                stalled = transfer
+                break
+            if stalled is None:
+                stalled = transfer
+        if stalled is None:
+            if len(self._no_silent_until) > 1024:
+                self._no_silent_until.clear()
+            self._no_silent_until[host] = now + RESCAN_AFTER
+            return False
+        self.evict(stalled, "evicted", "silent through a retransmission; room for a newer request")
+        return True
 
     def evict(self, transfer: Transfer, result: str, detail: str = "") -> None:
         if transfer.closed:
@@ -251,9 +394,14 @@ class TFTPServer:
             transfer.protocol.abort(result, detail)  # calls _ended
         else:
             self._forget(transfer)
+            self._publish_finished(transfer, "aborted", f"{result}: {detail}" if detail else result)
 
     def stop(self) -> None:
         """Abort every transfer and finish its reader."""
+        if self._waiting_call is not None:
+            self._waiting_call.cancel()
+            self._waiting_call = None
+        self._waiting.clear()
         for transfer in list(self.transfers.values()):
             self.evict(transfer, "shutdown")
 
@@ -269,6 +417,67 @@ class TFTPServer:
                 self._per_host[host] = left
             else:
                 self._per_host.pop(host, None)
+
+    # -- status --------------------------------------------------------------
+
+    def in_flight(self):
+        """What each running transfer has done so far, then the requests
+        waiting for a slot (for the status page)."""
+        rows = []
+        for transfer in self.transfers.values():
+            protocol = transfer.protocol
+            session = protocol.session if protocol is not None else None
+            rows.append({
+                "peer": transfer.peer[0],
+                "port": transfer.peer[1],
+                "file": transfer.name,
+                "bytes": session.bytes_sent if session is not None else 0,
+                "acked": session.bytes_acked if session is not None else 0,
+                "block": session.acked_block if session is not None else 0,
+                "blksize": session.blksize if session is not None else None,
+                "windowsize": session.windowsize if session is not None else None,
+                "started": transfer.started,
+                "state": session.state if session is not None else "opening",
+            })
+        for peer, (_, _, name, _, since) in self._waiting.items():
+            rows.append({"peer": peer[0], "port": peer[1], "file": name, "bytes": 0, "acked": 0,
+                         "block": 0, "blksize": None, "windowsize": None, "started": since,
+                         "state": "waiting"})
+        return rows
+
+    # -- events --------------------------------------------------------------
+
+    def _publish_refusal(self, peer, name, result, error) -> None:
+        """An RRQ answered with an ERROR before any transfer existed."""
+        if self.events.active:
+            self.events.publish("tftp", "finished", peer=peer[0], file=name, result=result,
+                                bytes=0, seconds=0.0, retransmits=0, block=0, blksize=0,
+                                windowsize=0, error=error, port=peer[1])
+
+    def _publish_session(self, transfer: Transfer, session: Session) -> None:
+        result = _EVENT_RESULTS.get(session.result, "error")
+        self._publish_finished(transfer, result, session.detail, session)
+
+    def _publish_finished(self, transfer: Transfer, result: str, error: str,
+                          session: Optional[Session] = None) -> None:
+        if transfer.published:
+            return
+        transfer.published = True
+        if not self.events.active:
+            return
+        if session is not None:
+            ended = session.ended if session.ended is not None else self.reactor.seconds()
+            nbytes, retransmits, block = session.bytes_acked, session.retransmits, session.acked_block
+            blksize, windowsize = session.blksize, session.windowsize
+            if result == "aborted" and session.result not in ("client error",):
+                error = f"{session.result}: {error}" if error else session.result
+        else:
+            ended = self.reactor.seconds()
+            nbytes = retransmits = block = blksize = windowsize = 0
+        self.events.publish("tftp", "finished", peer=transfer.peer[0], file=transfer.name,
+                            result=result, bytes=nbytes, seconds=ended - transfer.started,
+                            retransmits=retransmits, block=block, blksize=blksize,
+                            windowsize=windowsize, error=error, port=transfer.peer[1])
 
     # -- logging -----------------------------------------------------------
 

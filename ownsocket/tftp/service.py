@@ -15,7 +15,12 @@ right one on a host with one address per LAN, the usual PXE set-up.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+from typing import Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
 
 from ownsocket import listening
 from ownsocket.events import EventBus
@@ -51,6 +56,46 @@ def _enlarge_receive_buffer(port) -> None:
             continue
 
 
+#: Descriptors one transfer may hold: two sockets (the lean ports keep a
+#: connected and an unconnected one) and the file being read.
+DESCRIPTORS_PER_TRANSFER = 3
+
+
+def _ensure_descriptors(needed: int, resource_module=None) -> Optional[str]:
+    """
+    Raise the soft limit on open files towards C{needed} (as far as the
+    hard limit allows): systemd and most shells start services with a soft
+    limit of 1,024, which C{max_sessions} transfers could exhaust.  Returns
+    a warning line when the limit stays below C{needed}, else None.
+    """
+    if resource_module is None:
+        try:
+            import resource as resource_module
+        except ImportError:   # not POSIX
+            return None
+    soft, hard = resource_module.getrlimit(resource_module.RLIMIT_NOFILE)
+    if soft == resource_module.RLIM_INFINITY or soft >= needed:
+        return None
+    target = needed if hard == resource_module.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource_module.setrlimit(resource_module.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    if target < needed:
+        return (f"open-file limit {target} is below the {needed} that max_sessions needs; "
+                f"transfers beyond it are refused with an error (raise LimitNOFILE)")
+    return None
+
+
+def _server_settings(config) -> dict:
+    """The L{TFTPServer} keywords a L{ownsocket.config.TftpConfig} sets."""
+    return dict(
+        limits=Limits(config.max_blksize, config.max_windowsize, config.max_bytes_in_flight),
+        timeout=float(config.timeout), retries=config.retries,
+        max_sessions=config.max_sessions,
+        max_sessions_per_client=config.max_sessions_per_client)
+
+
 class TFTPService(listening.ListeningService):
     """
     @param config: an L{ownsocket.config.TftpConfig}.
@@ -61,6 +106,7 @@ class TFTPService(listening.ListeningService):
     @param events: the L{ownsocket.events.EventBus} transfers are published on.
     """
 
+    log = Logger()
     name = "tftp"
     transport = "UDP"
     in_use_hint = "address already in use (is another TFTP server, e.g. tftpd-hpa or dnsmasq, running?)"
@@ -75,20 +121,82 @@ class TFTPService(listening.ListeningService):
         self.config = config
         self.reactor = reactor
         self.backend = backend
-        self.server = TFTPServer(
-            backend, reactor,
-            limits=Limits(config.max_blksize, config.max_windowsize,
-                          config.max_bytes_in_flight),
-            timeout=float(config.timeout), retries=config.retries,
-            max_sessions=config.max_sessions,
-            max_sessions_per_client=config.max_sessions_per_client,
-            recent=recent)
+        self.server = TFTPServer(backend, reactor, recent=recent, events=self.events,
+                                 **_server_settings(config))
+
+    def privilegedStartService(self):
+        warning = _ensure_descriptors(self.config.max_sessions * DESCRIPTORS_PER_TRANSFER + 64)
+        if warning:
+            self.log.warn("tftp: {warning}", warning=warning)
+        listening.ListeningService.privilegedStartService(self)
 
     def _listen(self, host):
-        port = self.reactor.listenUDP(self.config.port, ListenerProtocol(self.server, host), interface=host)
+        if ":" in host:  # IPv6: see ListeningService._ipv6_socket
+            sock = self._ipv6_socket(host, socket.SOCK_DGRAM)
+            try:
+                port = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET6,
+                                                      ListenerProtocol(self.server, host))
+            finally:
+                sock.close()
+        else:
+            port = self.reactor.listenUDP(self.config.port, ListenerProtocol(self.server, host), interface=host)
         _enlarge_receive_buffer(port)
         return port
 
     def stopService(self):
         self.server.stop()
         return listening.ListeningService.stopService(self)
+
+    def transfers_in_flight(self):
+        """
+        One small dict per running transfer, oldest first: peer, port,
+        file, bytes (sent), acked, block (last acknowledged), blksize,
+        windowsize, started (reactor time), state (opening, wait-oack-ack,
+        sending); then one per request waiting for a slot (state waiting).
+        """
+        return self.server.in_flight()
+
+    def reconfigure(self, config, selector=None, backend=None):
+        """
+        Apply a reloaded config (the reload contract): the new root, backend
+        and limits apply to transfers that start from now on; transfers in
+        flight finish on the reader and limits they started with.  The
+        listening ports are re-bound only when C{port} or C{addresses}
+        changed; then a Deferred fires once they are open.  If they cannot
+        be opened, the old ones are opened again, the old port and
+        addresses stay in force, and the Deferred fails with the
+        L{BindError}.
+
+        @param config: the new L{ownsocket.config.Config} (its C{tftp}
+            part is used), or a L{ownsocket.config.TftpConfig}.
+        @param selector: unused: TFTP asks no selector (the backend chain
+            may).
+        @param backend: the new L{ownsocket.interfaces.IFileBackend}; None
+            serves C{config.root} from the file system.
+        """
+        config = getattr(config, "tftp", config)
+        if backend is None:
+            backend = FilesystemBackend(config.root, config.case_insensitive)
+        old = self.config
+        self.config = config
+        self.backend = backend
+        if config.max_sessions > old.max_sessions:
+            warning = _ensure_descriptors(config.max_sessions * DESCRIPTORS_PER_TRANSFER + 64)
+            if warning:
+                self.log.warn("tftp: {warning}", warning=warning)
+        self.server.configure(backend, **_server_settings(config))
+        if not self.ports or (old.port, old.addresses) == (config.port, config.addresses):
+            return defer.succeed(None)
+        return self._close_ports().addCallback(lambda _: self._rebind(old))
+
+    def _rebind(self, old):
+        try:
+            self._bind()
+        except BindError as error:
+            self.log.error("tftp: reload could not re-bind ({error}); still listening on the "
+                           "old port and addresses", error=str(error))
+            self.config = dataclasses.replace(self.config, port=old.port, addresses=old.addresses)
+            self._bind()
+            raise
+        self.log.info("tftp: listening on {where}", where=", ".join(
+            f"{host}:{port}" for host, port in self.listening_addresses()))

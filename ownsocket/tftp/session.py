@@ -57,7 +57,7 @@ class Session:
     def __init__(self, reader, *, blksize: int = 512, windowsize: int = 1,
                  timeout: float = 1.0, retries: int = 6,
                  oack: Optional[bytes] = None, tsize_offered: bool = False,
-                 now: float = 0.0):
+                 now: float = 0.0, initial_rto: Optional[float] = None):
         self._reader = reader
         self.blksize = blksize
         self.windowsize = windowsize
@@ -69,7 +69,10 @@ class Session:
         self._tsize_offered = tsize_offered
         self._max_rto = float(timeout)
         self._min_rto = min(MIN_RTO, self._max_rto)
-        self._rto = self._max_rto
+        # The first timer: the caller may know the round trip from earlier
+        # transfers (RFC 6298 2.1 allows it); otherwise the full timeout.
+        rto = self._max_rto if initial_rto is None else float(initial_rto)
+        self._rto = min(max(rto, self._min_rto), self._max_rto)
         self._srtt: Optional[float] = None
         self._rttvar = 0.0
         self._timing: Optional[float] = None  # send time of a clean window
@@ -99,10 +102,32 @@ class Session:
         self.retransmits = 0
         self.bytes_acked = 0
         self.acked_any = False
+        #: Resent something and heard nothing from the peer since: only
+        #: such a transfer may be evicted to make room (a new one is not
+        #: silent yet, only not yet answered).
+        self.silent = False
 
     @property
     def done(self) -> bool:
         return self.state is DONE
+
+    @property
+    def srtt(self) -> Optional[float]:
+        """The smoothed round trip measured, or None before any sample."""
+        return self._srtt
+
+    @property
+    def acked_block(self) -> int:
+        """The highest block acknowledged, counted past 65535 (no wrap)."""
+        return self._base
+
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes sent at least once (the status page's progress)."""
+        sent = self._sent
+        if sent and sent == self._last_block:
+            return (sent - 1) * self.blksize + self._last_len
+        return sent * self.blksize
 
     # -- events ------------------------------------------------------------
 
@@ -117,6 +142,7 @@ class Session:
         """A datagram from the peer's TID (the caller filters foreign TIDs)."""
         if len(datagram) < 4:
             return []
+        self.silent = False
         opcode, number = _unpack(datagram)
         if opcode != _ACK or self.state is not SENDING:
             return self._not_data_ack(opcode, number, datagram, now)
@@ -197,6 +223,7 @@ class Session:
         self._retries_left -= 1
         self._rto = min(self._rto * 2, self._max_rto)
         self._timing = None
+        self.silent = True
         if self.state is WAIT_OACK_ACK:
             self.retransmits += 1
             self.deadline = now + self._rto
