@@ -32,9 +32,9 @@ from ownsocket.runtime import prepare, read_config
 
 _log = Logger(namespace="ownsocket.reload")
 
-#: Settings a reload cannot change for a running (or absent) service.
-_NEEDS_RESTART = (("dhcp", "enabled"), ("dhcp", "mode"), ("tftp", "enabled"),
-                  ("http", "enabled"), ("admin", "enabled"))
+#: Settings a reload cannot change: a service is built, or not, at start-up.
+_NEEDS_RESTART = (("dhcp", "enabled"), ("tftp", "enabled"), ("http", "enabled"),
+                  ("admin", "enabled"))
 
 
 class Reloader:
