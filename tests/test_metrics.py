@@ -26,8 +26,9 @@ def series(registry):
 
 class CountingTests(unittest.TestCase):
     def setUp(self):
-        self.runtime = FakeRuntime(dhcp=FakeDhcp(), tftp=FakeTransfers([{"peer": "10.0.0.5", "file": "a"}]),
-                                   http=FakeTransfers())
+        self.runtime = FakeRuntime(dhcp=FakeDhcp(), tftp=FakeTransfers(
+            [{"peer": "10.0.0.5", "file": "a"}, {"peer": "10.0.0.6", "file": "a", "state": "waiting"}]),
+            http=FakeTransfers())
         self.service = AdminService(self.runtime)
         self.metrics = self.service.metrics
         self.bus = self.runtime.events

@@ -292,8 +292,10 @@ class _StateCollector:
         yield addresses
         for name, transfers in (("tftp", tftp), ("http", http)):
             if transfers is not None:
+                # (requests queued for a free slot are listed too, as state "waiting": not running)
+                running = sum(1 for t in transfers if t.get("state") != "waiting")
                 yield GaugeMetricFamily(f"ownsocket_{name}_transfers_in_flight",
-                                        f"{name.upper()} transfers running now", value=len(transfers))
+                                        f"{name.upper()} transfers running now", value=running)
         build = InfoMetricFamily("ownsocket_build", "The running ownsocket")
         build.add_metric([], {"version": __version__, "python": platform.python_version(),
                               "implementation": platform.python_implementation()})
