@@ -326,3 +326,30 @@ class MacLimitTests(unittest.TestCase):
         dhcp_exchange(h.bus, mac=macs[3])
         self.assertEqual([len(h.trail.boots_of(mac)) for mac in macs], [2, 0, 1, 1])
         self.assertEqual(len(h.trail), 4)
+
+
+class Dhcp6Tests(unittest.TestCase):
+    def test_dhcpv6_http_boot_is_one_boot(self):
+        """DHCPv6 publishes only its replies: the ADVERTISE starts the boot, the address maps HTTP to it."""
+        h = Harness(self)
+        url = "http://[fd00::1]/snponly.efi"
+        for message in ("advertise", "reply"):
+            h.bus.publish("dhcp6", "sent", mac=MAC, peer="fd00::100", message=message, xid=7,
+                          address="fd00::100", file=url, selector="uefi-http", arch="16 x64 UEFI HTTP",
+                          reason="new address")
+        tftp_transfer(h.bus, peer="fd00::100", file="/snponly.efi", service="http")
+        h.bus.publish("dhcp6", "sent", mac=MAC, peer="fd00::100", message="advertise", xid=8,
+                      address="fd00::100", file="boot.ipxe", selector="ipxe", arch="16 x64 UEFI HTTP",
+                      reason="lease")
+        [boot] = h.trail.boots_of(MAC)
+        self.assertEqual([p for p, _ in boot.phases], [DHCP, FIRST_STAGE, CHAINED_DHCP])
+        self.assertEqual(boot.first_stage["protocol"], "http")
+        self.assertIn("DHCPv6 ADVERTISE fd00::100", boot.entries()[0].text)
+
+    def test_advertise_without_reply_is_a_named_stall(self):
+        h = Harness(self)
+        h.bus.publish("dhcp6", "sent", mac=MAC, peer="fd00::100", message="advertise", xid=7,
+                      address="fd00::100", file="http://[fd00::1]/a.efi", selector="uefi-http",
+                      arch="16 x64 UEFI HTTP", reason="new address")
+        h.clock.advance(31)
+        self.assertEqual(h.ended[0].summary, "offered fd00::100 (http://[fd00::1]/a.efi), no REQUEST within 30 s")

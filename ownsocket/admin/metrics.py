@@ -27,9 +27,10 @@ from ownsocket import __version__
 from ownsocket.admin.trail import OUTCOMES
 from ownsocket.events import IEventObserver
 
-DHCP_SERVICES = ("dhcp", "proxy")
+DHCP_SERVICES = ("dhcp", "proxy", "dhcp6")
+SERVICES = ("dhcp", "proxy", "dhcp6", "tftp", "http", "server")
 RECEIVED = ("discover", "request", "decline", "release", "inform", "bootp")
-SENT = ("offer", "ack", "nak", "bootp")
+SENT = ("offer", "ack", "nak", "bootp", "advertise", "reply")
 DROP_REASONS = ("parse", "not_for_us", "no_subnet", "pool_exhausted", "overload", "store_error", "ignored",
                 "error")
 TFTP_RESULTS = ("ok", "not_found", "denied", "size_probe", "timeout", "aborted", "refused", "error")
@@ -145,13 +146,18 @@ class Metrics:
 
         # Every known label value exists from the start (at 0), so rates work
         # from the first scrape and the series count does not depend on traffic.
-        for service in DHCP_SERVICES:
+        for service in ("dhcp", "proxy"):
             for message in RECEIVED + (OTHER,):
                 self.received.labels(service, message)
-            for message in SENT + (OTHER,):
+            for message in SENT[:4] + (OTHER,):
                 self.sent.labels(service, message)
             for reason in DROP_REASONS + (OTHER,):
                 self.dropped.labels(service, reason)
+        # DHCPv6 publishes its replies and drops (no "received")
+        for message in ("advertise", "reply", OTHER):
+            self.sent.labels("dhcp6", message)
+        for reason in DROP_REASONS + (OTHER,):
+            self.dropped.labels("dhcp6", reason)
         for result in TFTP_RESULTS + (OTHER,):
             self.tftp_requests.labels(result)
         for result in HTTP_RESULTS + (OTHER,):
@@ -160,7 +166,7 @@ class Metrics:
             self.boots.labels(outcome)
         for result in RELOAD_RESULTS + (OTHER,):
             self.reloads.labels(result)
-        for service in ("dhcp", "proxy", "tftp", "http", "server"):
+        for service in SERVICES:
             self.events_seen.labels(service)
         self._children = {}
 
@@ -194,8 +200,7 @@ class Metrics:
                 self._child(self.reloads, _reload_result(fields.get("result"))).inc()
         else:
             service = OTHER
-        self._child(self.events_seen, service if service in ("dhcp", "proxy", "tftp", "http", "server")
-                    else OTHER).inc()
+        self._child(self.events_seen, service if service in SERVICES else OTHER).inc()
 
     def _dhcp(self, service, kind, fields):
         if kind == "received":
@@ -292,8 +297,10 @@ class _StateCollector:
         yield addresses
         for name, transfers in (("tftp", tftp), ("http", http)):
             if transfers is not None:
+                # (requests queued for a free slot are listed too, as state "waiting": not running)
+                running = sum(1 for t in transfers if t.get("state") != "waiting")
                 yield GaugeMetricFamily(f"ownsocket_{name}_transfers_in_flight",
-                                        f"{name.upper()} transfers running now", value=len(transfers))
+                                        f"{name.upper()} transfers running now", value=running)
         build = InfoMetricFamily("ownsocket_build", "The running ownsocket")
         build.add_metric([], {"version": __version__, "python": platform.python_version(),
                               "implementation": platform.python_implementation()})

@@ -151,9 +151,10 @@ def status_tree(runtime, trail):
                 tags.td(_text(t.get("block")), class_="num"), tags.td(_text(t.get("blksize")), class_="num"),
                 tags.td(_text(t.get("windowsize")), class_="num"),
                 tags.td(duration(now - started) if isinstance(started, (int, float)) else "n/a", class_="num"),
+                tags.td(_text(t.get("state") or "sending"), class_="state"),
                 class_="transfer"))
     transfers = _table("transfers", ("protocol", "peer", "MAC", "file", "sent", "block", "blksize",
-                                     "windowsize", "elapsed"), transfer_rows, "none")
+                                     "windowsize", "elapsed", "state"), transfer_rows, "none")
     transfer_note = [tags.p(f"n/a for {', '.join(unknown)} (the service cannot say)", class_="none")] if unknown else []
 
     uptime = now - runtime.started_at if getattr(runtime, "started_at", None) is not None else None

@@ -123,8 +123,8 @@ def describe(event) -> str:
     """One human line for one event (the CLI and the page show it)."""
     f = event.fields
     service, kind = event.service, event.kind
-    if service in ("dhcp", "proxy"):
-        who = "proxy " if service == "proxy" else ""
+    if service in ("dhcp", "proxy", "dhcp6"):
+        who = {"proxy": "proxy ", "dhcp6": "DHCPv6 "}.get(service, "")
         if kind == "received":
             text = f"{who}{str(f.get('message') or '?').upper()}"
             if f.get("interface"):
@@ -428,7 +428,7 @@ class BootTrail:
 
     def observe(self, event):
         service = event.service
-        if service in ("dhcp", "proxy"):
+        if service in ("dhcp", "proxy", "dhcp6"):
             self._lim = self._limits()
             self._dhcp(event)
         elif service in ("tftp", "http"):
@@ -489,9 +489,12 @@ class BootTrail:
         kind, fields = event.kind, event.fields
         boot = self.current_of(mac)
         ended = boot is None or boot.outcome is not None
-        if kind == "received":
-            message = fields.get("message")
-            if message in ("discover", "bootp"):
+        message = fields.get("message")
+        # DHCPv6 publishes no "received": its ADVERTISE stands for the SOLICIT
+        starts = (kind == "received" and message in ("discover", "bootp")) or \
+            (event.service == "dhcp6" and kind == "sent" and message == "advertise")
+        if kind == "received" or starts:
+            if starts:
                 if ended or boot.phase in (SCRIPT, FILES):
                     if not ended:
                         self._end(boot, restarted=True)
@@ -683,7 +686,7 @@ def _conclude(boot, within):
             return "stalled", f"{prefix}DHCP request not answered{why}"
         if boot.last_reply == "nak":
             return "stalled", f"{prefix}NAK sent, no new DISCOVER {within}"
-        if boot.last_reply == "offer" and boot.service == "dhcp":
+        if boot.last_reply in ("offer", "advertise") and boot.service in ("dhcp", "dhcp6"):
             return "stalled", f"{prefix}offered {boot.address} ({boot.offered or 'no file'}), no REQUEST {within}"
         if not boot.offered:
             return "complete", f"address {boot.address} only (no boot file)"
