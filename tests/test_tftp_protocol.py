@@ -409,21 +409,31 @@ class CapacityTests(ServiceTestCase):
                                           for step in range(29)])
         self.assertTrue(all(t.connected for _, t in self.sessions()))
 
-    def test_first_timer_follows_the_learned_round_trip(self):
-        self.make(files={"f": b"x" * 100}, timeout=3)
-        self.assertEqual(self.service.server.initial_rto(), 3.0)
+    def test_first_timer_follows_the_learned_round_trip_under_pressure(self):
+        self.make(files={"f": b"x" * 100}, timeout=3, max_sessions=4)
+        server = self.service.server
+        self.assertEqual(server.initial_rto("192.0.2.10"), 3.0)
         self.send(rrq("f"))
         proto, _ = self.sessions()[0]
         self.reactor.advance(0.01)
         proto.datagramReceived(wire.build_ack(1), PEER)
-        self.assertEqual(self.service.server.initial_rto(), 0.2)   # MIN_RTO: a LAN
+        # Learned (a LAN: MIN_RTO), but with room to spare the first timer
+        # stays at the timeout: a client's first answer may be slow.
+        self.assertEqual(server.initial_rto("192.0.2.10"), 3.0)
         self.send(rrq("f"), ("192.0.2.10", 2))
+        self.assertEqual(server.initial_rto("192.0.2.10"), 3.0)
+        # Half full: new transfers get the learned round trip.
+        self.send(rrq("f"), ("192.0.2.10", 3))
+        self.assertEqual(server.initial_rto("192.0.2.10"), 0.2)
         proto, transport = self.sessions()[-1]
         self.reactor.advance(0.19)
         self.assertEqual(len(transport.written), 1)
         self.reactor.advance(0.02)
         self.assertEqual(len(transport.written), 2)
         self.assertTrue(proto.session.silent)
+        first, first_transport = self.sessions()[1]
+        self.assertEqual(len(first_transport.written), 1)   # still on its 3 s timer
+        self.assertFalse(first.session.silent)
 
     def learn_lan_round_trip(self, peer):
         self.send(rrq("f"), peer)

@@ -20,10 +20,11 @@ rather than after its own retries.
 
 Spoofed requests.  RRQs are trivially spoofed, and a spoofed request
 creates a transfer that never sees an ACK.  Such a transfer becomes
-evictable at its first retransmission, which comes one round trip
-estimate after its first packet: the server learns the round trip from the
-transfers it finished (clamped to [MIN_RTO, timeout]), so on a LAN a
-spoofed transfer holds its slot for about MIN_RTO (0.2 s).  A flood slower
+evictable at its first retransmission.  Under pressure (half full, or
+requests waiting) that comes one round trip estimate after its first
+packet: the server learns the round trip from the transfers it finished
+(clamped to [MIN_RTO, timeout]), so on a LAN a spoofed transfer holds its
+slot for about MIN_RTO (0.2 s); otherwise after C{timeout}.  A flood slower
 than C{max_sessions / MIN_RTO} requests per second (2,560/s with the
 defaults) therefore always leaves room for a real client; a faster one
 makes real clients see "Server busy" for as long as it lasts, and never
@@ -242,7 +243,7 @@ class TFTPServer:
         session = Session(reader, blksize=negotiated.blksize, windowsize=negotiated.windowsize,
                           timeout=timeout, retries=self.retries, oack=oack,
                           tsize_offered=negotiated.tsize is not None,
-                          now=self.reactor.seconds(), initial_rto=self.initial_rto())
+                          now=self.reactor.seconds(), initial_rto=self.initial_rto(transfer.peer[0]))
         protocol = SessionProtocol(session, transfer.peer, self.reactor,
                                    lambda proto: self._ended(transfer, proto))
         try:
@@ -295,13 +296,24 @@ class TFTPServer:
 
     # -- capacity ----------------------------------------------------------
 
-    def initial_rto(self) -> float:
-        """A new transfer's first retransmission timeout: the learned round
-        trip (RFC 6298: srtt + 4 rttvar), or the configured timeout before
-        any transfer has finished."""
-        if self._srtt is None:
+    def initial_rto(self, host: str) -> float:
+        """
+        A new transfer's first retransmission timeout.  Normally the
+        configured timeout: a client's first answer can take much longer
+        than its later ones (in a boot storm, 100 clients starting at once
+        saw their first ACK later than 0.2 s), and a spurious resend makes
+        a transfer look silent.  Under pressure (the server or this client
+        address half full, or requests waiting) the round trip learned from
+        finished transfers (RFC 6298: srtt + 4 rttvar, at least MIN_RTO)
+        instead, so spoofed requests turn evictable quickly.
+        """
+        if self._srtt is None or not self._under_pressure(host):
             return self.timeout
         return min(max(self._srtt + 4 * self._rttvar, MIN_RTO), self.timeout)
+
+    def _under_pressure(self, host: str) -> bool:
+        return bool(self._waiting) or 2 * len(self.transfers) >= self.max_sessions \
+            or 2 * self._per_host.get(host, 0) >= self.max_sessions_per_client
 
     def _learn_rtt(self, rtt: float) -> None:
         if self._srtt is None:
