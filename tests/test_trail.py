@@ -247,7 +247,7 @@ class BoundTests(unittest.TestCase):
         self.assertLessEqual(events, 100 * 8)
         self.assertLessEqual(addresses, 400)
         self.assertEqual(h.trail.evicted, 4900)
-        self.assertEqual(len(h.clock.getDelayedCalls()), 100)  # evicted boots' timers cancelled
+        self.assertEqual(len(h.clock.getDelayedCalls()), 1)  # one quiet timer, whatever the number of boots
         self.assertEqual(h.trail.all_boots()[0].mac, "02:00:00:00:13:87")
 
     def test_one_chatty_boot_keeps_its_first_and_latest_events(self):
@@ -353,3 +353,30 @@ class Dhcp6Tests(unittest.TestCase):
                       arch="16 x64 UEFI HTTP", reason="new address")
         h.clock.advance(31)
         self.assertEqual(h.ended[0].summary, "offered fd00::100 (http://[fd00::1]/a.efi), no REQUEST within 30 s")
+
+
+class QuietTimerTests(unittest.TestCase):
+    def test_flood_then_quiet_ends_exactly_the_kept_boots(self):
+        h = Harness(self, boots=100)
+        for n in range(1000):
+            dhcp_exchange(h.bus, mac="02:00:00:00:%02x:%02x" % (n >> 8, n & 255), address="10.1.%d.%d" % (
+                n >> 8, n & 255))
+            h.clock.advance(0.01)
+        h.clock.advance(30)
+        self.assertEqual(len(h.ended), 100)
+        self.assertEqual({b.outcome for b in h.ended}, {"stalled"})
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_each_boot_ends_stall_after_its_own_last_event(self):
+        h = Harness(self)
+        first, second = MAC, "52:54:00:00:00:02"
+        dhcp_exchange(h.bus, mac=first, file="snponly.efi", arch="efi-x64")
+        h.clock.advance(10)
+        dhcp_exchange(h.bus, mac=second, address="10.0.0.101", file="snponly.efi", arch="efi-x64")
+        h.clock.advance(10)
+        h.bus.publish("dhcp", "received", mac=first, message="request", xid=1, interface="br0")  # first: +20 s
+        h.clock.advance(20.01)   # t = 40: second's deadline (40) passed, first's (50) not
+        self.assertEqual([b.mac for b in h.ended], [second])
+        h.clock.advance(10)
+        self.assertEqual([b.mac for b in h.ended], [second, first])
+        self.assertLess(abs(h.ended[1].ended - h.ended[1].last - 30), 0.02)

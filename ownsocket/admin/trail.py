@@ -242,7 +242,7 @@ class Boot:
     __slots__ = ("number", "key", "mac", "peer", "started", "last", "ended", "outcome", "summary", "phase",
                  "phases", "head", "tail", "dropped", "arch", "hostname", "address", "selector", "reason",
                  "offered", "last_reply", "last_drop", "first_stage", "script", "files_after", "in_flight",
-                 "transfers", "last_transfer", "current_file", "latest_file", "service", "timer")
+                 "transfers", "last_transfer", "current_file", "latest_file", "service", "deadline")
 
     def __init__(self, number, key, mac, peer, time):
         self.number = number
@@ -276,7 +276,7 @@ class Boot:
         self.current_file = None
         self.latest_file = None
         self.service = None        # dhcp or proxy: who answered
-        self.timer = None
+        self.deadline = None       # reactor time at which the boot counts as quiet
 
     # -- events -----------------------------------------------------------
 
@@ -365,7 +365,7 @@ class BootTrail:
 
     @param settings: a callable returning the current C{AdminConfig} (boots,
         events_per_boot, stall_after): a reload may change it at any time.
-    @param reactor: for the quiet timers (C{callLater}) and C{seconds()}.
+    @param reactor: for the quiet timer (C{callLater}) and C{seconds()}.
     @param on_end: called with each L{Boot} as it ends (metrics count them).
     @param arp_table: address -> MAC, for proxyDHCP where the address was
         given by another server.
@@ -384,6 +384,12 @@ class BootTrail:
         self._mac_of = OrderedDict()     # address -> MAC, from replies seen
         self.evicted = 0
         self._lim = self._limits()
+        # Boots that wait for their next step, in the order of their last
+        # event, so in deadline order too (stall_after is the same for all):
+        # one reactor timer for the earliest, instead of one per boot, keeps
+        # a flood of new MACs from churning the reactor's timer heap.
+        self._waiting = OrderedDict()    # number -> Boot
+        self._call = None
 
     # -- queries ----------------------------------------------------------
 
@@ -418,11 +424,13 @@ class BootTrail:
         return len(self._boots), events, len(self._mac_of)
 
     def stop(self):
-        """Cancel every quiet timer (the server is stopping); boots stay as they are."""
-        for boot in self._boots.values():
-            if boot.timer is not None and boot.timer.active():
-                boot.timer.cancel()
-            boot.timer = None
+        """Cancel the quiet timer (the server is stopping); boots stay as they are."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        for boot in self._waiting.values():
+            boot.deadline = None
+        self._waiting.clear()
 
     # -- the observer -----------------------------------------------------
 
@@ -467,9 +475,8 @@ class BootTrail:
                 pass
             if not history:
                 del self._by_key[boot.key]
-        if boot.timer is not None and boot.timer.active():
-            boot.timer.cancel()
-        boot.timer = None
+        self._waiting.pop(boot.number, None)
+        boot.deadline = None
         if boot.outcome is None:
             self.evicted += 1
 
@@ -637,28 +644,39 @@ class BootTrail:
     # -- endings ----------------------------------------------------------
 
     def _arm(self, boot):
-        stall_after = self._lim[2]
+        """The boot did something: it is quiet stall_after seconds from now (not while a transfer runs)."""
+        waiting = self._waiting
+        waiting.pop(boot.number, None)
         if boot.in_flight:
-            if boot.timer is not None and boot.timer.active():
-                boot.timer.cancel()
-            boot.timer = None
+            boot.deadline = None
             return
-        if boot.timer is not None and boot.timer.active():
-            boot.timer.reset(stall_after)
-        else:
-            boot.timer = self.reactor.callLater(stall_after, self._quiet, boot)
+        stall_after = self._lim[2]
+        boot.deadline = self.reactor.seconds() + stall_after
+        waiting[boot.number] = boot
+        if self._call is None:
+            self._call = self.reactor.callLater(stall_after, self._sweep)
 
-    def _quiet(self, boot):
-        boot.timer = None
+    def _sweep(self):
+        """End every boot whose deadline passed; wait for the next one."""
+        self._call = None
         self._lim = self._limits()
-        if boot.outcome is None and self._boots.get(boot.number) is boot:
-            self._end(boot)
+        now = self.reactor.seconds()
+        waiting = self._waiting
+        while waiting:
+            number = next(iter(waiting))
+            boot = waiting[number]
+            if boot.deadline is not None and boot.deadline > now:
+                self._call = self.reactor.callLater(boot.deadline - now, self._sweep)
+                return
+            del waiting[number]
+            boot.deadline = None
+            if boot.outcome is None and self._boots.get(number) is boot:
+                self._end(boot)
 
     def _end(self, boot, restarted=False):
         """Decide the outcome, log the one summary line, tell on_end."""
-        if boot.timer is not None and boot.timer.active():
-            boot.timer.cancel()
-        boot.timer = None
+        self._waiting.pop(boot.number, None)
+        boot.deadline = None
         within = "before the client started over" if restarted else f"within {self._lim[2]:g} s"
         boot.outcome, boot.summary = _conclude(boot, within)
         boot.ended = boot.last if restarted else self.reactor.seconds()
