@@ -75,6 +75,8 @@ KINDS = {
         # a reply sent; message: offer, ack, nak or bootp.  selector is the
         # selector that chose the file (None when no file), arch the
         # architecture label (bios, efi-x64, ...), reason the selector's why
+        # (the lease's why when no file was chosen, e.g. a NAK), lease the
+        # lease's why (DHCP server only)
         "sent": ("message", "xid", "address", "file", "selector", "arch", "reason"),
         # a lease made durable; seconds is the store's commit latency
         "committed": ("address", "seconds"),

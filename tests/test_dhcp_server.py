@@ -454,12 +454,14 @@ class EventTests(ServerTestCase):
             ("dhcp", "received", mac(1), {"message": "discover", "xid": 0x1234, "interface": "eth0"}),
             ("dhcp", "sent", mac(1), {"message": "offer", "xid": 0x1234, "address": address,
                                       "file": "snponly.efi", "selector": "arch", "arch": "efi-x64",
-                                      "reason": "new address from the pool"}),
+                                      "reason": "arch 7 (EFI x64) -> [boot] arch.7",
+                                      "lease": "new address from the pool"}),
             ("dhcp", "received", mac(1), {"message": "request", "xid": 0x1234, "interface": "eth0"}),
             ("dhcp", "committed", mac(1), {"address": address}),
             ("dhcp", "sent", mac(1), {"message": "ack", "xid": 0x1234, "address": address,
                                       "file": "snponly.efi", "selector": "arch", "arch": "efi-x64",
-                                      "reason": "selecting: lease 600s committed"}),
+                                      "reason": "arch 7 (EFI x64) -> [boot] arch.7",
+                                      "lease": "selecting: lease 600s committed"}),
         ])
         self.assertEqual([e.time for e in self.seen.events], [self.clock.seconds()] * 5)
 

@@ -561,7 +561,11 @@ class DhcpServer:
                 address=str(exchange.address) if exchange.address else None,
                 file=decision.filename if decision else None,
                 selector=decision.selector if decision and decision.filename else None,
-                arch=arch_label(message.arch_types), reason=exchange.reason)
+                arch=arch_label(message.arch_types),
+                # the selector's why when a file was chosen (the trail shows
+                # it); the lease's why otherwise, e.g. a NAK's
+                reason=decision.reason if decision and decision.filename else exchange.reason,
+                lease=exchange.reason)
         elif exchange.dropped is not None:
             self.events.publish("dhcp", "dropped", mac=message.mac,
                                 peer=str(message.ciaddr) if message.has_ciaddr else None,
