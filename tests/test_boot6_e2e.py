@@ -122,18 +122,7 @@ class IPv6Boot(unittest.TestCase):
         marker = lab.write_boot_root(root, uuid.uuid4().hex[:8])["efi"]
         serial = os.path.join(work, "serial.log")
         dnslog = os.path.join(work, "dnsmasq.log")
-        argv = ["dnsmasq", "-d", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp",
-                "--dhcp-leasefile=%s" % os.path.join(work, "leases"), "--interface=br0", "--bind-interfaces",
-                "--dhcp-range=fd99::100,fd99::1ff,64,10m", "--enable-ra", "--dhcp-authoritative",
-                "--dhcp-match=set:efi64,option6:61,7", "--dhcp-match=set:efi64http,option6:61,16",
-                "--dhcp-userclass=set:ipxe,iPXE", "--tag-if=set:chained,tag:ipxe",
-                "--dhcp-option=tag:chained,option6:bootfile-url,tftp://[fd99::1]/boot.ipxe",
-                "--enable-tftp", "--tftp-root=%s" % root]
-        if scenario == "pxe6":
-            argv.append("--dhcp-option=tag:efi64,tag:!chained,option6:bootfile-url,tftp://[fd99::1]/snponly.efi")
-        else:
-            argv += ["--dhcp-option=tag:efi64http,tag:!chained,option6:bootfile-url,http://[fd99::1]/snponly.efi",
-                     "--dhcp-option-force=tag:efi64http,tag:!chained,option6:16,PX,HTTPClient"]
+        argv = lab.dnsmasq6_boot_argv(work, root, scenario)
         try:
             with lab.NetNamespace() as ns:
                 ns.add_ipv6()

@@ -95,25 +95,9 @@ def run(scenario, workdir, seconds):
     os.chmod(root, 0o755)
     os.chmod(workdir, 0o755)
     pcap = os.path.join(workdir, scenario + ".pcap")
-    machine = ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"]
-    dnsmasq = ["dnsmasq", "-d", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp",
-               "--dhcp-leasefile=%s" % os.path.join(workdir, "dnsmasq.leases"),
-               "--interface=br0", "--bind-interfaces",
-               "--dhcp-range=fd99::100,fd99::1ff,64,10m", "--enable-ra", "--dhcp-authoritative",
-               "--dhcp-match=set:efi64,option6:61,7", "--dhcp-match=set:efi64http,option6:61,16",
-               "--dhcp-userclass=set:ipxe,iPXE", "--tag-if=set:chained,tag:ipxe",
-               "--dhcp-option=tag:chained,option6:bootfile-url,tftp://[fd99::1]/boot.ipxe",
-               "--enable-tftp", "--tftp-root=%s" % root]
-    if scenario == "pxe6":
-        dnsmasq.append("--dhcp-option=tag:efi64,tag:!chained,option6:bootfile-url,tftp://[fd99::1]/snponly.efi")
-    else:
-        machine = ["-fw_cfg", "name=opt/org.tianocore/IPv4Support,string=no"]
-        dnsmasq += ["--dhcp-option=tag:efi64http,tag:!chained,option6:bootfile-url,http://[fd99::1]/snponly.efi",
-                    "--dhcp-option-force=tag:efi64http,tag:!chained,option6:16,PX,HTTPClient"]
+    dnsmasq = lab.dnsmasq6_boot_argv(workdir, root, scenario)
     with lab.NetNamespace() as ns:
-        ns.run(["sysctl", "-qw", "net.ipv6.conf.br0.accept_dad=0"])
-        ns.run(["ip", "link", "set", "br0", "type", "bridge", "mcast_snooping", "0"])
-        ns.run(["ip", "addr", "add", "fd99::1/64", "dev", "br0", "nodad"])
+        ns.add_ipv6()
         tcpdump = ns.start(["tcpdump", "-i", "br0", "-U", "-s", "0", "-w", pcap, "ip6"],
                            name="tcpdump", log=os.path.join(workdir, "tcpdump.log"))
         time.sleep(1.5)
@@ -122,8 +106,7 @@ def run(scenario, workdir, seconds):
             ns.start([sys.executable, "-m", "http.server", "--bind", "fd99::1", "80"], cwd=root,
                      name="http", log=os.path.join(workdir, "http.log"))
         time.sleep(0.5)
-        spec = lab.GuestSpec(name="capture6-" + scenario, nic="virtio-net-pci", romfile="",
-                               machine_args=("-bios", lab.ovmf_firmware(), *machine))
+        spec = lab.ovmf_ipv6_guest(scenario)
         serial = os.path.join(workdir, scenario + "-serial.log")
         vm = ns.start_guest(spec, serial_log=serial)
         deadline = time.monotonic() + seconds

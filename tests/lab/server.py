@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from tests.lab.namespace import NETWORK6, POOL6, SERVER_ADDRESS, SERVER_NETWORK
+from tests.lab.namespace import NETWORK6, POOL6, SERVER6, SERVER_ADDRESS, SERVER_NETWORK
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -105,6 +105,30 @@ def dnsmasq_base_argv(interface, workdir, *, dhcp_range="10.99.0.100,10.99.0.200
             "--interface=%s" % interface, "--bind-interfaces",
             "--dhcp-range=%s" % dhcp_range,
             "--dhcp-option=3,%s" % SERVER_ADDRESS]
+
+
+def dnsmasq6_boot_argv(workdir, tftp_root, scenario, interface="br0"):
+    """
+    dnsmasq as the IPv6 reference (FIRMWARE-FACTS 8f): DHCPv6 with RAs on
+    ``interface``, iPXE (user class) gets boot.ipxe, OVMF gets snponly.efi
+    by TFTP (``scenario`` "pxe6") or by HTTP (the URL and vendor class of
+    HTTPv6, "http6"; dnsmasq serves no HTTP: run ``python3 -m http.server``
+    next to it).
+    """
+    url = "tftp://[%s]" % SERVER6
+    argv = ["dnsmasq", "-d", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp",
+            "--dhcp-leasefile=%s" % os.path.join(workdir, "dnsmasq.leases"),
+            "--interface=%s" % interface, "--bind-interfaces",
+            "--dhcp-range=%s,%s,64,10m" % tuple(POOL6.split("-")), "--enable-ra", "--dhcp-authoritative",
+            "--dhcp-match=set:efi64,option6:61,7", "--dhcp-match=set:efi64http,option6:61,16",
+            "--dhcp-userclass=set:ipxe,iPXE", "--tag-if=set:chained,tag:ipxe",
+            "--dhcp-option=tag:chained,option6:bootfile-url,%s/boot.ipxe" % url,
+            "--enable-tftp", "--tftp-root=%s" % tftp_root]
+    if scenario == "pxe6":
+        return argv + ["--dhcp-option=tag:efi64,tag:!chained,option6:bootfile-url,%s/snponly.efi" % url]
+    return argv + [
+        "--dhcp-option=tag:efi64http,tag:!chained,option6:bootfile-url,http://[%s]/snponly.efi" % SERVER6,
+        "--dhcp-option-force=tag:efi64http,tag:!chained,option6:16,PX,HTTPClient"]
 
 
 def dnsmasq_boot_argv(interface, workdir, tftp_root, http_url=None):
