@@ -14,7 +14,6 @@ hang.
 
 import argparse
 import json
-import os
 import random
 import select
 import socket

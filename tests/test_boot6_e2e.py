@@ -29,28 +29,13 @@ import uuid
 
 from twisted.trial import unittest
 
-from tests import lab, netns
+from tests import lab
 
 BOOT_TIMEOUT = 180
 
 
-def _missing():
-    ok, why = netns.available()
-    if not ok:
-        return why
-    for tool in (lab.QEMU, "ss"):
-        if shutil.which(tool) is None:
-            return "%s is not installed (apt-get install qemu-system-x86 iproute2)" % tool
-    try:
-        lab.ovmf_firmware()
-        lab.ipxe_file("snponly.efi")
-    except lab.LabError as error:
-        return str(error)
-    return None
-
-
 class IPv6Boot(unittest.TestCase):
-    skip = _missing()
+    skip = lab.missing(lab.ovmf_firmware, lambda: lab.ipxe_file("snponly.efi"))
     timeout = BOOT_TIMEOUT + 60
 
     def run_boot(self, scenario, dual_stack=False):

@@ -49,32 +49,16 @@ import uuid
 
 from twisted.trial import unittest
 
-from tests import lab, netns
+from tests import lab
 
 #: Seconds from QEMU start until both signs of success must be there.
 BOOT_TIMEOUT = 150
 GUEST_MAC = lab.DEFAULT_MAC
 
 
-def _missing():
-    """Why the scenarios cannot run here, or None."""
-    ok, why = netns.available()
-    if not ok:
-        return why
-    for tool in (lab.QEMU, "ss"):
-        if shutil.which(tool) is None:
-            return "%s is not installed (apt-get install qemu-system-x86 iproute2)" % tool
-    try:
-        lab.ovmf_firmware()
-        lab.ipxe_rom("pxe-e1000.rom")
-        for name in lab.FIRST_STAGES:
-            lab.ipxe_file(name)
-    except lab.LabError as e:
-        return str(e)
-    return None
-
-
-SKIP = _missing()
+#: Why the scenarios cannot run here, or None.
+SKIP = lab.missing(lab.ovmf_firmware, lambda: lab.ipxe_rom("pxe-e1000.rom"),
+                   *[lambda name=name: lab.ipxe_file(name) for name in lab.FIRST_STAGES])
 
 
 def _server_lines(text):

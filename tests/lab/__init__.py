@@ -52,7 +52,7 @@ from tests.lab.server import (
     ownsocket_argv, ownsocket_config, ownsocket_env)
 from tests.lab.vm import (
     AAVMF_CODE, AAVMF_VARS, DEFAULT_MAC, FW_CFG, OVMF_SB_CODE, OVMF_SB_VARS, QEMU, QEMU_ARM64,
-    GuestSpec, arm64_uefi, bios_ipxe, console_text, ipxe_rom, ovmf_firmware, ovmf_ipv6_guest,
+    GuestSpec, arm64_uefi, bios_ipxe, console_text, ipxe_rom, missing, ovmf_firmware, ovmf_ipv6_guest,
     uefi_http, uefi_pxe, uefi_secure_boot)
 from tests.lab.waits import listening, read_text, wait_for_boot, wait_until
 
@@ -67,7 +67,7 @@ __all__ = [
     "Process", "QEMU", "QEMU_ARM64", "REPO_ROOT", "SERVER6", "SERVER_ADDRESS", "SERVER_NETWORK",
     "SIGNED_FILES", "arm64_uefi", "bios_ipxe", "console_text", "decode_frame", "dnsmasq_base_argv",
     "dnsmasq6_boot_argv", "dnsmasq_boot_argv", "fleet_config", "grub_marker_text", "ipxe_file", "ipxe_marker_text",
-    "ipxe_rom", "listening", "marker_text", "ovmf_firmware", "ovmf_ipv6_guest", "ownsocket6_config",
+    "ipxe_rom", "listening", "marker_text", "missing", "ovmf_firmware", "ovmf_ipv6_guest", "ownsocket6_config",
     "ownsocket_argv", "ownsocket_config", "ownsocket_env", "read_text", "signed_boot_file",
     "uefi_http", "uefi_pxe", "uefi_secure_boot", "wait_for_boot", "wait_until", "write_boot_root",
     "write_grub_root",

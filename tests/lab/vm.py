@@ -17,6 +17,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
+from tests import netns
 from tests.lab.errors import LabError
 
 #: Fixed guest MAC so that captures and leases are reproducible.
@@ -187,6 +188,28 @@ def arm64_uefi(vars_copy, nic="virtio-net-pci"):
     return GuestSpec(name="arm64", nic=nic, romfile="", memory="512M", qemu=QEMU_ARM64,
                      machine_args=("-machine", "virt", "-cpu", "cortex-a57")
                      + _pflash(AAVMF_CODE, vars_copy, AAVMF_VARS))
+
+
+def missing(*needs, tools=(QEMU, "ss")):
+    """
+    Why a lab boot cannot run here, for a skip reason; None if it can.
+
+    Checks that namespaces work, that ``tools`` are installed, and calls
+    each of ``needs`` (e.g. :func:`ovmf_firmware`, ``lambda: ipxe_file(name)``),
+    which raise :class:`LabError` naming the missing file and its package.
+    """
+    ok, why = netns.available()
+    if not ok:
+        return why
+    for tool in tools:
+        if shutil.which(tool) is None:
+            return "%s is not installed (apt-get install qemu-system-x86 iproute2)" % tool
+    try:
+        for need in needs:
+            need()
+    except LabError as error:
+        return str(error)
+    return None
 
 
 #: OVMF fw_cfg knobs for IPv6 (FIRMWARE-FACTS 8): "pxe6" removes the IPv4 PXE
