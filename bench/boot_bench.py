@@ -134,7 +134,7 @@ def one_boot(scenario, server, args, keep_root):
         if server.startswith("ownsocket"):
             log = os.path.join(workdir, "ownsocket.log")
             cfg = lab.ownsocket_config(os.path.join(workdir, "ownsocket.ini"), workdir, root,
-                                         ipxe_mode="stateless" if server.endswith("stateless") else "stateful")
+                                       ipxe_mode="stateless" if server.endswith("stateless") else "stateful")
             proc = ns.start(lab.ownsocket_argv(cfg, log), name="ownsocket",
                             log=os.path.join(workdir, "ownsocket.out"), env=lab.ownsocket_env(), cwd=workdir)
             watch = [proc]
@@ -156,7 +156,7 @@ def one_boot(scenario, server, args, keep_root):
             pattern = re.compile(r"dnsmasq-tftp\[\d+\]: sent \S*/marker-%s\.ipxe to" % platform)
             server_log = log
         if not lab.wait_until(lambda: lab.listening(ns, udp=(67, 69), tcp=tcp), 30,
-                                interval=0.3, watch=watch):
+                              interval=0.3, watch=watch):
             raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(watch[0].log)[-3000:]))
         vm = ns.start_guest(spec_factory(), serial_log=serial, log=os.path.join(workdir, "qemu.log"))
         seconds, server_ok = lab.wait_for_boot(
@@ -221,7 +221,7 @@ def one_grub_boot(scenario, server, args, keep_root):
         if server.startswith("ownsocket"):
             log = os.path.join(workdir, "ownsocket.log")
             cfg = lab.fleet_config(os.path.join(workdir, "ownsocket.ini"), workdir, root, FLEET.values(),
-                                     ipxe_mode="stateless" if server.endswith("stateless") else "stateful")
+                                   ipxe_mode="stateless" if server.endswith("stateless") else "stateful")
             proc = ns.start(lab.ownsocket_argv(cfg, log), name="ownsocket",
                             log=os.path.join(workdir, "ownsocket.out"), env=lab.ownsocket_env(), cwd=workdir)
 

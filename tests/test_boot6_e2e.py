@@ -56,7 +56,7 @@ class IPv6Boot(unittest.TestCase):
                                   log=os.path.join(work, "ownsocket.stderr"))
                 tcp = (80,) if scenario == "http6" else ()
                 self.assertTrue(lab.wait_until(lambda: lab.listening(ns, udp=(69, 547), tcp=tcp), 30,
-                                                 watch=[server]), lab.read_text(log))
+                                               watch=[server]), lab.read_text(log))
                 vm = ns.start_guest(lab.ovmf_ipv6_guest(scenario), serial_log=serial,
                                     log=os.path.join(work, "qemu.log"))
 
@@ -69,7 +69,7 @@ class IPv6Boot(unittest.TestCase):
                                      lab.read_text(log)) is not None
 
                 seconds, server_ok = lab.wait_for_boot(vm, serial, marker, fetched, BOOT_TIMEOUT,
-                                                         watch=[server])
+                                                       watch=[server])
                 text = lab.read_text(log)
                 evidence = "\n".join(line.split("] ", 1)[-1] for line in text.splitlines()
                                      if "DHCPv6" in line or "tftp peer" in line or "http peer" in line

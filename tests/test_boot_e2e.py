@@ -73,25 +73,45 @@ def _server_lines(text):
 class _Run:
     """One scenario's working directory, namespace, processes and evidence."""
 
-    def __init__(self, test, name):
+    def __init__(self, test, name, taps=1):
         self.test = test
         self.name = name
         self.dir = tempfile.mkdtemp(prefix="ownsocket-e2e-%s-" % name)
         os.chmod(self.dir, 0o755)
         self.root = os.path.join(self.dir, "tftpboot")
         self.token = uuid.uuid4().hex[:8]
-        self.markers = lab.write_boot_root(self.root, self.token)
+        self.markers = self.write_root()
         self.log = os.path.join(self.dir, "ownsocket.log")
         self.serial = os.path.join(self.dir, "serial.log")
         self.qemu_log = os.path.join(self.dir, "qemu.log")
         self.extra_logs = {}
-        self.ns = lab.NetNamespace()
+        self.ns = lab.NetNamespace(taps=taps)
         self.ns.__enter__()
         test.addCleanup(self.cleanup)
         self.failed = True
         self.seconds = None
         if os.environ.get("OWNSOCKET_E2E_RA", "1") != "0":
             self.ns.start_router_advertiser(log=os.path.join(self.dir, "ra.log"))
+
+    def write_root(self):
+        return lab.write_boot_root(self.root, self.token)
+
+    def start_address_server(self):
+        """
+        dnsmasq handing out the addresses only, in its own namespace on a
+        veth leg of the bridge (10.99.0.2), for the proxyDHCP scenarios.
+        """
+        if shutil.which("dnsmasq") is None:
+            raise unittest.SkipTest("dnsmasq is not installed (apt-get install dnsmasq)")
+        leg = self.ns.add_leg("dh", "10.99.0.2/24")
+        self.dnsmasq_log = os.path.join(self.dir, "dnsmasq.log")
+        self.extra_logs["dnsmasq (address-only DHCP server)"] = self.dnsmasq_log
+        self.dnsmasq = leg.start(lab.dnsmasq_base_argv(leg.ifname, self.dir), name="dnsmasq",
+                                 log=self.dnsmasq_log)
+        if not lab.wait_until(lambda: lab.listening(self.ns, udp=(67,), netns=leg.name), 20,
+                              interval=0.3, watch=[self.dnsmasq]):
+            self.test.fail("dnsmasq did not start:\n" + lab.read_text(self.dnsmasq_log))
+        return self.dnsmasq
 
     def cleanup(self):
         self.ns.destroy()
@@ -106,7 +126,7 @@ class _Run:
         tcp = (80,) if config.get("http", True) else ()
         udp = (67, 69) + ((4011,) if config.get("mode") == "proxy" else ())
         if not lab.wait_until(lambda: lab.listening(self.ns, udp=udp, tcp=tcp), 30,
-                                interval=0.3, watch=[self.server]):
+                              interval=0.3, watch=[self.server]):
             self.test.fail("ownsocket did not open UDP %s / TCP %s within 30 s:\n%s\n%s" % (
                 udp, tcp, lab.read_text(self.server.log)[-3000:], lab.read_text(self.log)[-3000:]))
         return self.server
@@ -250,20 +270,12 @@ class FirmwareBootTests(unittest.TestCase):
         leg of the bridge, 10.99.0.2) hands out the address and nothing else;
         ownsocket in proxy mode on 10.99.0.1 gives the boot file over its TFTP.
         """
-        if shutil.which("dnsmasq") is None:
-            raise unittest.SkipTest("dnsmasq is not installed (apt-get install dnsmasq)")
         run = _Run(self, name)
-        leg = run.ns.add_leg("dh", "10.99.0.2/24")
-        dnsmasq_log = os.path.join(run.dir, "dnsmasq.log")
-        run.extra_logs["dnsmasq (address-only DHCP server)"] = dnsmasq_log
-        dnsmasq = leg.start(lab.dnsmasq_base_argv(leg.ifname, run.dir), name="dnsmasq", log=dnsmasq_log)
-        if not lab.wait_until(lambda: lab.listening(run.ns, udp=(67,), netns=leg.name), 20,
-                                interval=0.3, watch=[dnsmasq]):
-            self.fail("dnsmasq did not start:\n" + lab.read_text(dnsmasq_log))
+        dnsmasq = run.start_address_server()
         run.start_ownsocket(mode="proxy", http=False)
         run.boot(spec, platform, self._marker_fetched(run, platform), watch=[dnsmasq])
         text = run.ownsocket_text()
-        dtext = lab.read_text(dnsmasq_log)
+        dtext = lab.read_text(run.dnsmasq_log)
         run.check(re.search(r"DHCPACK\(eth0\) 10\.99\.0\.\d+ %s" % GUEST_MAC, dtext),
                   "dnsmasq never gave the guest its address")
         run.check(re.search(r"proxy DISCOVER from %s via br0:67 arch \[%s\] -> OFFER: boot '%s'"
@@ -335,47 +347,24 @@ class _FleetRun(_Run):
     """A namespace with one tap per guest and ownsocket on the fleet config."""
 
     def __init__(self, test, name, taps=1, proxy=False):
-        self.test = test
-        self.name = name
-        self.dir = tempfile.mkdtemp(prefix="ownsocket-e2e-%s-" % name)
-        os.chmod(self.dir, 0o755)
-        self.root = os.path.join(self.dir, "tftpboot")
-        self.token = uuid.uuid4().hex[:8]
-        self.markers = lab.write_grub_root(self.root, self.token, list(FLEET))
-        self.log = os.path.join(self.dir, "ownsocket.log")
-        self.extra_logs = {}
         self.guests = {}
-        self.ns = lab.NetNamespace(taps=taps)
-        self.ns.__enter__()
-        test.addCleanup(self.cleanup)
-        self.failed = True
-        self.seconds = None
-        self.serial = os.path.join(self.dir, "serial.log")
-        self.qemu_log = os.path.join(self.dir, "qemu.log")
-        if os.environ.get("OWNSOCKET_E2E_RA", "1") != "0":
-            self.ns.start_router_advertiser(log=os.path.join(self.dir, "ra.log"))
+        super().__init__(test, name, taps)
         udp = (67, 69)
         if proxy:
-            # dnsmasq on a leg of the bridge hands out the addresses.
-            if shutil.which("dnsmasq") is None:
-                raise unittest.SkipTest("dnsmasq is not installed (apt-get install dnsmasq)")
-            leg = self.ns.add_leg("dh", "10.99.0.2/24")
-            self.dnsmasq_log = os.path.join(self.dir, "dnsmasq.log")
-            self.dnsmasq = leg.start(lab.dnsmasq_base_argv(leg.ifname, self.dir), name="dnsmasq",
-                                     log=self.dnsmasq_log)
-            if not lab.wait_until(lambda: lab.listening(self.ns, udp=(67,), netns=leg.name), 20,
-                                    interval=0.3, watch=[self.dnsmasq]):
-                test.fail("dnsmasq did not start:\n" + lab.read_text(self.dnsmasq_log))
+            self.start_address_server()
             udp = (67, 69, 4011)
         cfg = lab.fleet_config(os.path.join(self.dir, "ownsocket.ini"), self.dir, self.root, FLEET.values(),
-                                 proxy=proxy)
+                               proxy=proxy)
         self.server = self.ns.start(lab.ownsocket_argv(cfg, self.log), name="ownsocket",
                                     log=os.path.join(self.dir, "ownsocket.out"),
                                     env=lab.ownsocket_env(), cwd=self.dir)
         if not lab.wait_until(lambda: lab.listening(self.ns, udp=udp), 30,
-                                interval=0.3, watch=[self.server]):
+                              interval=0.3, watch=[self.server]):
             test.fail("ownsocket did not start:\n%s\n%s" % (
                 lab.read_text(self.server.log)[-3000:], lab.read_text(self.log)[-3000:]))
+
+    def write_root(self):
+        return lab.write_grub_root(self.root, self.token, list(FLEET))
 
     def start(self, host, spec, tap):
         serial = os.path.join(self.dir, "serial-%s.log" % host)
@@ -520,7 +509,7 @@ class SignedBootTests(unittest.TestCase):
         run = _FleetRun(self, "uefi-sb-reject")
         vm = run.start("reject1", self._sb_spec(run, "reject1"), run.ns.taps[0])
         lab.wait_until(lambda: "Access Denied" in run.serial_text("reject1"), BOOT_TIMEOUT,
-                         interval=0.25, watch=[vm, run.server])
+                       interval=0.25, watch=[vm, run.server])
         # OVMF moves on to HTTP boot at once; give an iPXE that did start time to ask.
         lab.wait_until(lambda: False, 3)
         serial = run.serial_text("reject1")
