@@ -45,6 +45,7 @@ def listening(ns, udp=(), tcp=(), netns=None):
 
 
 def read_text(path):
+    """A log's text so far: '' while the file does not exist yet (a process not started)."""
     if not path or not os.path.exists(path):
         return ""
     with open(path, "r", errors="replace") as f:
