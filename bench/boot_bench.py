@@ -19,7 +19,7 @@ marker (the same flow as tests/test_boot_e2e.py):
              the time is the last of the four markers
 
 For the GRUB scenarios ownsocket renders /grub/grub.cfg and boot.ipxe per
-machine from templates (tests/vmnet.fleet_config).  dnsmasq cannot generate
+machine from templates (tests.lab.fleet_config).  dnsmasq cannot generate
 files: it gets ``dhcp-no-override`` (the boot file in the BOOTP file field,
 where shim looks), ``dhcp-host`` entries with the same addresses and names,
 one static grub.cfg that picks the marker by ``$net_default_mac`` and one
@@ -67,34 +67,34 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from tests import vmnet  # noqa: E402
+from tests import lab  # noqa: E402
 
 SCENARIOS = {
-    "bios": (vmnet.bios_ipxe, "pcbios"),
-    "uefi-pxe": (vmnet.uefi_pxe, "efi"),
-    "uefi-http": (vmnet.uefi_http, "efi"),
+    "bios": (lab.bios_ipxe, "pcbios"),
+    "uefi-pxe": (lab.uefi_pxe, "efi"),
+    "uefi-http": (lab.uefi_http, "efi"),
 }
 GRUB_SCENARIOS = ("uefi-sb", "arm64", "fleet")
 SERVERS = ("ownsocket", "dnsmasq", "ownsocket-stateless")
 FLEET = {
-    "bios1": vmnet.FleetHost("bios1", "52:54:00:99:01:01", "10.99.0.11"),
-    "pxe1": vmnet.FleetHost("pxe1", "52:54:00:99:01:02", "10.99.0.12", bootfile="snponly.efi"),
-    "sb1": vmnet.FleetHost("sb1", "52:54:00:99:01:03", "10.99.0.13"),
-    "arm1": vmnet.FleetHost("arm1", "52:54:00:99:01:04", "10.99.0.14"),
+    "bios1": lab.FleetHost("bios1", "52:54:00:99:01:01", "10.99.0.11"),
+    "pxe1": lab.FleetHost("pxe1", "52:54:00:99:01:02", "10.99.0.12", bootfile="snponly.efi"),
+    "sb1": lab.FleetHost("sb1", "52:54:00:99:01:03", "10.99.0.13"),
+    "arm1": lab.FleetHost("arm1", "52:54:00:99:01:04", "10.99.0.14"),
 }
 #: Which machines each GRUB scenario boots, and the marker each must reach.
 GRUB_GUESTS = {"uefi-sb": ("sb1",), "arm64": ("arm1",), "fleet": ("bios1", "pxe1", "sb1", "arm1")}
 MARKER_KIND = {"bios1": "ipxe", "pxe1": "ipxe", "sb1": "sb", "arm1": "grub"}
 MARKER_FILE = {"bios1": "marker-bios1.ipxe", "pxe1": "marker-pxe1.ipxe", "sb1": "marker-sb1-sb",
                "arm1": "marker-arm1"}
-HTTP_URL = "http://%s/snponly.efi" % vmnet.SERVER_ADDRESS
+HTTP_URL = "http://%s/snponly.efi" % lab.SERVER_ADDRESS
 
 
 def fetched_files(server, workdir):
     """Files the guest fetched, in order, with how (for the notes column)."""
     out = []
     if server.startswith("ownsocket"):
-        for line in vmnet.read_text(os.path.join(workdir, "ownsocket.log")).splitlines():
+        for line in lab.read_text(os.path.join(workdir, "ownsocket.log")).splitlines():
             m = re.search(r"tftp peer=\S+ file=(\S+) result=ok", line)
             if m:
                 out.append(m.group(1))
@@ -103,12 +103,12 @@ def fetched_files(server, workdir):
                 out.append(m.group(1) + "(http)")
     else:
         # In these flows HTTP only ever carries the first stage: list it first.
-        for line in vmnet.read_text(os.path.join(workdir, "http.log")).splitlines():
+        for line in lab.read_text(os.path.join(workdir, "http.log")).splitlines():
             m = re.search(r'"GET /(\S+) HTTP/[\d.]+" 200', line)
             if m:
                 out.append(m.group(1) + "(http)")
         aborted = False
-        for line in vmnet.read_text(os.path.join(workdir, "dnsmasq.log")).splitlines():
+        for line in lab.read_text(os.path.join(workdir, "dnsmasq.log")).splitlines():
             if "dnsmasq-tftp" not in line:
                 continue
             m = re.search(r"dnsmasq-tftp\[\d+\]: sent \S*/([^/\s]+) to", line)
@@ -126,17 +126,17 @@ def one_boot(scenario, server, args, keep_root):
     workdir = tempfile.mkdtemp(prefix="boot-%s-%s-" % (scenario, server), dir=keep_root)
     os.chmod(workdir, 0o755)
     root = os.path.join(workdir, "tftpboot")
-    markers = vmnet.write_boot_root(root, uuid.uuid4().hex[:8])
+    markers = lab.write_boot_root(root, uuid.uuid4().hex[:8])
     serial = os.path.join(workdir, "serial.log")
-    with vmnet.NetNamespace() as ns:
+    with lab.NetNamespace() as ns:
         if not args.no_ra:
             ns.start_router_advertiser(log=os.path.join(workdir, "ra.log"))
         if server.startswith("ownsocket"):
             log = os.path.join(workdir, "ownsocket.log")
-            cfg = vmnet.ownsocket_config(os.path.join(workdir, "ownsocket.ini"), workdir, root,
-                                         ipxe_mode="stateless" if server.endswith("stateless") else "stateful")
-            proc = ns.start(vmnet.ownsocket_argv(cfg, log), name="ownsocket",
-                            log=os.path.join(workdir, "ownsocket.out"), env=vmnet.ownsocket_env(), cwd=workdir)
+            cfg = lab.ownsocket_config(os.path.join(workdir, "ownsocket.ini"), workdir, root,
+                                       ipxe_mode="stateless" if server.endswith("stateless") else "stateful")
+            proc = ns.start(lab.ownsocket_argv(cfg, log), name="ownsocket",
+                            log=os.path.join(workdir, "ownsocket.out"), env=lab.ownsocket_env(), cwd=workdir)
             watch = [proc]
             tcp = (80,)
             pattern = re.compile(r"tftp peer=\S+ file=marker-%s\.ipxe result=ok" % platform)
@@ -144,27 +144,27 @@ def one_boot(scenario, server, args, keep_root):
         else:
             log = os.path.join(workdir, "dnsmasq.log")
             http_url = HTTP_URL if scenario == "uefi-http" else None
-            proc = ns.start(vmnet.dnsmasq_boot_argv(ns.bridge, workdir, root, http_url),
+            proc = ns.start(lab.dnsmasq_boot_argv(ns.bridge, workdir, root, http_url),
                             name="dnsmasq", log=log)
             watch = [proc]
             tcp = ()
             if http_url:
-                watch.append(ns.start([sys.executable, "-m", "http.server", "--bind", vmnet.SERVER_ADDRESS,
+                watch.append(ns.start([sys.executable, "-m", "http.server", "--bind", lab.SERVER_ADDRESS,
                                        "--directory", root, "80"], name="http.server",
                                       log=os.path.join(workdir, "http.log")))
                 tcp = (80,)
             pattern = re.compile(r"dnsmasq-tftp\[\d+\]: sent \S*/marker-%s\.ipxe to" % platform)
             server_log = log
-        if not vmnet.wait_until(lambda: vmnet.listening(ns, udp=(67, 69), tcp=tcp), 30,
-                                interval=0.3, watch=watch):
-            raise SystemExit("%s did not start:\n%s" % (server, vmnet.read_text(watch[0].log)[-3000:]))
+        if not lab.wait_until(lambda: lab.listening(ns, udp=(67, 69), tcp=tcp), 30,
+                              interval=0.3, watch=watch):
+            raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(watch[0].log)[-3000:]))
         vm = ns.start_guest(spec_factory(), serial_log=serial, log=os.path.join(workdir, "qemu.log"))
-        seconds, server_ok = vmnet.wait_for_boot(
-            vm, serial, markers[platform], lambda: pattern.search(vmnet.read_text(server_log)),
+        seconds, server_ok = lab.wait_for_boot(
+            vm, serial, markers[platform], lambda: pattern.search(lab.read_text(server_log)),
             args.timeout, watch=watch)
     files = fetched_files(server, workdir)
     if seconds is None or not server_ok:
-        tail = "\n".join(vmnet.console_text(vmnet.read_text(serial)).splitlines()[-15:])
+        tail = "\n".join(lab.console_text(lab.read_text(serial)).splitlines()[-15:])
         print("  !! %s/%s: no boot (marker %s, server log %s); files %s; serial tail:\n%s\n  (kept in %s)"
               % (scenario, server, seconds, server_ok, files, tail, workdir), flush=True)
         return None, files, workdir
@@ -175,7 +175,7 @@ def one_boot(scenario, server, args, keep_root):
 
 def dnsmasq_grub_argv(interface, workdir, tftp_root):
     """dnsmasq for the shim/GRUB/iPXE fleet flows (see the module docstring)."""
-    argv = vmnet.dnsmasq_base_argv(interface, workdir) + [
+    argv = lab.dnsmasq_base_argv(interface, workdir) + [
         "--enable-tftp", "--tftp-root=%s" % tftp_root,
         "--dhcp-no-override",
         "--dhcp-match=set:ipxe,175",
@@ -214,16 +214,16 @@ def one_grub_boot(scenario, server, args, keep_root):
     workdir = tempfile.mkdtemp(prefix="boot-%s-%s-" % (scenario, server), dir=keep_root)
     os.chmod(workdir, 0o755)
     root = os.path.join(workdir, "tftpboot")
-    markers = vmnet.write_grub_root(root, uuid.uuid4().hex[:8], list(FLEET), arm64="arm1" in hosts)
-    with vmnet.NetNamespace(taps=len(hosts)) as ns:
+    markers = lab.write_grub_root(root, uuid.uuid4().hex[:8], list(FLEET), arm64="arm1" in hosts)
+    with lab.NetNamespace(taps=len(hosts)) as ns:
         if not args.no_ra:
             ns.start_router_advertiser(log=os.path.join(workdir, "ra.log"))
         if server.startswith("ownsocket"):
             log = os.path.join(workdir, "ownsocket.log")
-            cfg = vmnet.fleet_config(os.path.join(workdir, "ownsocket.ini"), workdir, root, FLEET.values(),
-                                     ipxe_mode="stateless" if server.endswith("stateless") else "stateful")
-            proc = ns.start(vmnet.ownsocket_argv(cfg, log), name="ownsocket",
-                            log=os.path.join(workdir, "ownsocket.out"), env=vmnet.ownsocket_env(), cwd=workdir)
+            cfg = lab.fleet_config(os.path.join(workdir, "ownsocket.ini"), workdir, root, FLEET.values(),
+                                   ipxe_mode="stateless" if server.endswith("stateless") else "stateful")
+            proc = ns.start(lab.ownsocket_argv(cfg, log), name="ownsocket",
+                            log=os.path.join(workdir, "ownsocket.out"), env=lab.ownsocket_env(), cwd=workdir)
 
             def sent(host):
                 return re.compile(r"tftp peer=%s:\d+ file=/?%s result=ok" % (
@@ -236,39 +236,39 @@ def one_grub_boot(scenario, server, args, keep_root):
             def sent(host):
                 return re.compile(r"dnsmasq-tftp\[\d+\]: sent \S*/%s to %s\b" % (
                     re.escape(MARKER_FILE[host]), re.escape(FLEET[host].address)))
-        if not vmnet.wait_until(lambda: vmnet.listening(ns, udp=(67, 69)), 30, interval=0.3, watch=[proc]):
-            raise SystemExit("%s did not start:\n%s" % (server, vmnet.read_text(proc.log)[-3000:]))
+        if not lab.wait_until(lambda: lab.listening(ns, udp=(67, 69)), 30, interval=0.3, watch=[proc]):
+            raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(proc.log)[-3000:]))
         guests = {}
         for tap, host in zip(ns.taps, hosts):
             if host == "bios1":
-                spec = vmnet.bios_ipxe()
+                spec = lab.bios_ipxe()
             elif host == "pxe1":
-                spec = vmnet.uefi_pxe()
+                spec = lab.uefi_pxe()
             elif host == "sb1":
-                spec = vmnet.uefi_secure_boot(os.path.join(workdir, "vars-sb1.fd"))
+                spec = lab.uefi_secure_boot(os.path.join(workdir, "vars-sb1.fd"))
             else:
-                spec = vmnet.arm64_uefi(os.path.join(workdir, "vars-arm1.fd"))
+                spec = lab.arm64_uefi(os.path.join(workdir, "vars-arm1.fd"))
             serial = os.path.join(workdir, "serial-%s.log" % host)
             guests[host] = (ns.start_guest(spec, tap=tap, mac=FLEET[host].mac, serial_log=serial,
                                            log=os.path.join(workdir, "qemu-%s.log" % host)), serial)
         done = {}
 
         def check():
-            text = vmnet.read_text(log)
+            text = lab.read_text(log)
             for host, (vm, serial) in guests.items():
-                if host not in done and markers[(host, MARKER_KIND[host])] in vmnet.read_text(serial) \
+                if host not in done and markers[(host, MARKER_KIND[host])] in lab.read_text(serial) \
                         and sent(host).search(text):
                     done[host] = vm.elapsed()
             return len(done) == len(guests)
 
-        vmnet.wait_until(check, args.timeout, interval=0.1, watch=[proc])
+        lab.wait_until(check, args.timeout, interval=0.1, watch=[proc])
         check()
     files = fetched_files(server, workdir)
     times = {host: done.get(host) for host in hosts}
     if len(done) < len(hosts):
         for host in hosts:
             if host not in done:
-                tail = "\n".join(vmnet.console_text(vmnet.read_text(guests[host][1])).splitlines()[-12:])
+                tail = "\n".join(lab.console_text(lab.read_text(guests[host][1])).splitlines()[-12:])
                 print("  !! %s/%s: %s reached no marker; serial tail:\n%s" % (scenario, server, host, tail),
                       flush=True)
         print("  (kept in %s)" % workdir, flush=True)
@@ -301,15 +301,15 @@ def main():
             ap.error("unknown server %s" % s)
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces, tap devices, ports 67/69/80)")
-    for tool in (vmnet.QEMU, "dnsmasq", "ss"):
+    for tool in (lab.QEMU, "dnsmasq", "ss"):
         if shutil.which(tool) is None:
             raise SystemExit("missing %s: apt-get install qemu-system-x86 ovmf ipxe ipxe-qemu dnsmasq iproute2"
                              % tool)
     if any(s in GRUB_SCENARIOS for s in scenarios):
         try:
-            for name in vmnet.SIGNED_FILES:
-                vmnet.signed_boot_file(name)
-        except vmnet.VmnetError as error:
+            for name in lab.SIGNED_FILES:
+                lab.signed_boot_file(name)
+        except lab.LabError as error:
             raise SystemExit("%s (GRUB scenarios; also apt-get install shim-signed grub-efi-amd64-signed "
                              "qemu-system-arm qemu-efi-aarch64)" % error)
     if args.keep:
@@ -326,7 +326,7 @@ def main():
         time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), runs,
         "no Router Advertisement (iPXE waits ~13 s for IPv6 per stage)" if args.no_ra
         else "Router Advertisement on the bridge", " ".join(open("/proc/loadavg").read().split()[:3])))
-    print("  %s; %s; TCG" % (version(["dnsmasq", "--version"]), version([vmnet.QEMU, "--version"])))
+    print("  %s; %s; TCG" % (version(["dnsmasq", "--version"]), version([lab.QEMU, "--version"])))
     results = {}
     for run in range(runs):
         for scenario in scenarios:

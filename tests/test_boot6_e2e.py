@@ -11,8 +11,8 @@ over IPv6 to a marker script.
            snponly.efi from ownsocket's own HTTP on [fd99::1] -> iPXE ->
            marker
 
-Each builds a throw-away namespace (tests/vmnet.py, read-only use; IPv6
-helpers in tests/lab6.py), needs no other router or RA sender (ownsocket
+Each builds a throw-away namespace (tests/lab/, with its IPv6 address,
+guest and config helpers), needs no other router or RA sender (ownsocket
 sends the RAs), and prints the seconds from QEMU start to the marker.
 dnsmasq took 27.5 s (pxe6) and 39.4 s (http6) on this TCG set-up
 (FIRMWARE-FACTS §8a).
@@ -29,50 +29,35 @@ import uuid
 
 from twisted.trial import unittest
 
-from tests import lab6, netns, vmnet
+from tests import lab
 
 BOOT_TIMEOUT = 180
 
 
-def _missing():
-    ok, why = netns.available()
-    if not ok:
-        return why
-    for tool in (vmnet.QEMU, "ss"):
-        if shutil.which(tool) is None:
-            return "%s is not installed (apt-get install qemu-system-x86 iproute2)" % tool
-    try:
-        vmnet.ovmf_firmware()
-        vmnet.ipxe_file("snponly.efi")
-    except vmnet.VmnetError as error:
-        return str(error)
-    return None
-
-
 class IPv6Boot(unittest.TestCase):
-    skip = _missing()
+    skip = lab.missing(lab.ovmf_firmware, lambda: lab.ipxe_file("snponly.efi"))
     timeout = BOOT_TIMEOUT + 60
 
     def run_boot(self, scenario, dual_stack=False):
         work = tempfile.mkdtemp(prefix="ownsocket-boot6-")
         os.chmod(work, 0o755)
         root = os.path.join(work, "root")
-        markers = vmnet.write_boot_root(root, uuid.uuid4().hex[:8])
+        markers = lab.write_boot_root(root, uuid.uuid4().hex[:8])
         marker = markers["efi"]
-        config = lab6.ownsocket6_config(os.path.join(work, "ownsocket.ini"), work, root, scenario,
+        config = lab.ownsocket6_config(os.path.join(work, "ownsocket.ini"), work, root, scenario,
                                         dual_stack=dual_stack)
         log = os.path.join(work, "ownsocket.log")
         serial = os.path.join(work, "serial.log")
         passed = False
         try:
-            with vmnet.NetNamespace() as ns:
-                lab6.add_ipv6(ns)
-                server = ns.start(vmnet.ownsocket_argv(config, log), name="ownsocket", env=vmnet.ownsocket_env(),
+            with lab.NetNamespace() as ns:
+                ns.add_ipv6()
+                server = ns.start(lab.ownsocket_argv(config, log), name="ownsocket", env=lab.ownsocket_env(),
                                   log=os.path.join(work, "ownsocket.stderr"))
                 tcp = (80,) if scenario == "http6" else ()
-                self.assertTrue(vmnet.wait_until(lambda: vmnet.listening(ns, udp=(69, 547), tcp=tcp), 30,
-                                                 watch=[server]), vmnet.read_text(log))
-                vm = ns.start_guest(lab6.ovmf_ipv6_guest(scenario), serial_log=serial,
+                self.assertTrue(lab.wait_until(lambda: lab.listening(ns, udp=(69, 547), tcp=tcp), 30,
+                                               watch=[server]), lab.read_text(log))
+                vm = ns.start_guest(lab.ovmf_ipv6_guest(scenario), serial_log=serial,
                                     log=os.path.join(work, "qemu.log"))
 
                 # On a dual-stack link iPXE takes ${filename} from DHCPv4
@@ -81,15 +66,15 @@ class IPv6Boot(unittest.TestCase):
 
                 def fetched():
                     return re.search(r"tftp peer=%s file=marker-efi\.ipxe result=ok" % peer,
-                                     vmnet.read_text(log)) is not None
+                                     lab.read_text(log)) is not None
 
-                seconds, server_ok = vmnet.wait_for_boot(vm, serial, marker, fetched, BOOT_TIMEOUT,
-                                                         watch=[server])
-                text = vmnet.read_text(log)
+                seconds, server_ok = lab.wait_for_boot(vm, serial, marker, fetched, BOOT_TIMEOUT,
+                                                       watch=[server])
+                text = lab.read_text(log)
                 evidence = "\n".join(line.split("] ", 1)[-1] for line in text.splitlines()
                                      if "DHCPv6" in line or "tftp peer" in line or "http peer" in line
                                      or "DISCOVER" in line or "REQUEST" in line)
-                console = vmnet.console_text(vmnet.read_text(serial))[-3000:]
+                console = lab.console_text(lab.read_text(serial))[-3000:]
                 self.assertIsNotNone(seconds, "no marker on the console after %ds\n%s\n--- console\n%s"
                                      % (BOOT_TIMEOUT, evidence, console))
                 self.assertTrue(server_ok, "marker not fetched\n" + evidence)
@@ -119,35 +104,24 @@ class IPv6Boot(unittest.TestCase):
         work = tempfile.mkdtemp(prefix="dnsmasq-boot6-")
         os.chmod(work, 0o755)
         root = os.path.join(work, "root")
-        marker = vmnet.write_boot_root(root, uuid.uuid4().hex[:8])["efi"]
+        marker = lab.write_boot_root(root, uuid.uuid4().hex[:8])["efi"]
         serial = os.path.join(work, "serial.log")
         dnslog = os.path.join(work, "dnsmasq.log")
-        argv = ["dnsmasq", "-d", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp",
-                "--dhcp-leasefile=%s" % os.path.join(work, "leases"), "--interface=br0", "--bind-interfaces",
-                "--dhcp-range=fd99::100,fd99::1ff,64,10m", "--enable-ra", "--dhcp-authoritative",
-                "--dhcp-match=set:efi64,option6:61,7", "--dhcp-match=set:efi64http,option6:61,16",
-                "--dhcp-userclass=set:ipxe,iPXE", "--tag-if=set:chained,tag:ipxe",
-                "--dhcp-option=tag:chained,option6:bootfile-url,tftp://[fd99::1]/boot.ipxe",
-                "--enable-tftp", "--tftp-root=%s" % root]
-        if scenario == "pxe6":
-            argv.append("--dhcp-option=tag:efi64,tag:!chained,option6:bootfile-url,tftp://[fd99::1]/snponly.efi")
-        else:
-            argv += ["--dhcp-option=tag:efi64http,tag:!chained,option6:bootfile-url,http://[fd99::1]/snponly.efi",
-                     "--dhcp-option-force=tag:efi64http,tag:!chained,option6:16,PX,HTTPClient"]
+        argv = lab.dnsmasq6_boot_argv(work, root, scenario)
         try:
-            with vmnet.NetNamespace() as ns:
-                lab6.add_ipv6(ns)
+            with lab.NetNamespace() as ns:
+                ns.add_ipv6()
                 server = ns.start(argv, name="dnsmasq", log=dnslog)
                 watch = [server]
                 if scenario == "http6":
-                    watch.append(ns.start([sys.executable, "-m", "http.server", "--bind", lab6.SERVER6, "80"],
+                    watch.append(ns.start([sys.executable, "-m", "http.server", "--bind", lab.SERVER6, "80"],
                                           cwd=root, name="http", log=os.path.join(work, "http.log")))
-                self.assertTrue(vmnet.wait_until(lambda: vmnet.listening(ns, udp=(69, 547)), 30, watch=watch))
-                vm = ns.start_guest(lab6.ovmf_ipv6_guest(scenario), serial_log=serial)
-                seconds, _ = vmnet.wait_for_boot(
-                    vm, serial, marker, lambda: "marker-efi.ipxe to" in vmnet.read_text(dnslog),
+                self.assertTrue(lab.wait_until(lambda: lab.listening(ns, udp=(69, 547)), 30, watch=watch))
+                vm = ns.start_guest(lab.ovmf_ipv6_guest(scenario), serial_log=serial)
+                seconds, _ = lab.wait_for_boot(
+                    vm, serial, marker, lambda: "marker-efi.ipxe to" in lab.read_text(dnslog),
                     BOOT_TIMEOUT, watch=watch)
-                self.assertIsNotNone(seconds, vmnet.read_text(dnslog)[-3000:])
+                self.assertIsNotNone(seconds, lab.read_text(dnslog)[-3000:])
                 print("\n%s with dnsmasq: marker after %.1f s from QEMU start" % (scenario, seconds))
         finally:
             shutil.rmtree(work, ignore_errors=True)

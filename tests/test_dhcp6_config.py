@@ -97,7 +97,7 @@ class ShippedExample(unittest.TestCase):
         from ownsocket.dhcp6.leases import MemoryLeaseStore6
         from ownsocket.dhcp6.server import Dhcp6Server, Link
         from ownsocket.tap import build_selector
-        from tests.lab6 import load_hex6
+        from tests.fixtures_loader import load_hex6
 
         path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "conf", "ipv6.example.ini")

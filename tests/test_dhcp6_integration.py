@@ -44,7 +44,7 @@ class RealClients(unittest.TestCase):
     timeout = 120
 
     def setUp(self):
-        from tests.vmnet import ownsocket_argv, ownsocket_env  # read-only use of the shared helpers
+        from tests.lab import ownsocket_argv, ownsocket_env  # read-only use of the shared helpers
         self.ownsocket_argv, self.ownsocket_env = ownsocket_argv, ownsocket_env
         self.work = os.path.abspath(self.mktemp())
         os.makedirs(self.work)

@@ -20,7 +20,7 @@ from ownsocket.dhcp6.server import Dhcp6Server, Link, boot_url
 from ownsocket.events import EventBus, EventList
 from ownsocket.interfaces import IBootFileSelector
 from ownsocket.tap import build_selector
-from tests.lab6 import load_hex6
+from tests.fixtures_loader import load_hex6
 
 IPv6 = ipaddress.IPv6Address
 SERVER_DUID = wire.duid_ll("02:00:00:00:00:01")

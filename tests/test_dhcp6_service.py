@@ -14,7 +14,7 @@ from ownsocket.dhcp6 import ra, wire
 from ownsocket.dhcp6.leases import MemoryLeaseStore6
 from ownsocket.dhcp6.service import Dhcp6Service, LinkView, interface_addresses6
 from ownsocket.tap import build_selector
-from tests.lab6 import load_hex6
+from tests.fixtures_loader import load_hex6
 
 IPv6 = ipaddress.IPv6Address
 

@@ -11,7 +11,7 @@ import struct
 from twisted.trial import unittest
 
 from ownsocket.dhcp6 import wire
-from tests.lab6 import fixture6_names, load_hex6
+from tests.fixtures_loader import fixture6_names, load_hex6
 
 MAC = "52:54:00:99:00:10"
 

@@ -16,7 +16,7 @@ import tempfile
 
 from twisted.trial import unittest
 
-from tests import netns, vmnet
+from tests import lab as vmnet, netns  # tests.lab replaced tests/vmnet.py
 
 ADMIN = "http://127.0.0.1:9067"
 SERVER = vmnet.SERVER_ADDRESS

@@ -14,7 +14,7 @@ from ownsocket.dhcp.bootfields import add_boot_fields
 from ownsocket.boot.request import BootDecision
 from ownsocket.tftp import wire as tftp_wire
 
-from tests import test_http, test_tftp_protocol, vmnet
+from tests import packets, test_http, test_tftp_protocol
 from tests.fixtures_loader import load_hex
 
 #: Every optional name shim 16.1 and Debian's GRUB asked for in §6c and §7.
@@ -95,7 +95,7 @@ class BootpFileFieldTests(unittest.TestCase):
         data = wire.build(reply)
         self.assertEqual(data[108:236].rstrip(b"\x00"), b"efi/shimx64.efi")
         self.assertEqual(data[20:24], bytes([10, 99, 0, 1]))  # siaddr: where shim fetches from
-        self.assertEqual(dict(vmnet.dhcp_options(data))[wire.OPT_BOOTFILE].rstrip(b"\x00"), b"efi/shimx64.efi")
+        self.assertEqual(dict(packets.dhcp_options(data))[wire.OPT_BOOTFILE].rstrip(b"\x00"), b"efi/shimx64.efi")
         self.assertEqual(probes.bootp_file_directory(data[108:236].rstrip(b"\x00").decode()), "efi/")
 
 

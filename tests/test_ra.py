@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from ownsocket import config as configuration
 from ownsocket.dhcp6 import ra
-from tests.lab6 import load_hex6
+from tests.fixtures_loader import load_hex6
 
 
 def options(data):

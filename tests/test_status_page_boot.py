@@ -27,7 +27,7 @@ import uuid
 
 from twisted.trial import unittest
 
-from tests import netns, vmnet
+from tests import lab as vmnet, netns  # tests.lab replaced tests/vmnet.py
 from tests.test_status_page import SCREENSHOT_DIR, chromium, parse
 
 BOOT_TIMEOUT = 150

@@ -12,7 +12,7 @@ and needs root, QEMU, OVMF, iPXE, dnsmasq and tcpdump; the fixtures it writes
 are committed so that the unit tests run anywhere.
 
 The reference server is dnsmasq 2.90 with the configuration of
-FIRMWARE-FACTS §8f, inside a namespace made by tests/vmnet.py (bridge
+FIRMWARE-FACTS §8f, inside a namespace made by tests/lab/ (bridge
 10.99.0.1/24 and fd99::1/64, no DAD); nothing leaves that namespace.
 
   pxe6   OVMF PXEv6 (IPv4 PXE off by fw_cfg) -> TFTP snponly.efi -> iPXE's DHCPv6
@@ -32,7 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-from tests import vmnet  # noqa: E402
+from tests import lab  # noqa: E402
 
 MESSAGES = {1: "Solicit", 2: "Advertise", 3: "Request", 5: "Renew", 7: "Reply", 8: "Release",
             11: "Information-Request"}
@@ -89,31 +89,15 @@ def pkg_version(pkg):
 def run(scenario, workdir, seconds):
     root = os.path.join(workdir, "root")
     os.makedirs(root, exist_ok=True)
-    shutil.copy(vmnet.ipxe_file("snponly.efi"), root)
+    shutil.copy(lab.ipxe_file("snponly.efi"), root)
     with open(os.path.join(root, "boot.ipxe"), "w") as handle:
         handle.write("#!ipxe\necho capture6 ${ip6}\nsleep 600\n")
     os.chmod(root, 0o755)
     os.chmod(workdir, 0o755)
     pcap = os.path.join(workdir, scenario + ".pcap")
-    machine = ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"]
-    dnsmasq = ["dnsmasq", "-d", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp",
-               "--dhcp-leasefile=%s" % os.path.join(workdir, "dnsmasq.leases"),
-               "--interface=br0", "--bind-interfaces",
-               "--dhcp-range=fd99::100,fd99::1ff,64,10m", "--enable-ra", "--dhcp-authoritative",
-               "--dhcp-match=set:efi64,option6:61,7", "--dhcp-match=set:efi64http,option6:61,16",
-               "--dhcp-userclass=set:ipxe,iPXE", "--tag-if=set:chained,tag:ipxe",
-               "--dhcp-option=tag:chained,option6:bootfile-url,tftp://[fd99::1]/boot.ipxe",
-               "--enable-tftp", "--tftp-root=%s" % root]
-    if scenario == "pxe6":
-        dnsmasq.append("--dhcp-option=tag:efi64,tag:!chained,option6:bootfile-url,tftp://[fd99::1]/snponly.efi")
-    else:
-        machine = ["-fw_cfg", "name=opt/org.tianocore/IPv4Support,string=no"]
-        dnsmasq += ["--dhcp-option=tag:efi64http,tag:!chained,option6:bootfile-url,http://[fd99::1]/snponly.efi",
-                    "--dhcp-option-force=tag:efi64http,tag:!chained,option6:16,PX,HTTPClient"]
-    with vmnet.NetNamespace() as ns:
-        ns.run(["sysctl", "-qw", "net.ipv6.conf.br0.accept_dad=0"])
-        ns.run(["ip", "link", "set", "br0", "type", "bridge", "mcast_snooping", "0"])
-        ns.run(["ip", "addr", "add", "fd99::1/64", "dev", "br0", "nodad"])
+    dnsmasq = lab.dnsmasq6_boot_argv(workdir, root, scenario)
+    with lab.NetNamespace() as ns:
+        ns.add_ipv6()
         tcpdump = ns.start(["tcpdump", "-i", "br0", "-U", "-s", "0", "-w", pcap, "ip6"],
                            name="tcpdump", log=os.path.join(workdir, "tcpdump.log"))
         time.sleep(1.5)
@@ -122,13 +106,12 @@ def run(scenario, workdir, seconds):
             ns.start([sys.executable, "-m", "http.server", "--bind", "fd99::1", "80"], cwd=root,
                      name="http", log=os.path.join(workdir, "http.log"))
         time.sleep(0.5)
-        spec = vmnet.GuestSpec(name="capture6-" + scenario, nic="virtio-net-pci", romfile="",
-                               machine_args=("-bios", vmnet.ovmf_firmware(), *machine))
+        spec = lab.ovmf_ipv6_guest(scenario)
         serial = os.path.join(workdir, scenario + "-serial.log")
         vm = ns.start_guest(spec, serial_log=serial)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and vm.running:
-            if "capture6" in vmnet.read_text(serial):
+            if "capture6" in lab.read_text(serial):
                 time.sleep(1)
                 break
             time.sleep(0.5)
