@@ -1,6 +1,6 @@
 """
 /metrics after real client traffic: dhclient, tftp (tftp-hpa) and curl talk
-to ownsocket in a throw-away network namespace (L{tests.vmnet}), and the
+to ownsocket in a throw-away network namespace (L{tests.lab}), and the
 counters must have moved by exactly what was sent: the DHCP messages are
 counted on the wire with a packet capture, the transfers are known.
 
@@ -16,10 +16,10 @@ import tempfile
 
 from twisted.trial import unittest
 
-from tests import lab as vmnet, netns  # tests.lab replaced tests/vmnet.py
+from tests import lab, netns
 
 ADMIN = "http://127.0.0.1:9067"
-SERVER = vmnet.SERVER_ADDRESS
+SERVER = lab.SERVER_ADDRESS
 
 DISCOVER, OFFER, REQUEST, ACK = 1, 2, 3, 5
 
@@ -69,20 +69,20 @@ class RealTrafficTests(unittest.TestCase):
             with open(os.path.join(self.root, name), "wb") as f:
                 f.write(data)
         os.chmod(self.root, 0o755)
-        self.ns = vmnet.NetNamespace()
+        self.ns = lab.NetNamespace()
         self.ns.__enter__()
         self.addCleanup(self.ns.destroy)
         self.addCleanup(shutil.rmtree, self.dir, True)
-        config = vmnet.ownsocket_config(os.path.join(self.dir, "ownsocket.ini"), self.dir, self.root)
+        config = lab.ownsocket_config(os.path.join(self.dir, "ownsocket.ini"), self.dir, self.root)
         with open(config, "a") as f:
             f.write("\n[admin]\nenabled = true\naddresses = 127.0.0.1\nport = 9067\n")
         self.log = os.path.join(self.dir, "ownsocket.log")
-        self.server = self.ns.start(vmnet.ownsocket_argv(config, self.log), name="ownsocket",
-                                    log=os.path.join(self.dir, "ownsocket.out"), env=vmnet.ownsocket_env(),
+        self.server = self.ns.start(lab.ownsocket_argv(config, self.log), name="ownsocket",
+                                    log=os.path.join(self.dir, "ownsocket.out"), env=lab.ownsocket_env(),
                                     cwd=self.dir)
-        if not vmnet.wait_until(lambda: vmnet.listening(self.ns, udp=(67, 69), tcp=(80, 9067)), 30,
+        if not lab.wait_until(lambda: lab.listening(self.ns, udp=(67, 69), tcp=(80, 9067)), 30,
                                 interval=0.3, watch=[self.server]):
-            self.fail("ownsocket did not start:\n" + vmnet.read_text(self.log)[-3000:])
+            self.fail("ownsocket did not start:\n" + lab.read_text(self.log)[-3000:])
         self.leg = self.ns.add_leg("cl", "10.99.0.50/24")
 
     def scrape(self):
@@ -103,10 +103,10 @@ class RealTrafficTests(unittest.TestCase):
         dhclient = self.leg.start(["dhclient", "-1", "-d", "-v", "-sf", "/bin/true", "-lf", lease_file,
                                    "-pf", os.path.join(self.dir, "dhclient.pid"), "eth0"],
                                   name="dhclient", log=dhclient_log)
-        bound = vmnet.wait_until(lambda: "fixed-address" in vmnet.read_text(lease_file), 60, interval=0.2,
+        bound = lab.wait_until(lambda: "fixed-address" in lab.read_text(lease_file), 60, interval=0.2,
                                  watch=[dhclient])
         self.ns.stop(dhclient)
-        self.assertTrue(bound, vmnet.read_text(dhclient_log)[-2000:])
+        self.assertTrue(bound, lab.read_text(dhclient_log)[-2000:])
 
         # TFTP: 3 x small, 2 x big, 1 missing file.
         got = os.path.join(self.dir, "got")
@@ -139,7 +139,7 @@ class RealTrafficTests(unittest.TestCase):
             after = self.scrape()
             return after.get('ownsocket_tftp_requests_total{result="not_found"}', 0) > \
                 before.get('ownsocket_tftp_requests_total{result="not_found"}', 0)
-        vmnet.wait_until(settled, 10, interval=0.2)
+        lab.wait_until(settled, 10, interval=0.2)
         after = self.scrape()
 
         def moved(key):

@@ -1,6 +1,6 @@
 """
 The admin listener during a real boot: QEMU firmware boots from ownsocket in
-a throw-away network namespace (L{tests.vmnet}) while
+a throw-away network namespace (L{tests.lab}) while
 
   - headless chromium, inside the namespace, renders the status page and the
     test asserts from its DOM that the booting MAC and its stage are shown
@@ -27,7 +27,7 @@ import uuid
 
 from twisted.trial import unittest
 
-from tests import lab as vmnet, netns  # tests.lab replaced tests/vmnet.py
+from tests import lab, netns
 from tests.test_status_page import SCREENSHOT_DIR, chromium, parse
 
 BOOT_TIMEOUT = 150
@@ -35,7 +35,7 @@ BOOT_TIMEOUT = 150
 #: iPXE to start under a loaded CI machine (5-8 s here), short enough to keep the test lean.
 STALL_AFTER = 20
 ADMIN_PORT = 9067
-GUEST_MAC = vmnet.DEFAULT_MAC
+GUEST_MAC = lab.DEFAULT_MAC
 ADMIN = "http://127.0.0.1:%d" % ADMIN_PORT
 
 
@@ -43,16 +43,16 @@ def _missing():
     ok, why = netns.available()
     if not ok:
         return why
-    for tool in (vmnet.QEMU, "ss", "curl"):
+    for tool in (lab.QEMU, "ss", "curl"):
         if shutil.which(tool) is None:
             return "%s is not installed" % tool
     if chromium() is None:
         return "chromium is not installed (apt-get install chromium)"
     try:
-        vmnet.ipxe_rom("pxe-e1000.rom")
-        for name in vmnet.FIRST_STAGES:
-            vmnet.ipxe_file(name)
-    except vmnet.VmnetError as e:
+        lab.ipxe_rom("pxe-e1000.rom")
+        for name in lab.FIRST_STAGES:
+            lab.ipxe_file(name)
+    except lab.LabError as e:
         return str(e)
     try:
         from ownsocket.config import AdminConfig  # noqa: F401  (the [admin] section)
@@ -72,10 +72,10 @@ class _Boot:
         self.dir = tempfile.mkdtemp(prefix="ownsocket-status-%s-" % name)
         os.chmod(self.dir, 0o755)
         self.root = os.path.join(self.dir, "tftpboot")
-        self.markers = vmnet.write_boot_root(self.root, uuid.uuid4().hex[:8])
+        self.markers = lab.write_boot_root(self.root, uuid.uuid4().hex[:8])
         self.log = os.path.join(self.dir, "ownsocket.log")
         self.serial = os.path.join(self.dir, "serial.log")
-        self.ns = vmnet.NetNamespace()
+        self.ns = lab.NetNamespace()
         self.ns.__enter__()
         self.failed = True
         test.addCleanup(self.cleanup)
@@ -87,17 +87,17 @@ class _Boot:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def start_ownsocket(self, mode="server", http=True, stall_after=30):
-        config = vmnet.ownsocket_config(os.path.join(self.dir, "ownsocket.ini"), self.dir, self.root,
+        config = lab.ownsocket_config(os.path.join(self.dir, "ownsocket.ini"), self.dir, self.root,
                                         mode=mode, http=http)
         with open(config, "a") as f:
             f.write("\n[admin]\nenabled = true\naddresses = 127.0.0.1\nport = %d\nstall_after = %s\n"
                     % (ADMIN_PORT, stall_after))
-        self.server = self.ns.start(vmnet.ownsocket_argv(config, self.log), name="ownsocket",
+        self.server = self.ns.start(lab.ownsocket_argv(config, self.log), name="ownsocket",
                                     log=os.path.join(self.dir, "ownsocket.out"),
-                                    env=vmnet.ownsocket_env(), cwd=self.dir)
+                                    env=lab.ownsocket_env(), cwd=self.dir)
         udp = (67, 69) + ((4011,) if mode == "proxy" else ())
         tcp = ((80,) if http else ()) + (ADMIN_PORT,)
-        if not vmnet.wait_until(lambda: vmnet.listening(self.ns, udp=udp, tcp=tcp), 30,
+        if not lab.wait_until(lambda: lab.listening(self.ns, udp=udp, tcp=tcp), 30,
                                 interval=0.3, watch=[self.server]):
             self.fail("ownsocket did not open its ports")
 
@@ -107,10 +107,10 @@ class _Boot:
             raise unittest.SkipTest("dnsmasq is not installed (apt-get install dnsmasq)")
         leg = self.ns.add_leg("dh", "10.99.0.2/24")
         log = os.path.join(self.dir, "dnsmasq.log")
-        dnsmasq = leg.start(vmnet.dnsmasq_base_argv(leg.ifname, self.dir), name="dnsmasq", log=log)
-        if not vmnet.wait_until(lambda: vmnet.listening(self.ns, udp=(67,), netns=leg.name), 20,
+        dnsmasq = leg.start(lab.dnsmasq_base_argv(leg.ifname, self.dir), name="dnsmasq", log=log)
+        if not lab.wait_until(lambda: lab.listening(self.ns, udp=(67,), netns=leg.name), 20,
                                 interval=0.3, watch=[dnsmasq]):
-            self.fail("dnsmasq did not start:\n" + vmnet.read_text(log))
+            self.fail("dnsmasq did not start:\n" + lab.read_text(log))
         return dnsmasq
 
     def wait_for_trail(self, vm, platform, watch=()):
@@ -118,11 +118,11 @@ class _Boot:
         marker = self.markers[platform]
 
         def done():
-            if marker not in vmnet.read_text(self.serial):
+            if marker not in lab.read_text(self.serial):
                 return False
             boots = self.boots()
             return bool(boots) and boots[0]["files_after_script"] >= 1
-        if not vmnet.wait_until(done, BOOT_TIMEOUT, interval=0.5, watch=[self.server, vm] + list(watch)):
+        if not lab.wait_until(done, BOOT_TIMEOUT, interval=0.5, watch=[self.server, vm] + list(watch)):
             self.fail("the guest never printed its marker, or the trail never saw the file after the "
                       "script; trail: %s" % json.dumps(self.boots(), indent=1)[-4000:])
         return self.boots()[0]
@@ -156,8 +156,8 @@ class _Boot:
 
     def fail(self, message):
         self.test.fail("%s\n--- ownsocket log (tail) ---\n%s\n--- serial ---\n%s" % (
-            message, vmnet.read_text(self.log)[-4000:],
-            vmnet.console_text(vmnet.read_text(self.serial))[-2000:]))
+            message, lab.read_text(self.log)[-4000:],
+            lab.console_text(lab.read_text(self.serial))[-2000:]))
 
 
 class StatusPageDuringBootTests(unittest.TestCase):
@@ -168,13 +168,13 @@ class StatusPageDuringBootTests(unittest.TestCase):
     def test_bios_boot_on_the_status_page_and_in_the_trail(self):
         run = _Boot(self, "bios")
         run.start_ownsocket(stall_after=STALL_AFTER)
-        vm = run.ns.start_guest(vmnet.bios_ipxe(), serial_log=run.serial, log=os.path.join(run.dir, "qemu.log"))
+        vm = run.ns.start_guest(lab.bios_ipxe(), serial_log=run.serial, log=os.path.join(run.dir, "qemu.log"))
 
         # 1. While it boots: the page in a real browser shows the MAC and its stage.
         def booting():
             boots = run.boots()
             return boots and boots[0]["outcome"] is None and boots[0]["stage"] != "dhcp"
-        if not vmnet.wait_until(booting, BOOT_TIMEOUT, interval=0.5, watch=[run.server, vm]):
+        if not lab.wait_until(booting, BOOT_TIMEOUT, interval=0.5, watch=[run.server, vm]):
             run.fail("the trail never showed the guest past DHCP")
         dom, screenshot = run.browse("bios-booting")
         rows = {attrs.get("data-mac"): (attrs, cells) for attrs, cells in parse(dom).boots()}
@@ -216,9 +216,9 @@ class StatusPageDuringBootTests(unittest.TestCase):
         pattern = re.compile(r"boot of %s complete after [0-9.]+ s: undionly\.kpxe over TFTP, script boot\.ipxe, "
                              r"1 file\(s\) after it \[dhcp \+0\.0 s, first-stage \+[0-9.]+ s, ipxe-dhcp "
                              r"\+[0-9.]+ s, script \+[0-9.]+ s, files \+[0-9.]+ s\]" % re.escape(GUEST_MAC))
-        if not vmnet.wait_until(lambda: pattern.search(vmnet.read_text(run.log)), STALL_AFTER + 30, interval=0.5):
+        if not lab.wait_until(lambda: pattern.search(lab.read_text(run.log)), STALL_AFTER + 30, interval=0.5):
             run.fail("no summary line for the boot")
-        self.assertEqual(len(re.findall(r"boot of %s " % re.escape(GUEST_MAC), vmnet.read_text(run.log))), 1)
+        self.assertEqual(len(re.findall(r"boot of %s " % re.escape(GUEST_MAC), lab.read_text(run.log))), 1)
         self.assertEqual(run.boots()[0]["outcome"], "complete")
         run.ns.stop(vm)
         run.failed = False
@@ -267,7 +267,7 @@ class StatusPageDuringBootTests(unittest.TestCase):
             raise unittest.SkipTest("OVMF is not installed (apt-get install ovmf)")
         run = _Boot(self, "uefi-pxe")
         run.start_ownsocket()
-        vm = run.ns.start_guest(vmnet.uefi_pxe(), serial_log=run.serial, log=os.path.join(run.dir, "qemu.log"))
+        vm = run.ns.start_guest(lab.uefi_pxe(), serial_log=run.serial, log=os.path.join(run.dir, "qemu.log"))
         boot = run.wait_for_trail(vm, "efi")
         self.check_trail(run, boot, "dhcp", "snponly.efi", "tftp", "efi")
         self.assertEqual(boot["first_stage"]["windowsize"], 4)
@@ -281,10 +281,10 @@ class StatusPageDuringBootTests(unittest.TestCase):
             raise unittest.SkipTest("OVMF is not installed (apt-get install ovmf)")
         run = _Boot(self, "uefi-http")
         run.start_ownsocket(http=True)
-        vm = run.ns.start_guest(vmnet.uefi_http(), serial_log=run.serial, log=os.path.join(run.dir, "qemu.log"))
+        vm = run.ns.start_guest(lab.uefi_http(), serial_log=run.serial, log=os.path.join(run.dir, "qemu.log"))
         boot = run.wait_for_trail(vm, "efi")
         self.check_trail(run, boot, "dhcp", "snponly.efi", "http", "efi",
-                         offered="http://%s/snponly.efi" % vmnet.SERVER_ADDRESS)
+                         offered="http://%s/snponly.efi" % lab.SERVER_ADDRESS)
         run.ns.stop(vm)
         run.failed = False
 
@@ -296,7 +296,7 @@ class StatusPageDuringBootTests(unittest.TestCase):
         run = _Boot(self, "proxy")
         dnsmasq = run.start_address_server()
         run.start_ownsocket(mode="proxy", http=False)
-        vm = run.ns.start_guest(vmnet.uefi_pxe(), serial_log=run.serial, log=os.path.join(run.dir, "qemu.log"))
+        vm = run.ns.start_guest(lab.uefi_pxe(), serial_log=run.serial, log=os.path.join(run.dir, "qemu.log"))
         boot = run.wait_for_trail(vm, "efi", watch=[dnsmasq])
         self.check_trail(run, boot, "proxy", "snponly.efi", "tftp", "efi")
         run.ns.stop(vm)
@@ -305,7 +305,7 @@ class StatusPageDuringBootTests(unittest.TestCase):
     @staticmethod
     def _ovmf():
         try:
-            vmnet.ovmf_firmware()
+            lab.ovmf_firmware()
             return True
-        except vmnet.VmnetError:
+        except lab.LabError:
             return False

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian's signed arm64 network GRUB (grubnetaa64.efi.signed) for the arm64
 # boot test and bench.  The package cannot be installed on amd64: download
-# the .deb for arm64 and unpack it into a fixed place that tests/vmnet.py
+# the .deb for arm64 and unpack it into a fixed place that tests/lab/
 # looks in (OWNSOCKET_ARM64_GRUB overrides it).  Idempotent.
 set -euo pipefail
 dest=${OWNSOCKET_ARM64_GRUB_DIR:-/var/lib/ownsocket-ci/grub-efi-arm64-signed}

@@ -56,10 +56,6 @@ from tests.lab.vm import (
     uefi_http, uefi_pxe, uefi_secure_boot)
 from tests.lab.waits import listening, read_text, wait_for_boot, wait_until
 
-#: The old name of L{LabError}, for tests/test_status_page_boot.py until its
-#: body is renamed (it is being edited on another branch; see the commit).
-VmnetError = LabError
-
 __all__ = [
     "AAVMF_CODE", "AAVMF_VARS", "ARM64_GRUB_DIR", "Capture", "DEFAULT_MAC", "FIRST_STAGES",
     "FW_CFG", "FleetHost", "GRUB_TEMPLATE", "GuestSpec", "IPXE_TEMPLATE", "LabError", "Leg",
