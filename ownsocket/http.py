@@ -25,6 +25,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from ownsocket import listening
+from ownsocket.text import printable
 from ownsocket.events import EventBus
 from ownsocket.files import ReadRequest, normalise
 from ownsocket.interfaces import AccessViolation, BackendError, FileNotFound
@@ -48,12 +49,6 @@ _log = Logger(namespace="ownsocket.http")
 
 # One class for every listening service, so start-up code catches one type.
 BindError = listening.BindError
-
-
-def _printable(raw: bytes, limit: int = 300) -> str:
-    """Client-controlled text goes into log lines: no control characters, bounded."""
-    text = raw[:limit].decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
 class Unsatisfiable(Exception):
@@ -316,7 +311,7 @@ class BootFileResource(Resource):
         if self.events.active:
             self.events.publish("http", "started", mac=exchange.mac, peer=exchange.peer,
                                 file=path, size=reader.size,
-                                method=_printable(exchange.request.method, 16))
+                                method=printable(exchange.request.method, 16))
         try:
             self._respond(reader, exchange, path)
         except BaseException:
@@ -435,17 +430,17 @@ class BootFileResource(Resource):
         if self.events.active:
             self.events.publish("http", "finished", mac=exchange.mac, peer=exchange.peer,
                                 file=exchange.path if exchange.path is not None
-                                else _printable(request.path),
+                                else printable(request.path),
                                 result=_result(exchange, aborted), bytes=exchange.sent,
                                 seconds=duration, status=request.code,
-                                method=_printable(request.method, 16))
+                                method=printable(request.method, 16))
         _log.info(
             "http peer={peer} method={method} path={path} status={status} bytes={nbytes} "
             "duration={duration} agent={agent}{detail}",
             peer=f"{getattr(address, 'host', '?')}:{getattr(address, 'port', 0)}",
-            method=_printable(request.method, 16), path=_printable(request.uri),
+            method=printable(request.method, 16), path=printable(request.uri),
             status=request.code, nbytes=exchange.sent, duration=f"{duration:.3f}s",
-            agent='"' + _printable(agent or b"-", 120).replace('"', '\\"') + '"',
+            agent='"' + printable(agent or b"-", 120).replace('"', '\\"') + '"',
             detail=f" ({detail})" if detail else "",
             http_status=request.code, http_aborted=aborted)
         return None
@@ -491,7 +486,11 @@ class BootSite(server.Site):
         if channel is None:
             return None
         # The channel Site builds is a proxy without a public transport:
-        # note the transport as the connection is made.
+        # note the transport as the connection is made.  twisted.web has no
+        # hook for "connection made/lost" on a Site; the supported general
+        # tool, policies.WrappingFactory, would put one more protocol layer
+        # under every write of every file being streamed, while these two
+        # wrappers on the channel object run once per connection.
         made, lost = channel.makeConnection, channel.connectionLost
 
         def make_connection(transport):

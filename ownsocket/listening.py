@@ -18,6 +18,21 @@ from twisted.logger import Logger
 _PERMISSION = "permission denied (run as root or grant CAP_NET_BIND_SERVICE)"
 
 
+def bind_hint(error_number, in_use, permission=_PERMISSION):
+    """
+    What a sysadmin should read when binding a port failed, or None when
+    the system's own message says it best.  One table for DHCP, TFTP, HTTP
+    and the admin listener, so the advice stays the same everywhere.
+    """
+    return {
+        errno.EACCES: permission,
+        errno.EPERM: permission,
+        errno.EADDRINUSE: in_use,
+        errno.EADDRNOTAVAIL: "address not available (no interface has this address)",
+        errno.ENODEV: "no such interface",
+    }.get(error_number)
+
+
 class BindError(Exception):
     """A listening port could not be opened; the message is one log line."""
 
@@ -79,13 +94,8 @@ class ListeningService(service.Service):
 
     def _bind_error(self, host: str, error: CannotListenError) -> BindError:
         cause = error.socketError
-        hints = {
-            errno.EACCES: _PERMISSION,
-            errno.EPERM: _PERMISSION,
-            errno.EADDRINUSE: self.in_use_hint,
-            errno.EADDRNOTAVAIL: "address not available (no interface has this address)",
-        }
-        reason = hints.get(getattr(cause, "errno", None)) or getattr(cause, "strerror", None) or str(cause)
+        reason = (bind_hint(getattr(cause, "errno", None), self.in_use_hint)
+                  or getattr(cause, "strerror", None) or str(cause))
         return BindError(host or "0.0.0.0", self.config.port, reason, self.transport)
 
     def stopService(self):

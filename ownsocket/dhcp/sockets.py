@@ -12,12 +12,13 @@ address instead.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import socket
 import struct
 from typing import List, Optional, Tuple
+
+from ownsocket.listening import bind_hint
 
 try:
     import fcntl
@@ -101,11 +102,8 @@ def open_interface_socket(name: str, port: int, address: Optional[ipaddress.IPv4
 
 
 def _explain(error: OSError, what: str) -> str:
-    if error.errno in (errno.EACCES, errno.EPERM):
-        return (f"cannot bind {what}: permission denied "
-                "(run as root, with twistd --uid/--gid to drop privileges, or grant CAP_NET_BIND_SERVICE and CAP_NET_RAW)")
-    if error.errno == errno.EADDRINUSE:
-        return f"cannot bind {what}: address in use (is another DHCP server such as dnsmasq running?)"
-    if error.errno == errno.ENODEV:
-        return f"cannot bind {what}: no such interface"
-    return f"cannot bind {what}: {error.strerror}"
+    hint = bind_hint(
+        error.errno, in_use="address in use (is another DHCP server such as dnsmasq running?)",
+        permission=("permission denied (run as root, with twistd --uid/--gid to drop privileges, "
+                    "or grant CAP_NET_BIND_SERVICE and CAP_NET_RAW)"))
+    return f"cannot bind {what}: {hint or error.strerror}"
