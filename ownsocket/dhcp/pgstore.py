@@ -463,7 +463,10 @@ class PostgresLeaseStore:
             try:
                 migrate(connection)
             except psycopg.Error as error:
+                broken = connection.broken
                 connection.close()
+                if broken:  # the database went away meanwhile: an outage, not a schema problem
+                    raise
                 raise LeaseStoreError(f"cannot create or upgrade the lease tables: {_one_line(error)} "
                                       f"(the role needs CREATE on the database's schema, or to own the tables)") \
                     from None
