@@ -108,7 +108,7 @@ class Cluster:
         auth = f"{user}:{password}" if password else user
         return f"postgresql://{auth}@/{dbname}?host={self.socket_dir}"
 
-    def start(self, timeout=60):
+    def start(self, timeout=120):  # generous: a loaded machine starts slowly
         options = (f"-k {self.socket_dir} -c listen_addresses='' -c fsync={'on' if self.fsync else 'off'} "
                    f"-c max_connections={self.max_connections} -c shared_buffers=64MB "
                    f"-c unix_socket_permissions=0777")

@@ -38,6 +38,18 @@ def cluster():
     return _cluster
 
 
+@defer.inlineCallbacks
+def wait_until(condition, timeout=60.0, interval=0.05):
+    """Poll C{condition} without blocking the reactor; fail after C{timeout}
+    seconds (generous: a loaded machine is slow, never wrong)."""
+    from twisted.internet import task
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        yield task.deferLater(reactor, interval, lambda: None)
+
+
 class PostgresTestCase(unittest.TestCase):
     def setUp(self):
         from ownsocket.dhcp.pgstore import PostgresLeaseStore
@@ -149,6 +161,54 @@ class SeveralServersTests(PostgresTestCase):
         self.store._in_flight = 0
         self.assertEqual((yield bound).address, B)
 
+    @defer.inlineCallbacks
+    def test_one_outage_one_line_however_many_connections(self):
+        """Four pooled connections die with the database: one line says it
+        went, one says it is back, and no dead pooled connection fails a
+        transaction after that."""
+        import psycopg
+        from twisted.logger import formatEvent, globalLogPublisher
+        lines = []
+        observer = lambda event: lines.append(formatEvent(event))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        yield self.store.all_leases()  # the schema exists
+        # Fill the pool: four transactions held at once by a lock this test
+        # holds, so each needs a connection of its own.
+        key = 4242
+        with psycopg.connect(self.cluster.dsn(self.dbname), autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+            held = []
+            for _ in range(4):
+                with self.store.batch():
+                    held.append(self.store._submit("SELECT pg_advisory_xact_lock_shared(%s)", (key,),
+                                                   lambda cursor: None))
+            waiting = lambda: holder.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]
+            yield wait_until(lambda: waiting() == 4)
+            holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        yield defer.gatherResults(held)
+        self.assertEqual(len(self.store._idle), 4)
+        self.cluster.stop()
+        try:
+            # one transaction notices; then others, while it is down
+            yield self.assertFailure(self.store.lookup(ONE, "lab"), LeaseStoreUnavailable)
+            for _ in range(3):
+                with self.store.batch():
+                    d = self.store.lookup(ONE, "lab")
+                yield self.assertFailure(d, LeaseStoreUnavailable)
+        finally:
+            self.cluster.start()
+        self.store._retry_at = 0  # skip the backoff's wait
+        answers = []
+        for _ in range(4):  # at once, on as many connections as the pool gives
+            with self.store.batch():
+                answers.append(self.store.lookup(ONE, "lab"))
+        self.assertEqual((yield defer.gatherResults(answers)), [None] * 4)
+        self.assertEqual(len([line for line in lines if "unreachable" in line]), 1, lines)
+        self.assertEqual(len([line for line in lines if "reachable again" in line]), 1, lines)
+        self.flushLoggedErrors()
+
     def test_password_never_logged(self):
         from ownsocket.dhcp.pgstore import describe
         text = describe("postgresql://u:s3cret@/db?host=/tmp/x")
@@ -250,9 +310,15 @@ class TwoServersOneSegmentTests(PostgresTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         seen = EventList()
         self.servers[0].events.subscribe(seen)
+        # Both servers' start-up reads must be over before the database
+        # goes: one still in flight would see the outage on its own store
+        # (each store says so once).  Bounded by the test's timeout.
+        yield defer.gatherResults([server.loaded for server in self.servers])
         [offer] = yield self.ask(0, packets.ovmf_pxe_discover(mac=ONE))
         self.cluster.stop()
         try:
+            # each REQUEST waits for its own failure: the first one is
+            # where the store notices the outage, the others come after
             for _ in range(3):
                 failed = yield self.assertFailure(
                     defer.maybeDeferred(self.servers[0].handle, wire.parse(
@@ -269,4 +335,62 @@ class TwoServersOneSegmentTests(PostgresTestCase):
         self.assertEqual(ack["type"], 5)
         self.assertEqual(len([line for line in lines if "reachable again" in line]), 1)
         self.assertEqual([e.kind for e in seen.events if e.kind in ("committed",)], ["committed"])
+        self.flushLoggedErrors()
+
+
+class OutageBookkeepingTests(unittest.TestCase):
+    """Transactions that were in flight when the database went, or came
+    back, land after the change: they must not log it a second time.
+    (No database needed: the store's bookkeeping is driven directly.)"""
+
+    def setUp(self):
+        reason = pgcluster.available()
+        if reason and "psycopg" in reason:
+            raise unittest.SkipTest(reason)
+        from twisted.internet import task
+        from twisted.logger import formatEvent, globalLogPublisher
+        from ownsocket.dhcp.pgstore import PostgresLeaseStore
+        self.clock = task.Clock()
+        self.store = PostgresLeaseStore("host=/nonexistent dbname=x", self.clock)
+        self.addCleanup(self.store._threads.stop)
+        self.lines = []
+        observer = lambda event: self.lines.append(formatEvent(event))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def send(self):
+        """As _flush does: number the transaction."""
+        self.store._sent += 1
+        return self.store._sent
+
+    def lost(self, number):
+        from twisted.python.failure import Failure
+        d = defer.Deferred()
+        d.addErrback(lambda _: None)
+        self.store._failed(Failure(LeaseStoreUnavailable("gone")), [(None, d)], number)
+
+    def answered(self, number):
+        self.store._done([None], [(None, defer.Deferred())], number)
+
+    def count(self, word):
+        return len([line for line in self.lines if word in line])
+
+    def test_in_flight_across_the_outage(self):
+        before = [self.send() for _ in range(3)]
+        self.lost(before[0])            # the outage is noticed
+        self.answered(before[1])         # finished just before it: not "back"
+        self.lost(before[2])            # same outage
+        self.assertEqual((self.count("unreachable"), self.count("reachable again")), (1, 0))
+        self.assertTrue(self.store._down)
+        self.assertEqual(self.store._backoff, 1.0)  # in-flight failures are not retries
+        retry = self.send()
+        self.lost(retry)                # a retry failed: back off further
+        self.assertEqual(self.store._backoff, 2.0)
+        probes = [self.send() for _ in range(2)]
+        self.answered(probes[0])         # back
+        self.lost(probes[1])            # sent while it was down: same outage
+        self.assertEqual((self.count("unreachable"), self.count("reachable again")), (1, 1))
+        self.assertFalse(self.store._down)
+        self.lost(self.send())          # sent after it came back: a new outage
+        self.assertEqual(self.count("unreachable"), 2)
         self.flushLoggedErrors()

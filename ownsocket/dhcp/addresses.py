@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ownsocket.dhcp.leases import BOUND, DECLINED, FOREVER, OFFERED, Lease
+from ownsocket.dhcp.leases import BOUND, DECLINED, FOREVER, OFFERED, Lease, LeaseStoreUnavailable
 from ownsocket.dhcp.pool import AddressPool
 
 IPv4 = ipaddress.IPv4Address
@@ -46,6 +46,8 @@ class Addresses:
 
     def __init__(self, config, store, clock):
         self.store = store
+        #: True once the hint was filled from the store (load or refresh)
+        self.synced = False
         self.clock = clock
         self._leases: Dict[IPv4, Lease] = {}  # what we last saw of each address
         self._expiries: List[Tuple[float, int, IPv4]] = []
@@ -65,12 +67,25 @@ class Addresses:
             self._mark(lease, now)
 
     def load(self):
-        """Fill the hint from the store: a Deferred that fires when done."""
-        return self.store.all_leases().addCallback(self.resync)
+        """Fill the hint from the store: a Deferred that fires when done.
+
+        A database that cannot be reached at start-up is not an error of
+        its own: the store has said so in its one line about the outage,
+        the store decides every claim meanwhile, and the hint is filled at
+        the next refresh (L{synced} stays False until then)."""
+        d = self.store.all_leases().addCallback(self.resync)
+        d.addErrback(self._unreachable_at_start)
+        return d
+
+    @staticmethod
+    def _unreachable_at_start(failure):
+        failure.trap(LeaseStoreUnavailable)
+        return None
 
     def resync(self, leases):
         """Make the hint what the store says (every row, lapsed ones too).
         Done in bulk: with 100,000 leases this runs on the reactor thread."""
+        self.synced = True
         now = self.clock.seconds()
         self._leases = {lease.address: lease for lease in leases}
         self._expiries = [(lease.expires, int(lease.address), lease.address) for lease in leases

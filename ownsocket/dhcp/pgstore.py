@@ -29,6 +29,12 @@ When the database cannot be reached, every change fails at once with
 L{LeaseStoreUnavailable} (no binding without a commit: clients get no
 answer and retry), one line says so, and the store retries with a backoff
 (1 s doubling to 30 s) until the database answers; one line says that too.
+One outage is one pair of lines however many transactions notice it:
+transactions are numbered as they are sent, and only one sent after the
+outage was noticed can end it (or one sent after it ended start another);
+the others were in flight across the change and say nothing new.  The
+pooled connections all die with the server, so the first failure drops
+every idle one instead of letting each fail in turn.
 """
 
 from __future__ import annotations
@@ -226,6 +232,13 @@ class PostgresLeaseStore:
         self._down = False
         self._retry_at = 0.0
         self._backoff = BACKOFF_FIRST
+        # Transactions sent so far, and how many had been sent when the
+        # outage was noticed, when a retry last failed, when it ended.
+        self._sent = 0
+        self._down_mark = self._retry_mark = self._up_mark = 0
+        # Bumped (on a pool thread) when a connection fails: connections of
+        # an older generation are closed instead of pooled again.
+        self._generation = 0
         self._migrated = False
         self._closed = False
         self._error_log = RateLimitedLog(self.log.error, clock, burst=3)
@@ -325,33 +338,47 @@ class PostgresLeaseStore:
         # same order and cannot deadlock on them.
         work.sort(key=lambda item: item[0])
         self._in_flight += 1
+        self._sent += 1
         d = threads.deferToThreadPool(self.reactor, self._threads, self._transact, work)
         d.addBoth(self._landed)
-        d.addCallbacks(self._done, self._failed, callbackArgs=(work,), errbackArgs=(work,))
+        d.addCallbacks(self._done, self._failed, callbackArgs=(work, self._sent),
+                       errbackArgs=(work, self._sent))
 
     def _landed(self, result):
         self._in_flight -= 1
         return result
 
-    def _done(self, results, work):
-        if self._down:
+    def _done(self, results, work, number):
+        # Only a transaction sent after the outage was noticed proves the
+        # database is back: one that was in flight across it may have
+        # finished just before.
+        if self._down and number > self._down_mark:
             self._down = False
             self._backoff = BACKOFF_FIRST
+            self._up_mark = self._sent
             self.log.info("lease database {db} reachable again; serving", db=self.description)
         for item, result in zip(work, results):
             item[-1].callback(result)
 
-    def _failed(self, failure, work):
+    def _failed(self, failure, work, number):
         if failure.check(LeaseStoreUnavailable):
             error = LeaseStoreUnavailable(f"lease database unreachable ({self.description}): "
                                           f"{_one_line(failure.getErrorMessage())}")
             if not self._down:
-                self.log.error("{error}; no new leases until it answers (retrying with backoff)",
-                               error=error)
-            else:
+                # One sent before the database came back belongs to the
+                # outage that was reported already.
+                if number > self._up_mark:
+                    self.log.error("{error}; no new leases until it answers (retrying with backoff)",
+                                   error=error)
+                    self._down = True
+                    self._down_mark = self._retry_mark = self._sent
+                    self._backoff = BACKOFF_FIRST
+                    self._retry_at = self.reactor.seconds() + self._backoff
+            elif number > self._retry_mark:
+                # A retry failed (not one of several in flight at once).
+                self._retry_mark = self._sent
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-            self._down = True
-            self._retry_at = self.reactor.seconds() + self._backoff
+                self._retry_at = self.reactor.seconds() + self._backoff
         else:
             error = LeaseStoreError(f"lease database {self.description}: {_one_line(failure.getErrorMessage())}")
             self._error_log("{error}", error=error)
@@ -371,8 +398,9 @@ class PostgresLeaseStore:
         import psycopg
         from psycopg import errors
         try:
-            connection = self._connection()
+            connection, generation = self._connection()
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+            self._drop_idle()
             raise LeaseStoreUnavailable(_one_line(error)) from None
         try:
             try:
@@ -393,13 +421,14 @@ class PostgresLeaseStore:
         except psycopg.Error as error:
             if connection.broken or connection.closed or isinstance(error, psycopg.InterfaceError):
                 connection.close()
+                self._drop_idle()
                 raise LeaseStoreUnavailable(_one_line(error)) from None
-            self._give_back(connection)
+            self._give_back(connection, generation)
             raise
         except BaseException:
-            self._give_back(connection)
+            self._give_back(connection, generation)
             raise
-        self._give_back(connection)
+        self._give_back(connection, generation)
         return results
 
     @staticmethod
@@ -420,31 +449,48 @@ class PostgresLeaseStore:
         return [read(cursor) for cursor, (_, _, _, read, _, _) in zip(cursors, work)]
 
     def _connection(self):
+        """A pooled connection, or a new one: (connection, its generation)."""
         import psycopg
         with self._idle_lock:
             while self._idle:
                 connection = self._idle.pop()
                 if not connection.closed:
-                    return connection
+                    return connection, self._generation
+            generation = self._generation
         connection = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout,
                                      application_name="ownsocket", autocommit=True)
         if not self._migrated:
             try:
                 migrate(connection)
             except psycopg.Error as error:
+                broken = connection.broken
                 connection.close()
+                if broken:  # the database went away meanwhile: an outage, not a schema problem
+                    raise
                 raise LeaseStoreError(f"cannot create or upgrade the lease tables: {_one_line(error)} "
                                       f"(the role needs CREATE on the database's schema, or to own the tables)") \
                     from None
             self._migrated = True
-        return connection
+        return connection, generation
 
-    def _give_back(self, connection):
-        if connection.closed or connection.info.transaction_status != 0:  # 0 = idle
-            connection.close()
-            return
+    def _give_back(self, connection, generation):
+        if not connection.closed and connection.info.transaction_status == 0:  # 0 = idle
+            with self._idle_lock:
+                if generation == self._generation:
+                    self._idle.append(connection)
+                    return
+        connection.close()
+
+    def _drop_idle(self):
+        """A connection failed: the database went away (or was restarted),
+        and every pooled connection went with it.  Close them all now, and
+        those in use when they come back, so that each does not fail one
+        transaction of its own after the database is back."""
         with self._idle_lock:
-            self._idle.append(connection)
+            self._generation += 1
+            idle, self._idle = list(self._idle), deque()
+        for connection in idle:
+            connection.close()
 
     # -- housekeeping ----------------------------------------------------------
 

@@ -228,7 +228,10 @@ class DhcpService(Service):
         if self.server is None or not hasattr(self.server, "addresses"):
             return None
         self._reclaim_rounds = getattr(self, "_reclaim_rounds", 0) + 1
-        d = self.server.addresses.reclaim(refresh=self._reclaim_rounds % REFRESH_EVERY == 0)
+        addresses = self.server.addresses
+        # the hint is refreshed now and then, and at once if start-up could not read it
+        d = addresses.reclaim(refresh=self._reclaim_rounds % REFRESH_EVERY == 0
+                              or not getattr(addresses, "synced", True))
         d.addErrback(self._reclaim_failed)
         return None  # a slow database must not stop the loop
 
