@@ -10,6 +10,22 @@ marker (the same flow as tests/test_boot_e2e.py):
   bios       SeaBIOS + iPXE NIC ROM (e1000), TFTP
   uefi-pxe   OVMF's own PXE client (virtio-net, no ROM), TFTP
   uefi-http  OVMF HTTP boot (fw_cfg: IPv4/IPv6 PXE off), first stage over HTTP
+  uefi-sb    OVMF Secure Boot: shim -> efi/grubx64.efi (signed network GRUB)
+             -> /grub/grub.cfg -> /marker-sb1-sb (a GRUB script)
+  arm64      AAVMF (qemu-system-aarch64 -M virt): grubaa64.efi -> /grub/grub.cfg
+             -> /marker-arm1
+  fleet      the four machines bios1 (SeaBIOS iPXE), pxe1 (OVMF PXE, iPXE),
+             sb1 (Secure Boot) and arm1 (arm64) started at once on one bridge;
+             the time is the last of the four markers
+
+For the GRUB scenarios ownsocket renders /grub/grub.cfg and boot.ipxe per
+machine from templates (tests.lab.fleet_config).  dnsmasq cannot generate
+files: it gets ``dhcp-no-override`` (the boot file in the BOOTP file field,
+where shim looks), ``dhcp-host`` entries with the same addresses and names,
+one static grub.cfg that picks the marker by ``$net_default_mac`` and one
+static boot.ipxe that chains ``marker-${hostname}.ipxe`` (option 12 from
+dhcp-host): the same files on the wire, the per-machine part done by GRUB
+and iPXE instead.
 
 ownsocket runs with its stateful iPXE selector (a MAC gets the script only
 after it fetched a first stage) and serves HTTP itself.  dnsmasq 2.90 runs the
@@ -51,22 +67,34 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from tests import vmnet  # noqa: E402
+from tests import lab  # noqa: E402
 
 SCENARIOS = {
-    "bios": (vmnet.bios_ipxe, "pcbios"),
-    "uefi-pxe": (vmnet.uefi_pxe, "efi"),
-    "uefi-http": (vmnet.uefi_http, "efi"),
+    "bios": (lab.bios_ipxe, "pcbios"),
+    "uefi-pxe": (lab.uefi_pxe, "efi"),
+    "uefi-http": (lab.uefi_http, "efi"),
 }
+GRUB_SCENARIOS = ("uefi-sb", "arm64", "fleet")
 SERVERS = ("ownsocket", "dnsmasq", "ownsocket-stateless")
-HTTP_URL = "http://%s/snponly.efi" % vmnet.SERVER_ADDRESS
+FLEET = {
+    "bios1": lab.FleetHost("bios1", "52:54:00:99:01:01", "10.99.0.11"),
+    "pxe1": lab.FleetHost("pxe1", "52:54:00:99:01:02", "10.99.0.12", bootfile="snponly.efi"),
+    "sb1": lab.FleetHost("sb1", "52:54:00:99:01:03", "10.99.0.13"),
+    "arm1": lab.FleetHost("arm1", "52:54:00:99:01:04", "10.99.0.14"),
+}
+#: Which machines each GRUB scenario boots, and the marker each must reach.
+GRUB_GUESTS = {"uefi-sb": ("sb1",), "arm64": ("arm1",), "fleet": ("bios1", "pxe1", "sb1", "arm1")}
+MARKER_KIND = {"bios1": "ipxe", "pxe1": "ipxe", "sb1": "sb", "arm1": "grub"}
+MARKER_FILE = {"bios1": "marker-bios1.ipxe", "pxe1": "marker-pxe1.ipxe", "sb1": "marker-sb1-sb",
+               "arm1": "marker-arm1"}
+HTTP_URL = "http://%s/snponly.efi" % lab.SERVER_ADDRESS
 
 
 def fetched_files(server, workdir):
     """Files the guest fetched, in order, with how (for the notes column)."""
     out = []
     if server.startswith("ownsocket"):
-        for line in vmnet.read_text(os.path.join(workdir, "ownsocket.log")).splitlines():
+        for line in lab.read_text(os.path.join(workdir, "ownsocket.log")).splitlines():
             m = re.search(r"tftp peer=\S+ file=(\S+) result=ok", line)
             if m:
                 out.append(m.group(1))
@@ -75,12 +103,12 @@ def fetched_files(server, workdir):
                 out.append(m.group(1) + "(http)")
     else:
         # In these flows HTTP only ever carries the first stage: list it first.
-        for line in vmnet.read_text(os.path.join(workdir, "http.log")).splitlines():
+        for line in lab.read_text(os.path.join(workdir, "http.log")).splitlines():
             m = re.search(r'"GET /(\S+) HTTP/[\d.]+" 200', line)
             if m:
                 out.append(m.group(1) + "(http)")
         aborted = False
-        for line in vmnet.read_text(os.path.join(workdir, "dnsmasq.log")).splitlines():
+        for line in lab.read_text(os.path.join(workdir, "dnsmasq.log")).splitlines():
             if "dnsmasq-tftp" not in line:
                 continue
             m = re.search(r"dnsmasq-tftp\[\d+\]: sent \S*/([^/\s]+) to", line)
@@ -98,17 +126,17 @@ def one_boot(scenario, server, args, keep_root):
     workdir = tempfile.mkdtemp(prefix="boot-%s-%s-" % (scenario, server), dir=keep_root)
     os.chmod(workdir, 0o755)
     root = os.path.join(workdir, "tftpboot")
-    markers = vmnet.write_boot_root(root, uuid.uuid4().hex[:8])
+    markers = lab.write_boot_root(root, uuid.uuid4().hex[:8])
     serial = os.path.join(workdir, "serial.log")
-    with vmnet.NetNamespace() as ns:
+    with lab.NetNamespace() as ns:
         if not args.no_ra:
             ns.start_router_advertiser(log=os.path.join(workdir, "ra.log"))
         if server.startswith("ownsocket"):
             log = os.path.join(workdir, "ownsocket.log")
-            cfg = vmnet.ownsocket_config(os.path.join(workdir, "ownsocket.ini"), workdir, root,
-                                         ipxe_mode="stateless" if server.endswith("stateless") else "stateful")
-            proc = ns.start(vmnet.ownsocket_argv(cfg, log), name="ownsocket",
-                            log=os.path.join(workdir, "ownsocket.out"), env=vmnet.ownsocket_env(), cwd=workdir)
+            cfg = lab.ownsocket_config(os.path.join(workdir, "ownsocket.ini"), workdir, root,
+                                       ipxe_mode="stateless" if server.endswith("stateless") else "stateful")
+            proc = ns.start(lab.ownsocket_argv(cfg, log), name="ownsocket",
+                            log=os.path.join(workdir, "ownsocket.out"), env=lab.ownsocket_env(), cwd=workdir)
             watch = [proc]
             tcp = (80,)
             pattern = re.compile(r"tftp peer=\S+ file=marker-%s\.ipxe result=ok" % platform)
@@ -116,27 +144,27 @@ def one_boot(scenario, server, args, keep_root):
         else:
             log = os.path.join(workdir, "dnsmasq.log")
             http_url = HTTP_URL if scenario == "uefi-http" else None
-            proc = ns.start(vmnet.dnsmasq_boot_argv(ns.bridge, workdir, root, http_url),
+            proc = ns.start(lab.dnsmasq_boot_argv(ns.bridge, workdir, root, http_url),
                             name="dnsmasq", log=log)
             watch = [proc]
             tcp = ()
             if http_url:
-                watch.append(ns.start([sys.executable, "-m", "http.server", "--bind", vmnet.SERVER_ADDRESS,
+                watch.append(ns.start([sys.executable, "-m", "http.server", "--bind", lab.SERVER_ADDRESS,
                                        "--directory", root, "80"], name="http.server",
                                       log=os.path.join(workdir, "http.log")))
                 tcp = (80,)
             pattern = re.compile(r"dnsmasq-tftp\[\d+\]: sent \S*/marker-%s\.ipxe to" % platform)
             server_log = log
-        if not vmnet.wait_until(lambda: vmnet.listening(ns, udp=(67, 69), tcp=tcp), 30,
-                                interval=0.3, watch=watch):
-            raise SystemExit("%s did not start:\n%s" % (server, vmnet.read_text(watch[0].log)[-3000:]))
+        if not lab.wait_until(lambda: lab.listening(ns, udp=(67, 69), tcp=tcp), 30,
+                              interval=0.3, watch=watch):
+            raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(watch[0].log)[-3000:]))
         vm = ns.start_guest(spec_factory(), serial_log=serial, log=os.path.join(workdir, "qemu.log"))
-        seconds, server_ok = vmnet.wait_for_boot(
-            vm, serial, markers[platform], lambda: pattern.search(vmnet.read_text(server_log)),
+        seconds, server_ok = lab.wait_for_boot(
+            vm, serial, markers[platform], lambda: pattern.search(lab.read_text(server_log)),
             args.timeout, watch=watch)
     files = fetched_files(server, workdir)
     if seconds is None or not server_ok:
-        tail = "\n".join(vmnet.console_text(vmnet.read_text(serial)).splitlines()[-15:])
+        tail = "\n".join(lab.console_text(lab.read_text(serial)).splitlines()[-15:])
         print("  !! %s/%s: no boot (marker %s, server log %s); files %s; serial tail:\n%s\n  (kept in %s)"
               % (scenario, server, seconds, server_ok, files, tail, workdir), flush=True)
         return None, files, workdir
@@ -145,11 +173,117 @@ def one_boot(scenario, server, args, keep_root):
     return seconds, files, workdir
 
 
+def dnsmasq_grub_argv(interface, workdir, tftp_root):
+    """dnsmasq for the shim/GRUB/iPXE fleet flows (see the module docstring)."""
+    argv = lab.dnsmasq_base_argv(interface, workdir) + [
+        "--enable-tftp", "--tftp-root=%s" % tftp_root,
+        "--dhcp-no-override",
+        "--dhcp-match=set:ipxe,175",
+        "--dhcp-option=tag:ipxe,encap:175,176,1b",
+        "--dhcp-match=set:efi64,option:client-arch,7",
+        "--dhcp-match=set:arm64,option:client-arch,11",
+        "--dhcp-boot=tag:ipxe,boot.ipxe",
+        "--dhcp-boot=tag:!ipxe,tag:pxe1,snponly.efi",
+        "--dhcp-boot=tag:!ipxe,tag:efi64,tag:!pxe1,efi/shimx64.efi",
+        "--dhcp-boot=tag:!ipxe,tag:arm64,grubaa64.efi",
+        "--dhcp-boot=tag:!ipxe,tag:!efi64,tag:!arm64,undionly.kpxe",
+    ]
+    for host in FLEET.values():
+        tag = "set:%s," % host.name if host.name == "pxe1" else ""
+        argv.append("--dhcp-host=%s,%s%s,%s" % (host.mac, tag, host.address, host.name))
+    return argv
+
+
+def write_static_fleet_files(root):
+    """What dnsmasq serves instead of the generated files (one for everyone)."""
+    os.makedirs(os.path.join(root, "grub"), exist_ok=True)
+    with open(os.path.join(root, "grub", "grub.cfg"), "w") as f:
+        for host in FLEET.values():
+            f.write('if [ "$net_default_mac" = "%s" ]; then set host=%s; fi\n' % (host.mac, host.name))
+        f.write('set sb=\nif [ "$shim_lock" = "y" ]; then set sb=-sb; fi\nsource /marker-${host}$sb\n')
+    with open(os.path.join(root, "boot.ipxe"), "w") as f:
+        f.write("#!ipxe\nchain marker-${hostname}.ipxe\n")
+
+
+def one_grub_boot(scenario, server, args, keep_root):
+    """
+    Boot the scenario's machines at once; return ({host: seconds to its
+    marker or None}, fetched files per host, workdir).
+    """
+    hosts = GRUB_GUESTS[scenario]
+    workdir = tempfile.mkdtemp(prefix="boot-%s-%s-" % (scenario, server), dir=keep_root)
+    os.chmod(workdir, 0o755)
+    root = os.path.join(workdir, "tftpboot")
+    markers = lab.write_grub_root(root, uuid.uuid4().hex[:8], list(FLEET), arm64="arm1" in hosts)
+    with lab.NetNamespace(taps=len(hosts)) as ns:
+        if not args.no_ra:
+            ns.start_router_advertiser(log=os.path.join(workdir, "ra.log"))
+        if server.startswith("ownsocket"):
+            log = os.path.join(workdir, "ownsocket.log")
+            cfg = lab.fleet_config(os.path.join(workdir, "ownsocket.ini"), workdir, root, FLEET.values(),
+                                   ipxe_mode="stateless" if server.endswith("stateless") else "stateful")
+            proc = ns.start(lab.ownsocket_argv(cfg, log), name="ownsocket",
+                            log=os.path.join(workdir, "ownsocket.out"), env=lab.ownsocket_env(), cwd=workdir)
+
+            def sent(host):
+                return re.compile(r"tftp peer=%s:\d+ file=/?%s result=ok" % (
+                    re.escape(FLEET[host].address), re.escape(MARKER_FILE[host])))
+        else:
+            log = os.path.join(workdir, "dnsmasq.log")
+            write_static_fleet_files(root)
+            proc = ns.start(dnsmasq_grub_argv(ns.bridge, workdir, root), name="dnsmasq", log=log)
+
+            def sent(host):
+                return re.compile(r"dnsmasq-tftp\[\d+\]: sent \S*/%s to %s\b" % (
+                    re.escape(MARKER_FILE[host]), re.escape(FLEET[host].address)))
+        if not lab.wait_until(lambda: lab.listening(ns, udp=(67, 69)), 30, interval=0.3, watch=[proc]):
+            raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(proc.log)[-3000:]))
+        guests = {}
+        for tap, host in zip(ns.taps, hosts):
+            if host == "bios1":
+                spec = lab.bios_ipxe()
+            elif host == "pxe1":
+                spec = lab.uefi_pxe()
+            elif host == "sb1":
+                spec = lab.uefi_secure_boot(os.path.join(workdir, "vars-sb1.fd"))
+            else:
+                spec = lab.arm64_uefi(os.path.join(workdir, "vars-arm1.fd"))
+            serial = os.path.join(workdir, "serial-%s.log" % host)
+            guests[host] = (ns.start_guest(spec, tap=tap, mac=FLEET[host].mac, serial_log=serial,
+                                           log=os.path.join(workdir, "qemu-%s.log" % host)), serial)
+        done = {}
+
+        def check():
+            text = lab.read_text(log)
+            for host, (vm, serial) in guests.items():
+                if host not in done and markers[(host, MARKER_KIND[host])] in lab.read_text(serial) \
+                        and sent(host).search(text):
+                    done[host] = vm.elapsed()
+            return len(done) == len(guests)
+
+        lab.wait_until(check, args.timeout, interval=0.1, watch=[proc])
+        check()
+    files = fetched_files(server, workdir)
+    times = {host: done.get(host) for host in hosts}
+    if len(done) < len(hosts):
+        for host in hosts:
+            if host not in done:
+                tail = "\n".join(lab.console_text(lab.read_text(guests[host][1])).splitlines()[-12:])
+                print("  !! %s/%s: %s reached no marker; serial tail:\n%s" % (scenario, server, host, tail),
+                      flush=True)
+        print("  (kept in %s)" % workdir, flush=True)
+        return times, files, workdir
+    if not keep_root:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return times, files, workdir
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one run per scenario and server")
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario and server (median shown)")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma separated: %s" % ", ".join(SCENARIOS))
+    ap.add_argument("--scenarios", default=",".join(list(SCENARIOS) + list(GRUB_SCENARIOS)),
+                    help="comma separated: %s" % ", ".join(list(SCENARIOS) + list(GRUB_SCENARIOS)))
     ap.add_argument("--servers", default="ownsocket,dnsmasq", help="comma separated: %s" % ", ".join(SERVERS))
     ap.add_argument("--no-ra", action="store_true",
                     help="no IPv6 Router Advertisement on the bridge (iPXE then waits ~13 s per stage)")
@@ -160,17 +294,24 @@ def main():
     scenarios = [s for s in args.scenarios.split(",") if s]
     servers = [s for s in args.servers.split(",") if s]
     for s in scenarios:
-        if s not in SCENARIOS:
+        if s not in SCENARIOS and s not in GRUB_SCENARIOS:
             ap.error("unknown scenario %s" % s)
     for s in servers:
         if s not in SERVERS:
             ap.error("unknown server %s" % s)
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces, tap devices, ports 67/69/80)")
-    for tool in (vmnet.QEMU, "dnsmasq", "ss"):
+    for tool in (lab.QEMU, "dnsmasq", "ss"):
         if shutil.which(tool) is None:
             raise SystemExit("missing %s: apt-get install qemu-system-x86 ovmf ipxe ipxe-qemu dnsmasq iproute2"
                              % tool)
+    if any(s in GRUB_SCENARIOS for s in scenarios):
+        try:
+            for name in lab.SIGNED_FILES:
+                lab.signed_boot_file(name)
+        except lab.LabError as error:
+            raise SystemExit("%s (GRUB scenarios; also apt-get install shim-signed grub-efi-amd64-signed "
+                             "qemu-system-arm qemu-efi-aarch64)" % error)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
         os.chmod(args.keep, 0o755)
@@ -185,16 +326,28 @@ def main():
         time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), runs,
         "no Router Advertisement (iPXE waits ~13 s for IPv6 per stage)" if args.no_ra
         else "Router Advertisement on the bridge", " ".join(open("/proc/loadavg").read().split()[:3])))
-    print("  %s; %s; TCG" % (version(["dnsmasq", "--version"]), version([vmnet.QEMU, "--version"])))
+    print("  %s; %s; TCG" % (version(["dnsmasq", "--version"]), version([lab.QEMU, "--version"])))
     results = {}
     for run in range(runs):
         for scenario in scenarios:
             for server in servers:
-                seconds, files, _ = one_boot(scenario, server, args, args.keep)
+                if scenario in GRUB_SCENARIOS:
+                    times, files, _ = one_grub_boot(scenario, server, args, args.keep)
+                    # The scenario's time is its slowest machine's (the fleet is
+                    # done when the last one is).
+                    seconds = None if None in times.values() else max(times.values())
+                    for host, value in times.items():
+                        if len(times) > 1:
+                            results.setdefault(("%s:%s" % (scenario, host), server), []).append((value, []))
+                    shown = ", ".join("%s %s" % (h, "%.1f" % v if v is not None else "FAIL")
+                                      for h, v in times.items()) if len(times) > 1 else " -> ".join(files)
+                else:
+                    seconds, files, _ = one_boot(scenario, server, args, args.keep)
+                    shown = " -> ".join(files)
                 results.setdefault((scenario, server), []).append((seconds, files))
                 print("  run %d %-9s %-19s %s  %s" % (run + 1, scenario, server,
                                                        "%6.1f s" % seconds if seconds is not None else "  FAIL  ",
-                                                       " -> ".join(files)), flush=True)
+                                                       shown), flush=True)
 
     def median(key):
         times = [s for s, _ in results.get(key, []) if s is not None]
@@ -208,17 +361,23 @@ def main():
         header += " | ownsocket/dnsmasq"
     print(header + " |")
     print("|" + "---|" * (header.count("|")))
+    rows = []
     for scenario in scenarios:
+        rows.append(scenario)
+        if scenario == "fleet":
+            rows += ["fleet:%s" % host for host in GRUB_GUESTS["fleet"]]
+    for scenario in rows:
         cells = []
         for server in servers:
             m = median((scenario, server))
             cells.append("FAIL" if m is None else "%.1f" % m)
-        row = "| %-9s | " % scenario + " | ".join(cells)
+        row = "| %-11s | " % scenario + " | ".join(cells)
         if "ownsocket" in servers and "dnsmasq" in servers:
             a, b = median((scenario, "ownsocket")), median((scenario, "dnsmasq"))
             row += " | " + ("%.2f" % (a / b) if a and b else "-")
         print(row + " |")
-    print("\nseconds = median over %d run(s), from QEMU start to the marker line on the serial console." % runs)
+    print("\nseconds = median over %d run(s), from QEMU start to the marker line on the serial console "
+          "(fleet: the last of the four; fleet:HOST each machine)." % runs)
     print("files each server sent (last run):")
     for scenario in scenarios:
         for server in servers:

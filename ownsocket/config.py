@@ -9,6 +9,7 @@ hands out wrong addresses, which is worse than not starting.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import ipaddress
 import os
@@ -61,6 +62,15 @@ arch.0 = undionly.kpxe
 arch.6 = ipxe-ia32.efi
 arch.7 = snponly.efi
 arch.9 = snponly.efi
+
+[admin]
+# Metrics, the per-boot trail and the status page, for this host only.
+enabled = true
+addresses = 127.0.0.1
+port = 9067
+boots = 1000
+events_per_boot = 64
+stall_after = 30
 """
 
 
@@ -130,6 +140,32 @@ class SubnetConfig:
 
 
 @dataclass(frozen=True)
+class Subnet6Config:
+    """A [subnet6:NAME] section: DHCPv6 (IA_NA) addresses and Router
+    Advertisements on one link.  OVMF ignores stateless answers, so a
+    boot link needs a pool."""
+
+    name: str
+    network: ipaddress.IPv6Network
+    pools: Tuple[AddressRange, ...] = ()  # of IPv6Address
+    interface: Optional[str] = None
+    lease_time: int = 3600  # valid lifetime; preferred = valid, T1/T2 = 1/2, 4/5
+    dns: Tuple[ipaddress.IPv6Address, ...] = ()
+    domain: Tuple[str, ...] = ()
+    #: false when a router on the link already sends RAs (with M=1)
+    router_advertisements: bool = True
+    #: RA router lifetime.  Not 0 by default: OVMF's PXEv6 waits 10 s for a
+    #: route it only finds as a default route (FIRMWARE-FACTS §8d)
+    router_lifetime: int = 1800
+    #: the address put in option-59 URLs; by default the interface's own
+    #: address inside C{network}
+    server_address: Optional[ipaddress.IPv6Address] = None
+
+    def in_pool(self, address) -> bool:
+        return any(address in pool for pool in self.pools)
+
+
+@dataclass(frozen=True)
 class HostConfig:
     name: str
     mac: str
@@ -163,6 +199,23 @@ class HttpConfig:
     root: Optional[str] = None  # None: the TFTP root
 
 
+@dataclass(frozen=True)
+class AdminConfig:
+    """The admin listener (metrics, trail, status page): loopback by default,
+    because what it shows (MACs, files, addresses) is for the operator."""
+
+    enabled: bool = True
+    addresses: Tuple[IPv4, ...] = (IPv4("127.0.0.1"),)
+    port: int = 9067
+    boots: int = 1000  # MACs kept in the per-boot trail
+    events_per_boot: int = 64
+    stall_after: float = 30.0  # seconds without progress before a boot is called stalled
+
+    @property
+    def loopback_only(self) -> bool:
+        return bool(self.addresses) and all(address.is_loopback for address in self.addresses)
+
+
 DEFAULT_SELECTORS = ("host", "mac", "ipxe", "uefi-http", "rpi", "vendor", "arch")
 
 
@@ -181,10 +234,12 @@ class Config:
     source: str
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
     subnets: Tuple[SubnetConfig, ...] = ()
+    subnets6: Tuple[Subnet6Config, ...] = ()
     hosts: Tuple[HostConfig, ...] = ()
     tftp: TftpConfig = field(default_factory=TftpConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     boot: BootConfig = field(default_factory=BootConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     #: Raw [selector:NAME] sections: each selector's factory checks its own keys.
     selector_settings: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = ()
 
@@ -253,6 +308,52 @@ def parse_address_list(text: str) -> Tuple[IPv4, ...]:
     return tuple(parse_address(part) for part in _split_list(text))
 
 
+def parse_any_address_list(text: str):
+    """[tftp]/[http] addresses: IPv4 or IPv6 literals."""
+    values = []
+    for part in _split_list(text):
+        try:
+            values.append(ipaddress.ip_address(part))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IPv4 or IPv6 address") from None
+    return tuple(values)
+
+
+def parse_address6(text: str) -> ipaddress.IPv6Address:
+    try:
+        return ipaddress.IPv6Address(text.strip())
+    except ValueError:
+        raise ValueError(f"{text.strip()!r} is not an IPv6 address") from None
+
+
+def parse_optional_address6(text: str):
+    return parse_address6(text) if text.strip() else None
+
+
+def parse_address6_list(text: str):
+    return tuple(parse_address6(part) for part in _split_list(text))
+
+
+def parse_network6(text: str) -> ipaddress.IPv6Network:
+    try:
+        return ipaddress.IPv6Network(text.strip(), strict=True)
+    except ValueError as error:
+        raise ValueError(f"{text.strip()!r} is not an IPv6 network such as fd99::/64 ({error})") from None
+
+
+def parse_ranges6(text: str) -> Tuple[AddressRange, ...]:
+    ranges = []
+    for part in _split_list(text):
+        first, sep, last = part.partition("-")
+        if not sep:
+            raise ValueError(f"{part!r} is not a range such as fd99::100-fd99::1ff")
+        start, end = parse_address6(first), parse_address6(last)
+        if end < start:
+            raise ValueError(f"range {part!r} ends before it starts")
+        ranges.append(AddressRange(start, end))
+    return tuple(ranges)
+
+
 def parse_network(text: str) -> ipaddress.IPv4Network:
     try:
         return ipaddress.IPv4Network(text.strip(), strict=True)
@@ -309,6 +410,24 @@ def parse_mode(text: str) -> str:
     return mode
 
 
+def parse_leases(text: str) -> str:
+    """A SQLite file, or a PostgreSQL database several servers share
+    (C{postgresql://...}); the error never repeats the text (a password)."""
+    value = text.strip()
+    if not value:
+        raise ValueError("is empty (a SQLite file or a postgresql:// connection string)")
+    if value.startswith(("postgresql://", "postgres://")):
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError:
+            raise ValueError("a PostgreSQL store needs psycopg 3 (pip install 'psycopg[binary]')") from None
+        try:
+            conninfo_to_dict(value)
+        except Exception:
+            raise ValueError("is not a valid postgresql:// connection string") from None
+    return value
+
+
 _DHCP_KEYS: Dict[str, Tuple[str, Callable]] = {
     "enabled": ("enabled", parse_bool),
     "mode": ("mode", parse_mode),
@@ -316,7 +435,7 @@ _DHCP_KEYS: Dict[str, Tuple[str, Callable]] = {
     "port": ("port", _int_between(1, 65535)),
     "client_port": ("client_port", _int_between(1, 65535)),
     "interfaces": ("interfaces", parse_name_list),
-    "leases": ("leases", parse_text),
+    "leases": ("leases", parse_leases),
     "decline_time": ("decline_time", _int_between(0, 86400 * 7)),
     "bootp_compat_offer": ("bootp_compat_offer", parse_bool),
     "bootp_dynamic": ("bootp_dynamic", parse_bool),
@@ -337,6 +456,18 @@ _SUBNET_KEYS: Dict[str, Tuple[str, Callable]] = {
     "server_address": ("server_address", parse_optional_address),
 }
 
+_SUBNET6_KEYS: Dict[str, Tuple[str, Callable]] = {
+    "network": ("network", parse_network6),
+    "pool": ("pools", parse_ranges6),
+    "interface": ("interface", parse_optional_text),
+    "lease_time": ("lease_time", _int_between(60, 2**31 - 1)),
+    "dns": ("dns", parse_address6_list),
+    "domain": ("domain", parse_name_list),
+    "router_advertisements": ("router_advertisements", parse_bool),
+    "router_lifetime": ("router_lifetime", _int_between(0, 9000)),
+    "server_address": ("server_address", parse_optional_address6),
+}
+
 _HOST_KEYS: Dict[str, Tuple[str, Callable]] = {
     "mac": ("mac", parse_mac),
     "address": ("address", parse_optional_address),
@@ -349,7 +480,7 @@ _TFTP_KEYS: Dict[str, Tuple[str, Callable]] = {
     "enabled": ("enabled", parse_bool),
     "port": ("port", _int_between(1, 65535)),
     "root": ("root", parse_text),
-    "addresses": ("addresses", parse_address_list),
+    "addresses": ("addresses", parse_any_address_list),
     "max_blksize": ("max_blksize", _int_between(8, 65464)),
     "max_windowsize": ("max_windowsize", _int_between(1, 65535)),
     "max_bytes_in_flight": ("max_bytes_in_flight", _int_between(512, 16 * 1024 * 1024)),
@@ -363,8 +494,17 @@ _TFTP_KEYS: Dict[str, Tuple[str, Callable]] = {
 _HTTP_KEYS: Dict[str, Tuple[str, Callable]] = {
     "enabled": ("enabled", parse_bool),
     "port": ("port", _int_between(1, 65535)),
-    "addresses": ("addresses", parse_address_list),
+    "addresses": ("addresses", parse_any_address_list),
     "root": ("root", parse_optional_text),
+}
+
+_ADMIN_KEYS: Dict[str, Tuple[str, Callable]] = {
+    "enabled": ("enabled", parse_bool),
+    "addresses": ("addresses", parse_address_list),
+    "port": ("port", _int_between(1, 65535)),
+    "boots": ("boots", _int_between(1, 1_000_000)),
+    "events_per_boot": ("events_per_boot", _int_between(1, 10_000)),
+    "stall_after": ("stall_after", _float_between(1, 86400)),
 }
 
 _BOOT_KEYS: Dict[str, Tuple[str, Callable]] = {
@@ -450,6 +590,14 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
         raise ConfigError(source, error.section, error.option, f"key appears twice (line {error.lineno})") from None
     except configparser.MissingSectionHeaderError as error:
         raise ConfigError(source, None, None, f"line {error.lineno}: text before the first [section]") from None
+    except configparser.ParsingError as error:
+        lineno, line = error.errors[0]
+        try:
+            line = ast.literal_eval(line)  # configparser keeps the repr()
+        except (ValueError, SyntaxError):
+            pass
+        raise ConfigError(source, None, None, f"line {lineno}: cannot parse {line.strip()!r} "
+                          "(expected [section], key = value or a comment)") from None
     except configparser.Error as error:
         raise ConfigError(source, None, None, str(error).splitlines()[0]) from None
 
@@ -457,7 +605,8 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
     tftp = TftpConfig()
     http = HttpConfig()
     boot = BootConfig()
-    subnets, hosts, selector_settings = [], [], []
+    admin = AdminConfig()
+    subnets, subnets6, hosts, selector_settings = [], [], [], []
     for name in parser.sections():
         section = parser[name]
         kind, _, label = name.partition(":")
@@ -470,6 +619,9 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
         elif name == "http":
             values, _ = _fields(source, name, section, _HTTP_KEYS)
             http = HttpConfig(**values)
+        elif name == "admin":
+            values, _ = _fields(source, name, section, _ADMIN_KEYS)
+            admin = AdminConfig(**values)
         elif name == "boot":
             values, extra = _fields(source, name, section, _BOOT_KEYS, prefixed="arch.")
             values["arch"] = _arch_table(source, name, extra)
@@ -479,6 +631,11 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
             if "network" not in values:
                 raise ConfigError(source, name, "network", "is required (e.g. network = 10.0.0.0/24)")
             subnets.append(SubnetConfig(name=label, **values))
+        elif kind == "subnet6" and label:
+            values, _ = _fields(source, name, section, _SUBNET6_KEYS)
+            if "network" not in values:
+                raise ConfigError(source, name, "network", "is required (e.g. network = fd99::/64)")
+            subnets6.append(Subnet6Config(name=label, **values))
         elif kind == "host" and label:
             values, _ = _fields(source, name, section, _HOST_KEYS)
             if "mac" not in values:
@@ -488,11 +645,12 @@ def load(path: Optional[str] = None, text: Optional[str] = None,
             selector_settings.append((label, tuple((key, value.strip()) for key, value in section.items())))
         else:
             raise ConfigError(source, name, None,
-                              "unknown section (known: [dhcp], [tftp], [http], [boot], [subnet:NAME], "
+                              "unknown section (known: [dhcp], [tftp], [http], [boot], [admin], [subnet:NAME], "
                               "[host:NAME], [selector:NAME])")
 
-    config = Config(source=source, dhcp=dhcp, subnets=tuple(subnets), hosts=tuple(hosts),
-                    tftp=tftp, http=http, boot=boot, selector_settings=tuple(selector_settings))
+    config = Config(source=source, dhcp=dhcp, subnets=tuple(subnets), subnets6=tuple(subnets6),
+                    hosts=tuple(hosts), tftp=tftp, http=http, boot=boot, admin=admin,
+                    selector_settings=tuple(selector_settings))
     if known_interfaces is None:
         known_interfaces = _known_interfaces()
     _check(config, known_interfaces)
@@ -553,6 +711,7 @@ def _check(config: Config, known_interfaces) -> None:
             if subnet.network.overlaps(other.network):
                 raise ConfigError(source, f"subnet:{subnet.name}", "network",
                                   f"{subnet.network} overlaps {other.network} of [subnet:{other.name}]")
+    _check_subnets6(config, known_interfaces)
     macs, addresses = {}, {}
     for host in config.hosts:
         section = f"host:{host.name}"
@@ -570,6 +729,48 @@ def _check(config: Config, known_interfaces) -> None:
     if tftp.max_bytes_in_flight < tftp.max_blksize:
         raise ConfigError(source, "tftp", "max_bytes_in_flight",
                           f"must be at least max_blksize ({tftp.max_blksize})")
+
+
+def _check_subnets6(config: Config, known_interfaces) -> None:
+    source = config.source
+    if config.subnets6 and config.dhcp.mode == "proxy":
+        raise ConfigError(source, f"subnet6:{config.subnets6[0].name}", None,
+                          "DHCPv6 has no proxy mode: remove the [subnet6:...] sections or set [dhcp] mode = server")
+    if config.subnets6 and config.dhcp.leases.startswith(("postgresql://", "postgres://")):
+        # DHCPv6 bindings live in a SQLite file next to the DHCPv4 one;
+        # a connection string has no "next to", and silently keeping them
+        # on one server would break the shared lease space it promises.
+        raise ConfigError(source, f"subnet6:{config.subnets6[0].name}", None,
+                          "DHCPv6 leases are kept in SQLite only; [dhcp] leases = postgresql://... "
+                          "cannot be combined with [subnet6:...] yet")
+    seen_pools = []
+    for index, subnet in enumerate(config.subnets6):
+        section = f"subnet6:{subnet.name}"
+        if known_interfaces is not None and subnet.interface and subnet.interface not in known_interfaces:
+            raise ConfigError(source, section, "interface", f"no interface named {subnet.interface!r} on this host")
+        if subnet.network.network_address.is_link_local or subnet.network.is_multicast:
+            raise ConfigError(source, section, "network", f"{subnet.network} is not a network to hand out addresses in")
+        for pool in subnet.pools:
+            if pool.first not in subnet.network or pool.last not in subnet.network:
+                raise ConfigError(source, section, "pool", f"{pool} is outside network {subnet.network}")
+            if pool.first == subnet.network.network_address:
+                raise ConfigError(source, section, "pool",
+                                  f"{pool} includes {pool.first}, the subnet-router anycast address")
+            for other_name, other in seen_pools:
+                if pool.first <= other.last and other.first <= pool.last:
+                    raise ConfigError(source, section, "pool", f"{pool} overlaps {other} of [subnet6:{other_name}]")
+            seen_pools.append((subnet.name, pool))
+        if subnet.server_address is not None and subnet.server_address not in subnet.network:
+            raise ConfigError(source, section, "server_address",
+                              f"{subnet.server_address} is outside network {subnet.network}")
+        for other in config.subnets6[:index]:
+            if subnet.network.overlaps(other.network):
+                raise ConfigError(source, section, "network",
+                                  f"{subnet.network} overlaps {other.network} of [subnet6:{other.name}]")
+        for domain in subnet.domain:
+            labels = domain.strip(".").split(".")
+            if not all(0 < len(label) < 64 for label in labels) or not domain.isascii():
+                raise ConfigError(source, section, "domain", f"{domain!r} is not a domain name")
 
 
 def resolve_path(config: Config, path: str) -> str:

@@ -35,7 +35,7 @@ class IEventObserver(Interface):
         """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Event:
     """
     One thing that happened to one client.
@@ -69,21 +69,35 @@ KINDS = {
         # "relay <giaddr>"
         "received": ("message", "xid", "interface"),
         # a datagram dropped before an answer; reason: parse, not-for-us,
-        # no-subnet, pool-exhausted, overload, store-error, ignored
+        # no-subnet, pool-exhausted, overload, store-error, ignored (or
+        # error: the policy raised, a bug)
         "dropped": ("reason",),
         # a reply sent; message: offer, ack, nak or bootp.  selector is the
         # selector that chose the file (None when no file), arch the
         # architecture label (bios, efi-x64, ...), reason the selector's why
+        # (the lease's why when no file was chosen, e.g. a NAK), lease the
+        # lease's why (DHCP server only)
         "sent": ("message", "xid", "address", "file", "selector", "arch", "reason"),
         # a lease made durable; seconds is the store's commit latency
         "committed": ("address", "seconds"),
         # no address could be given (pool empty, store refused)
         "allocation-failed": ("subnet", "reason"),
+        # a client gave its address back (RELEASE) or reported it in use
+        # elsewhere (DECLINE: quarantined)
+        "released": ("address",),
+        "declined": ("address",),
     },
     "proxy": {
         "received": ("message", "xid", "interface"),
         "dropped": ("reason",),
         "sent": ("message", "xid", "address", "file", "selector", "arch", "reason"),
+    },
+    "dhcp6": {
+        # a DHCPv6 answer sent; message: advertise or reply; address the
+        # first address in it (None without one); file the option-59 URL
+        "sent": ("message", "xid", "address", "file", "selector", "arch", "reason"),
+        # dropped before an answer; reason: parse, no-subnet, not-for-us, ignored
+        "dropped": ("reason",),
     },
     "tftp": {
         # an RRQ accepted; options as granted (blksize, windowsize, tsize)

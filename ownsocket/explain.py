@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import sys
 from typing import List, Optional
 
@@ -22,7 +23,9 @@ from ownsocket.boot.request import ARCH_NAMES, BootRequest
 from ownsocket.dhcp import wire
 from ownsocket.dhcp.server import Arrival, make_boot_request
 from ownsocket.files import ReadRequest
-from ownsocket.interfaces import ITransferObserver
+from ownsocket.boot.selectors import client_arches
+from ownsocket.interfaces import IFileBackend, ITransferObserver
+from ownsocket.probes import describe_next
 
 
 def build_parser():
@@ -158,11 +161,31 @@ def explain(args, out=sys.stdout, clock=None):
         return 1
     selector, decision = chosen
     print(f"decision: {decision.filename or 'no file'} (by {selector.name!r}: {decision.reason})", file=out)
+    for line in _next_fetches(config, selectors, request, decision):
+        print(line, file=out)
     stateful_ipxe = [s for s in selectors if s.name == "ipxe" and getattr(s, "stateful", False)]
     if request.is_ipxe and stateful_ipxe and selector not in stateful_ipxe and not args.after_first_stage:
         print("note: this client is iPXE; the stateful 'ipxe' selector gives it the script only after "
               "it fetched a first stage over TFTP/HTTP (see --after-first-stage)", file=out)
     return 0
+
+
+def _next_fetches(config, selectors, request, decision) -> List[str]:
+    """What shim and GRUB will ask for after the boot file, and whether each
+    needed file is there (FIRMWARE-FACTS §6d, §6e)."""
+    arches = client_arches(request)
+    generators = [s for s in selectors if hasattr(s, "describe") and IFileBackend.providedBy(s)]
+
+    def generated(path):
+        for generator in generators:
+            found = generator.describe(path)
+            if found:
+                return found
+        return None
+
+    lines = describe_next(decision.filename, arches[0] if arches else None,
+                          os.path.abspath(config.tftp.root), generated)
+    return (["", "next, over TFTP:"] + ["  " + line for line in lines]) if lines else []
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -31,6 +31,10 @@ class BackendChain:
             try:
                 reader = yield defer.maybeDeferred(backend.get_reader, request)
             except FileNotFound as error:
+                if getattr(error, "final", False):
+                    # A generated file this client may not have: a file of
+                    # the same name on disk was never meant for it either.
+                    raise
                 last_error = error
                 continue
             self._notify(request)

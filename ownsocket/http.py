@@ -13,6 +13,8 @@ served; symlinks out of the root are the backend's business (L{resolve}).
 
 from __future__ import annotations
 
+import socket
+
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet import defer
@@ -23,9 +25,11 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from ownsocket import listening
+from ownsocket.text import printable
 from ownsocket.events import EventBus
 from ownsocket.files import ReadRequest, normalise
 from ownsocket.interfaces import AccessViolation, BackendError, FileNotFound
+from ownsocket.probes import expected_probe
 
 #: Bytes read from the backend per write; the transport's buffer decides pace.
 CHUNK = 64 * 1024
@@ -45,12 +49,6 @@ _log = Logger(namespace="ownsocket.http")
 
 # One class for every listening service, so start-up code catches one type.
 BindError = listening.BindError
-
-
-def _printable(raw: bytes, limit: int = 300) -> str:
-    """Client-controlled text goes into log lines: no control characters, bounded."""
-    text = raw[:limit].decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
 class Unsatisfiable(Exception):
@@ -219,16 +217,21 @@ class ReaderProducer:
 
 
 class _Exchange:
-    """One request from arrival to its log line."""
+    """One request from arrival to its log line and its one C{finished} event."""
 
     def __init__(self, request, started):
         self.request = request
         self.started = started
         self.producer = None
+        self.path = None  # the normalised name, once the request names a file
+        self.peer = None
+        self.mac = None
         self.detail = ""
         self.closed = False  # finished or the client went away
         self.error_bytes = 0
         self.cut = False  # we closed the connection early on purpose
+        self.failed = False  # the file could not be read to the end
+        self.status = None  # the error status we answered, if any
 
     @property
     def sent(self):
@@ -240,14 +243,20 @@ class BootFileResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, backend, reactor, recent=None):
+    def __init__(self, backend, reactor, recent=None, events=None):
         super().__init__()
         self.backend = backend
         self.reactor = reactor
         self.recent = recent
+        self.events = events if events is not None else EventBus(reactor)
+        #: Requests whose file is open, for the status page; a dict keeps
+        #: arrival order.
+        self.open = {}
 
     def render(self, request):
         exchange = _Exchange(request, self.reactor.seconds())
+        address = request.getClientAddress()
+        exchange.peer = getattr(address, "host", None)
         request.notifyFinish().addBoth(self._finished, exchange)
         request.setHeader(b"Accept-Ranges", b"bytes")
         request.setHeader(b"Server", b"ownsocket")
@@ -263,9 +272,13 @@ class BootFileResource(Resource):
         except AccessViolation as error:
             self._error(exchange, 403, "Forbidden", str(error))
             return server.NOT_DONE_YET
+        exchange.path = path
         address = request.getClientAddress()
         peer = (getattr(address, "host", "?"), getattr(address, "port", 0))
         boot_request = self.recent.get(peer[0]) if self.recent is not None else None
+        exchange.mac = getattr(boot_request, "mac", None)
+        # The backend is read once per request: a reload that swaps it lets
+        # this request finish on the files it started with.
         d = defer.maybeDeferred(
             self.backend.get_reader, ReadRequest(path, peer, {}, boot_request))
         d.addCallbacks(self._opened, self._not_opened,
@@ -294,6 +307,11 @@ class BootFileResource(Resource):
         if exchange.closed:
             reader.finish()
             return
+        self.open[exchange] = None
+        if self.events.active:
+            self.events.publish("http", "started", mac=exchange.mac, peer=exchange.peer,
+                                file=path, size=reader.size,
+                                method=printable(exchange.request.method, 16))
         try:
             self._respond(reader, exchange, path)
         except BaseException:
@@ -348,6 +366,7 @@ class BootFileResource(Resource):
         # delivers what was read, so the client can see how far it got.
         exchange.detail = f"read error: {error}"
         exchange.cut = True
+        exchange.failed = True
         transport = getattr(request.channel, "transport", None)
         if transport is not None:
             transport.loseConnection()
@@ -355,7 +374,8 @@ class BootFileResource(Resource):
     def _not_opened(self, failure, exchange):
         error = failure.value
         if isinstance(error, FileNotFound):
-            self._error(exchange, 404, "Not Found", str(error))
+            probe = expected_probe(exchange.request.path)
+            self._error(exchange, 404, "Not Found", f"expected probe: {probe}" if probe else str(error))
         elif isinstance(error, AccessViolation):
             self._error(exchange, 403, "Forbidden", str(error))
         elif isinstance(error, BackendError):
@@ -373,6 +393,7 @@ class BootFileResource(Resource):
                 self._error(exchange, 500, "Internal Server Error", "server bug")
             elif request.channel is not None:
                 exchange.cut = True
+                exchange.failed = True
                 request.channel.transport.abortConnection()
 
     def _error(self, exchange, code, message, detail=""):
@@ -380,6 +401,7 @@ class BootFileResource(Resource):
         request = exchange.request
         if detail:
             exchange.detail = detail
+        exchange.status = code
         if exchange.closed or request.finished:
             return
         body = f"{code} {message}\n".encode("ascii")
@@ -403,17 +425,46 @@ class BootFileResource(Resource):
         detail = exchange.detail
         if aborted and not exchange.cut:
             detail = "client disconnected" + (f"; {detail}" if detail else "")
+        self.open.pop(exchange, None)
         duration = self.reactor.seconds() - exchange.started
+        if self.events.active:
+            self.events.publish("http", "finished", mac=exchange.mac, peer=exchange.peer,
+                                file=exchange.path if exchange.path is not None
+                                else printable(request.path),
+                                result=_result(exchange, aborted), bytes=exchange.sent,
+                                seconds=duration, status=request.code,
+                                method=printable(request.method, 16))
         _log.info(
             "http peer={peer} method={method} path={path} status={status} bytes={nbytes} "
             "duration={duration} agent={agent}{detail}",
             peer=f"{getattr(address, 'host', '?')}:{getattr(address, 'port', 0)}",
-            method=_printable(request.method, 16), path=_printable(request.uri),
+            method=printable(request.method, 16), path=printable(request.uri),
             status=request.code, nbytes=exchange.sent, duration=f"{duration:.3f}s",
-            agent='"' + _printable(agent or b"-", 120).replace('"', '\\"') + '"',
+            agent='"' + printable(agent or b"-", 120).replace('"', '\\"') + '"',
             detail=f" ({detail})" if detail else "",
             http_status=request.code, http_aborted=aborted)
         return None
+
+
+    def in_flight(self):
+        """The requests whose file is open, oldest first."""
+        return [{"peer": exchange.peer, "file": exchange.path, "bytes": exchange.sent,
+                 "started": exchange.started} for exchange in self.open]
+
+
+#: Error statuses we answer, by the result the events contract names.
+_RESULTS = {404: "not-found", 403: "denied", 405: "denied"}
+
+
+def _result(exchange, aborted):
+    """ok, not-found, denied, aborted or error (events.KINDS["http"])."""
+    if exchange.failed:
+        return "error"
+    if exchange.status is not None:
+        return _RESULTS.get(exchange.status, "error")
+    if aborted:
+        return "aborted"
+    return "ok"
 
 
 class BootSite(server.Site):
@@ -435,7 +486,11 @@ class BootSite(server.Site):
         if channel is None:
             return None
         # The channel Site builds is a proxy without a public transport:
-        # note the transport as the connection is made.
+        # note the transport as the connection is made.  twisted.web has no
+        # hook for "connection made/lost" on a Site; the supported general
+        # tool, policies.WrappingFactory, would put one more protocol layer
+        # under every write of every file being streamed, while these two
+        # wrappers on the channel object run once per connection.
         made, lost = channel.makeConnection, channel.connectionLost
 
         def make_connection(transport):
@@ -480,11 +535,44 @@ class HTTPService(listening.ListeningService):
         self.config = config
         self.reactor = reactor
         self.backend = backend
-        self.resource = BootFileResource(backend, reactor, recent)
+        self.resource = BootFileResource(backend, reactor, recent, self.events)
         self.site = BootSite(self.resource, reactor)
 
     def _listen(self, host):
+        if ":" in host:  # IPv6: see ListeningService._ipv6_socket
+            sock = self._ipv6_socket(host, socket.SOCK_STREAM)
+            try:
+                return self.reactor.adoptStreamPort(sock.fileno(), socket.AF_INET6, self.site)
+            finally:
+                sock.close()
         return self.reactor.listenTCP(self.config.port, self.site, interface=host)
+
+    def transfers_in_flight(self):
+        """
+        Each request whose file is open: C{peer}, C{file}, C{bytes} sent so
+        far and C{started} (reactor seconds), oldest first; the same shape
+        as the TFTP service's, for the status page.
+        """
+        return self.resource.in_flight()
+
+    def reconfigure(self, config, selector, backend):
+        """
+        Take a reloaded configuration (the reload contract in
+        L{ownsocket.reload}): new requests are served from C{backend},
+        requests in flight finish on the reader they opened, and the
+        listening ports are re-opened only when C{[http] port} or
+        C{addresses} changed.
+
+        @param config: the new L{ownsocket.config.Config}.
+        @param selector: the new selector chain (HTTP does not ask it).
+        @param backend: the new file backend for HTTP.
+        @return: a Deferred that fires when the ports are settled; it fails
+            with L{BindError} (and the old ports stay open) when a new port
+            cannot be opened.
+        """
+        self.backend = backend
+        self.resource.backend = backend
+        return self.rebind(config.http)
 
     def stopService(self):
         closed = listening.ListeningService.stopService(self)

@@ -41,7 +41,7 @@ class ISelectorFactory(Interface):
         @param context: an L{ownsocket.boot.loader.SelectorContext} (the whole
             config and the clock).
         @return: a provider of L{IBootFileSelector}.
-        @raise ownsocket.boot.loader.SettingError: for a bad setting; start-up
+        @raise SettingError: for a bad setting; start-up
             stops with a line naming the section and key.
         """
 
@@ -88,36 +88,76 @@ class ILeaseStore(Interface):
     """
     Durable record of which client holds which address until when.
 
-    Times are plain numbers (seconds) from an injected clock, never
-    C{time.time()}, so expiry can be tested on a L{twisted.internet.task.Clock}.
-    A store must have made a binding durable when L{commit} returns: the DHCP
-    server sends the ACK only afterwards.
+    The store decides: every change is a compare-and-set on the address's
+    row, so servers sharing one store never give one address to two clients
+    and a client never holds two rows in one subnet.  Every method returns a
+    Deferred (a database round trip must not block the reactor); a store
+    that answers at once returns Deferreds that have fired already.  Expiry
+    is on the store's clock (an injected clock, or the database's), so the
+    methods take durations, not times.  A Deferred of a change fires only
+    once the change is durable: the DHCP server sends the ACK afterwards.
+    A store that cannot be reached fails with
+    L{ownsocket.dhcp.leases.LeaseStoreUnavailable}.
     """
 
-    def lookup(mac):
-        """Return the L{ownsocket.dhcp.leases.Lease} of C{mac}, or None."""
+    shared = Attribute("True when other servers write the same store (then "
+                       "the address owner refreshes its hint of free addresses).")
+
+    def lookup(mac, subnet):
+        """The L{ownsocket.dhcp.leases.Lease} of C{mac} in the subnet named
+        C{subnet}: its live offer, or its binding (lapsed ones too), or None."""
 
     def holder(address):
-        """Return the lease that holds C{address} (any state), or None."""
+        """The lease that holds C{address} (any state, lapsed too), or None."""
 
-    def offer(lease):
-        """Hold C{lease.address} for C{lease.mac} while an offer is out; in
-        memory is enough (a forgotten offer only makes the client ask again)."""
-
-    def commit(lease):
-        """Store or replace the lease of C{lease.mac}, durably."""
-
-    def forget(lease):
-        """Drop a lease that is no longer honoured (an offer that lapsed)."""
+    def claim(mac, subnet, candidates, state, seconds, hostname=None, own=None):
+        """
+        Give C{mac} the first address in C{candidates} that is free, lapsed
+        or already its own, in C{state} (offered or bound) for C{seconds}
+        (None: for good).  The client's other rows in the subnet go; an offer
+        never downgrades its own live binding (that binding is returned).
+        C{own}: (ranges, excluded): the client's own live offer or binding,
+        if its address lies in one of the (first, last) ranges and is not
+        excluded, is tried before the candidates (one round trip).
+        @return: Deferred of the lease as stored, or None when every
+            candidate is held by someone else.
+        """
 
     def release(mac, address):
-        """Forget the binding if C{mac} holds C{address}; return True if it did."""
+        """Delete the row if C{mac} holds C{address}: Deferred of a bool."""
 
-    def decline(address, until):
-        """Quarantine C{address} until time C{until} (a client found it in use)."""
+    def forget(mac, address):
+        """Delete C{mac}'s offer (not a binding) on C{address}: Deferred of a bool."""
+
+    def decline(mac, address, seconds):
+        """Quarantine C{address} for C{seconds} if C{mac} holds it: Deferred
+        of the quarantine lease, or None."""
+
+    def reclaim():
+        """Delete lapsed offers and quarantines (one server at a time where
+        several share the store): Deferred of how many."""
 
     def all_leases():
-        """Every stored lease, for start-up and for reports."""
+        """Deferred of every row, for start-up, the hint and reports."""
+
+    def batch():
+        """A context manager: the changes made inside it are one transaction
+        whose Deferreds fire after its commit (group commit)."""
+
+    def close():
+        """Release connections and files; may return a Deferred."""
+
+
+class SettingError(ValueError):
+    """
+    A bad key in a C{[selector:NAME]} section, raised by a selector factory;
+    start-up stops with a line naming the section and this key.  It lives
+    here, not in the loader, so a plugin needs only the contracts module.
+    """
+
+    def __init__(self, key, message):
+        self.key = key
+        super().__init__(message)
 
 
 class BackendError(Exception):

@@ -8,12 +8,29 @@ turned into a single readable line.
 from __future__ import annotations
 
 import errno
+import socket
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 
 _PERMISSION = "permission denied (run as root or grant CAP_NET_BIND_SERVICE)"
+
+
+def bind_hint(error_number, in_use, permission=_PERMISSION):
+    """
+    What a sysadmin should read when binding a port failed, or None when
+    the system's own message says it best.  One table for DHCP, TFTP, HTTP
+    and the admin listener, so the advice stays the same everywhere.
+    """
+    return {
+        errno.EACCES: permission,
+        errno.EPERM: permission,
+        errno.EADDRINUSE: in_use,
+        errno.EADDRNOTAVAIL: "address not available (no interface has this address)",
+        errno.ENODEV: "no such interface",
+    }.get(error_number)
 
 
 class BindError(Exception):
@@ -24,6 +41,14 @@ class BindError(Exception):
         super().__init__(f"cannot bind {transport} {host}:{port}: {reason}")
 
 
+def _overlaps(error, port):
+    """Whether the open C{port} is what stops C{error}'s address from opening."""
+    host = port.getHost()
+    if host.port != error.port:
+        return False
+    return "0.0.0.0" in (host.host, error.host) or host.host == error.host
+
+
 class ListeningService(service.Service):
     """
     Subclasses set C{transport} ("UDP"/"TCP") and C{in_use_hint}, have
@@ -32,6 +57,11 @@ class ListeningService(service.Service):
 
     transport = "UDP"
     in_use_hint = "address already in use"
+    log = Logger()
+
+    #: With no addresses configured, listen on "::" (IPv6 only) as well as
+    #: on 0.0.0.0; tap.py sets it when a [subnet6:...] is configured.
+    listen_ipv6 = False
 
     def __init__(self):
         self.ports = []
@@ -51,7 +81,7 @@ class ListeningService(service.Service):
     def _bind(self) -> None:
         if self.ports:
             return
-        hosts = [str(address) for address in self.config.addresses] or [""]
+        hosts = [str(address) for address in self.config.addresses] or (["", "::"] if self.listen_ipv6 else [""])
         try:
             for host in hosts:
                 try:
@@ -64,23 +94,114 @@ class ListeningService(service.Service):
 
     def _bind_error(self, host: str, error: CannotListenError) -> BindError:
         cause = error.socketError
-        hints = {
-            errno.EACCES: _PERMISSION,
-            errno.EPERM: _PERMISSION,
-            errno.EADDRINUSE: self.in_use_hint,
-            errno.EADDRNOTAVAIL: "address not available (no interface has this address)",
-        }
-        reason = hints.get(getattr(cause, "errno", None)) or getattr(cause, "strerror", None) or str(cause)
+        reason = (bind_hint(getattr(cause, "errno", None), self.in_use_hint)
+                  or getattr(cause, "strerror", None) or str(cause))
         return BindError(host or "0.0.0.0", self.config.port, reason, self.transport)
 
     def stopService(self):
         super().stopService()
         return self._close_ports()
 
+    def _ipv6_socket(self, host: str, kind: int) -> socket.socket:
+        """
+        A bound, non-blocking IPv6 socket for C{reactor.adoptDatagramPort}
+        or C{adoptStreamPort}.  Twisted's listenUDP/listenTCP on "::" make
+        a dual-stack socket, which collides with the IPv4 listener on the
+        same port (and would show IPv4 peers as ::ffff:a.b.c.d): this one is
+        IPV6_V6ONLY.
+        """
+        sock = socket.socket(socket.AF_INET6, kind)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, self.config.port))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(50)
+            sock.setblocking(False)
+        except OSError as error:
+            sock.close()
+            raise CannotListenError(host, self.config.port, error) from None
+        return sock
+
     def _close_ports(self):
         ports, self.ports = self.ports, []
+        return self._stop(ports)
+
+    @staticmethod
+    def _endpoints(config):
+        return [(str(address), config.port) for address in config.addresses] or [("", config.port)]
+
+    def rebind(self, config):
+        """
+        Adopt C{config} (same shape as C{self.config}) on a reload.
+
+        Listening ports whose host and port stay the same are kept (clients
+        connecting through them never notice); the others are opened before
+        the old ones close, so there is no moment without a listener.  When
+        a new port overlaps an old one (0.0.0.0 -> one address on the same
+        port) the old one has to close first; if the new one still cannot be
+        opened the old ones are opened again.
+
+        @return: a Deferred that fires when the old ports are closed, or
+            fails with L{BindError} with C{self.config} and the ports as
+            they were.
+        """
+        old_config = self.config
+        if not self.running or self._endpoints(old_config) == self._endpoints(config):
+            self.config = config
+            return defer.succeed(None)
+        current = dict(zip(self._endpoints(old_config), self.ports))
+        if len(current) != len(self.ports):  # ports not bound as configured: start over
+            current = {}
+        self.config = config
+        opened, kept = [], []
+        try:
+            for endpoint in self._endpoints(config):
+                if endpoint in current:
+                    kept.append(current.pop(endpoint))
+                else:
+                    opened.append(self._listen_one(endpoint[0]))
+        except BindError as error:
+            for port in opened:
+                port.stopListening()
+            if not any(_overlaps(error, port) for port in current.values()):
+                self.config = old_config
+                return defer.fail(error)
+            return self._rebind_after_closing(old_config, config)
+        self.ports = kept + opened
+        self._log_rebind(old_config, config)
+        return self._stop(list(current.values()))
+
+    @defer.inlineCallbacks
+    def _rebind_after_closing(self, old_config, config):
+        """The slow path of L{rebind}: close everything, then open the new set."""
+        yield self._close_ports()
+        self.config = config
+        try:
+            self._bind()
+        except BindError as error:
+            self.config = old_config
+            self._bind()
+            raise error
+        self._log_rebind(old_config, config)
+
+    def _listen_one(self, host):
+        try:
+            return self._listen(host)
+        except CannotListenError as error:
+            raise self._bind_error(host, error) from None
+
+    def _log_rebind(self, old_config, config):
+        self.log.info("{service}: now listening on {new} (was {old})", service=self.name,
+                      new=", ".join(f"{host or '0.0.0.0'}:{port}" for host, port in self._endpoints(config)),
+                      old=", ".join(f"{host or '0.0.0.0'}:{port}" for host, port in self._endpoints(old_config)))
+
+    @staticmethod
+    def _stop(ports):
         return defer.gatherResults(
-            [defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
+            [defer.maybeDeferred(port.stopListening) for port in ports], consumeErrors=True
+        ).addCallback(lambda _: None)
 
     def listening_addresses(self):
         """(host, port) of each listener: tests bind port 0 and ask."""

@@ -15,17 +15,17 @@ from twisted.python import usage
 
 from ownsocket import __version__
 from ownsocket import config as configuration
-from ownsocket.boot.chain import SelectorChain
-from ownsocket.boot.loader import load_selectors
 from ownsocket.boot.recent import RecentRequests
 from ownsocket.dhcp.leases import LeaseStoreError
 from ownsocket.dhcp.service import DhcpService
 from ownsocket.dhcp.sockets import SocketError
+from ownsocket.dhcp6.leases import LeaseStoreError as LeaseStoreError6
 from ownsocket.events import EventBus
-from ownsocket.filechain import BackendChain
-from ownsocket.files import FilesystemBackend, resolve
-from ownsocket.interfaces import BackendError, IFileBackend, ITransferObserver
+from ownsocket.files import resolve
+from ownsocket.interfaces import BackendError
 from ownsocket.http import HTTPService
+from ownsocket.reload import ReloadOnSignal, Reloader
+from ownsocket.runtime import Runtime, build_backend, build_selector, prepare, read_config  # noqa: F401
 from ownsocket.tftp.service import BindError, TFTPService
 
 
@@ -72,45 +72,71 @@ def boot_file_size_function(tftp, clock, ttl=5.0):
     return size
 
 
-def build_selector(config, reactor, selectors=None):
-    """The configured chain (the selectors may be passed in when already built)."""
-    if selectors is None:
-        selectors = load_selectors(config, reactor)
-    return SelectorChain(selectors, clock=reactor, timeout=config.boot.selector_timeout)
+def make_admin(runtime):
+    """
+    The admin listener (ownsocket.admin), or None when this build has no
+    admin package.  Any other import failure (prometheus_client missing,
+    say) stops start-up with one line: the operator asked for metrics.
+    """
+    try:
+        from ownsocket.admin import make_admin_service
+    except ModuleNotFoundError as error:
+        if error.name not in ("ownsocket.admin", "ownsocket"):
+            fail(f"{runtime.config.source}: [admin] enabled: the admin listener cannot start: "
+                 f"{error} (install it, or set [admin] enabled = false)")
+        StartupGuard.log.warn("[admin] enabled, but this build of ownsocket has no admin "
+                              "listener (ownsocket.admin): no metrics or status page")
+        return None
+    except ImportError as error:
+        fail(f"{runtime.config.source}: [admin] enabled: the admin listener cannot start: "
+             f"{error} (install it, or set [admin] enabled = false)")
+    try:
+        return make_admin_service(runtime)
+    except ImportError as error:  # a dependency imported only when it is built
+        fail(f"{runtime.config.source}: [admin] enabled: the admin listener cannot start: "
+             f"{error} (install it, or set [admin] enabled = false)")
 
 
-def build_backend(config, selectors, root=None):
-    """Generated content from selectors that provide IFileBackend first, then
-    the files under the root (the TFTP root unless another is given);
-    selectors that observe transfers are told of every file opened."""
-    generated = [s for s in selectors if IFileBackend.providedBy(s)]
-    observers = [s for s in selectors if ITransferObserver.providedBy(s)]
-    filesystem = FilesystemBackend(os.path.abspath(root or config.tftp.root), config.tftp.case_insensitive)
-    return BackendChain(generated + [filesystem], observers)
-
-
-def makeService(options, reactor=None):
+def makeService(options, reactor=None, admin_factory=make_admin):
     if reactor is None:
         from twisted.internet import reactor
     try:
-        config = configuration.load(options["config"])
-        selectors = load_selectors(config, reactor)
+        config, text = read_config(options["config"])
+        prepared = prepare(config, text, reactor)
     except configuration.ConfigError as error:
         fail(str(error))
     services = MultiService()
     recent = RecentRequests()
     events = EventBus(reactor)
-    backend = build_backend(config, selectors)
+    # absolute, so a reload finds the file whatever the working directory is by then
+    path = options["config"] and os.path.abspath(options["config"])
+    runtime = Runtime(prepared, reactor, events, config_path=path, recent=recent)
     if config.dhcp.enabled:
-        DhcpService(config, build_selector(config, reactor, selectors), reactor,
-                    boot_file_size=boot_file_size_function(config.tftp, reactor),
-                    recent=recent, events=events).setServiceParent(services)
+        runtime.dhcp = DhcpService(config, prepared.selector, reactor,
+                                   boot_file_size=boot_file_size_function(config.tftp, reactor),
+                                   recent=recent, events=events)
+        runtime.dhcp.setServiceParent(services)
+    ipv6 = bool(config.subnets6) and config.dhcp.enabled and config.dhcp.mode == "server"
+    if ipv6:
+        from ownsocket.dhcp6.service import Dhcp6Service
+        runtime.dhcp6 = Dhcp6Service(config, prepared.selector, reactor, recent=recent, events=events)
+        runtime.dhcp6.setServiceParent(services)
     if config.tftp.enabled:
-        TFTPService(config.tftp, backend=backend, reactor=reactor, recent=recent, events=events).setServiceParent(services)
+        runtime.tftp = TFTPService(config.tftp, backend=prepared.tftp_backend, reactor=reactor,
+                                   recent=recent, events=events)
+        runtime.tftp.listen_ipv6 = ipv6  # also [::]:69 when no [tftp] addresses are named
+        runtime.tftp.setServiceParent(services)
     if config.http.enabled:
-        http_backend = build_backend(config, selectors, config.http.root) if config.http.root else backend
-        HTTPService(config.http, http_backend, reactor=reactor, recent=recent, events=events).setServiceParent(services)
-    return StartupGuard(services, config, selectors)
+        runtime.http = HTTPService(config.http, prepared.http_backend, reactor=reactor,
+                                   recent=recent, events=events)
+        runtime.http.listen_ipv6 = ipv6
+        runtime.http.setServiceParent(services)
+    if config.admin.enabled:
+        runtime.admin = admin_factory(runtime)
+        if runtime.admin is not None:
+            runtime.admin.setServiceParent(services)
+    ReloadOnSignal(Reloader(runtime), reactor).setServiceParent(services)
+    return StartupGuard(services, runtime)
 
 
 class StartupGuard(MultiService):
@@ -120,25 +146,39 @@ class StartupGuard(MultiService):
 
     log = Logger()
 
-    def __init__(self, inner, config, selectors):
+    def __init__(self, inner, runtime):
         MultiService.__init__(self)
         inner.setServiceParent(self)
-        self.config = config
-        self.selectors = selectors
+        self.runtime = runtime
 
     def startService(self):
+        runtime = self.runtime
+        runtime.started_at = runtime.reactor.seconds()
         MultiService.startService(self)
-        config = self.config
-        self.log.info("ownsocket {version} with {source}: DHCP {dhcp}, TFTP {tftp}, HTTP {http}; "
-                      "selectors {selectors}",
+        config = runtime.config
+        admin = config.admin
+        self.log.info("ownsocket {version} with {source} (sha256 {short}): DHCP {dhcp}, TFTP {tftp}, "
+                      "HTTP {http}{dhcp6}, admin {admin}; selectors {selectors}",
+                      short=runtime.config_hash[:12],
+                      admin=(f"{', '.join(str(a) for a in admin.addresses) or '0.0.0.0'} port {admin.port}"
+                             if runtime.admin is not None else "off"),
                       version=__version__, source=config.source,
                       dhcp=("off" if not config.dhcp.enabled else
                             "proxy mode" if config.dhcp.mode == "proxy" else
                             f"{len(config.subnets)} subnet(s)"),
+                      dhcp6=(f", DHCPv6 {len(config.subnets6)} subnet6(s) (port 547, Router Advertisements"
+                             f" where router_advertisements = true; TFTP/HTTP also on IPv6)"
+                             if config.subnets6 and config.dhcp.enabled and config.dhcp.mode == "server"
+                             else ""),
                       tftp=f"port {config.tftp.port}, root {os.path.abspath(config.tftp.root)}"
                       if config.tftp.enabled else "off",
                       http=f"port {config.http.port}" if config.http.enabled else "off",
-                      selectors=", ".join(s.name for s in self.selectors))
+                      selectors=", ".join(runtime.selectors))
+        if runtime.admin is not None and not admin.loopback_only:
+            self.log.warn("[admin] addresses {addresses}: the admin listener is reachable from the "
+                          "network; its status page, trail and metrics show MACs, addresses and "
+                          "file names to anyone who can reach it",
+                          addresses=", ".join(str(a) for a in admin.addresses) or "(all)")
         if config.tftp.enabled and not os.path.isdir(config.tftp.root):
             self.log.warn("[tftp] root {root} is not a directory: every request will get 'file not found'",
                           root=os.path.abspath(config.tftp.root))
@@ -148,5 +188,5 @@ class StartupGuard(MultiService):
             MultiService.privilegedStartService(self)
         except SystemExit:
             raise
-        except (SocketError, LeaseStoreError, BindError) as error:
+        except (SocketError, LeaseStoreError, LeaseStoreError6, BindError) as error:
             fail(str(error))

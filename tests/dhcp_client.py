@@ -14,7 +14,6 @@ hang.
 
 import argparse
 import json
-import os
 import random
 import select
 import socket
@@ -22,12 +21,15 @@ import struct
 import sys
 import time
 
-MAGIC = b"\x63\x82\x53\x63"
+if __package__:
+    from tests import packets
+else:  # run as a script (the usual way): tests/ is sys.path[0]
+    import packets
+
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = range(1, 9)
 TYPE_NAMES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK",
               7: "RELEASE", 8: "INFORM"}
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python may not export it
-_HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
 
 # The options a UEFI PXE client (OVMF, arch 7) sends; see FIRMWARE-FACTS.md 1c.
 UEFI_PXE_OPTIONS = [
@@ -38,14 +40,6 @@ UEFI_PXE_OPTIONS = [
 ]
 
 
-def mac_bytes(mac):
-    return bytes(int(part, 16) for part in mac.replace("-", ":").split(":"))
-
-
-def mac_text(raw):
-    return ":".join(f"{b:02x}" for b in raw)
-
-
 def build(xid, mac, message_type=DISCOVER, options=(), ciaddr="0.0.0.0", giaddr="0.0.0.0",
           flags=0x8000, hops=0, op=1):
     """
@@ -54,64 +48,29 @@ def build(xid, mac, message_type=DISCOVER, options=(), ciaddr="0.0.0.0", giaddr=
 
     Padded to 300 bytes, the BOOTP minimum some servers and relays insist on.
     """
-    chaddr = mac_bytes(mac)
-    header = _HEADER.pack(op, 1, 6, hops, xid, 0, flags, socket.inet_aton(ciaddr),
-                          bytes(4), bytes(4), socket.inet_aton(giaddr),
-                          chaddr.ljust(16, b"\0"), bytes(64), bytes(128))
-    body = bytearray(MAGIC)
-    if message_type is not None:
-        body += bytes([53, 1, message_type])
-    for code, value in options:
-        body += bytes([code, len(value)]) + value
-    body.append(255)
-    packet = header + bytes(body)
-    return packet.ljust(300, b"\0")
+    return packets.request(mac=mac.replace("-", ":"), message_type=message_type, options=options,
+                           xid=xid, flags=flags, ciaddr=ciaddr, giaddr=giaddr, hops=hops, op=op,
+                           pad_to=300)
 
 
 def parse(data):
     """
-    A BOOTREPLY as a dict, or None if it is not one.
+    A BOOTREPLY as a JSON-ready dict, or None if it is not one.
 
-    Strict enough to catch a malformed reply from the server (truncated
+    Read by the one reader of the test code (L{packets.decode}), which is
+    strict enough to catch a malformed reply from the server (truncated
     option, missing End) rather than silently accepting it: the result
     carries C{errors} for the test to assert on.
     """
-    if len(data) < _HEADER.size:
+    decoded = packets.decode(data)
+    if decoded is None:
         return None
-    (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr, sname,
-     filename) = _HEADER.unpack_from(data)
-    reply = {
-        "op": op, "xid": xid, "flags": flags, "hops": hops,
-        "ciaddr": socket.inet_ntoa(ciaddr), "yiaddr": socket.inet_ntoa(yiaddr),
-        "siaddr": socket.inet_ntoa(siaddr), "giaddr": socket.inet_ntoa(giaddr),
-        "chaddr": mac_text(chaddr[:hlen if 0 < hlen <= 16 else 6]),
-        "sname": sname.split(b"\0", 1)[0].decode("latin-1"),
-        "file": filename.split(b"\0", 1)[0].decode("latin-1"),
-        "length": len(data), "options": {}, "type": None, "errors": [],
-    }
-    rest = data[_HEADER.size:]
-    if rest[:4] != MAGIC:
-        reply["errors"].append("no magic cookie")
-        return reply
-    options = {}
-    index, ended = 4, False
-    while index < len(rest):
-        code = rest[index]
-        if code == 0:
-            index += 1
-            continue
-        if code == 255:
-            ended = True
-            break
-        if index + 1 >= len(rest) or index + 2 + rest[index + 1] > len(rest):
-            reply["errors"].append(f"option {code} runs past the end")
-            break
-        length = rest[index + 1]
-        options[code] = options.get(code, b"") + rest[index + 2:index + 2 + length]
-        index += 2 + length
-    if not ended:
-        reply["errors"].append("no End option")
-    reply["options"] = {str(code): value.hex() for code, value in sorted(options.items())}
+    options = decoded["options"]
+    reply = {key: decoded[key] for key in ("op", "xid", "flags", "hops", "ciaddr", "yiaddr",
+                                           "siaddr", "giaddr", "chaddr", "errors")}
+    reply.update(sname=decoded["sname"].decode("latin-1"), file=decoded["file"].decode("latin-1"),
+                 length=decoded["size"], type=None,
+                 options={str(code): value.hex() for code, value in sorted(options.items())})
     if 53 in options and len(options[53]) == 1:
         reply["type"] = TYPE_NAMES.get(options[53][0], options[53][0])
     if 54 in options and len(options[54]) == 4:

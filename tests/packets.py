@@ -55,29 +55,96 @@ def ipxe_bios_discover(mac="52:54:00:99:00:10", xid=0x4321, message_type=1, extr
         (61, b"\x01" + bytes.fromhex(mac.replace(":", ""))), (97, bytes(17)), *extra])
 
 
-def parse_reply(data):
-    """A minimal independent reply reader: header fields and options."""
-    fields = struct.unpack("!BBBBIHH4s4s4s4s16s64s128s", data[:236])
-    assert data[236:240] == MAGIC, "reply has no magic cookie"
-    options, order, position = {}, [], 240
+# ---------------------------------------------------------------------------
+# Reading packets: the one DHCP/BOOTP reader of the test code.
+#
+# Deliberately independent of ownsocket.dhcp.wire: the unit tests check the
+# server's own builder (wire.build) with it, and tests/dhcp_client.py runs it
+# inside a namespace as a script, where a bug shared with the server's parser
+# would hide itself.  Standard library only for the same reason.
+
+HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
+
+
+def walk_options(data):
+    """
+    ``([(code, value)] in wire order, [errors])`` of the options after the
+    magic cookie: pad skipped, stop at End.  Repeated codes stay separate
+    (RFC 3396 concatenation is the caller's choice); an option that runs
+    past the end of ``data`` stops the walk and is reported, not returned
+    (and so, then, is the End option it hid).
+    """
+    found, errors = [], []
+    if len(data) < HEADER.size + 4 or data[HEADER.size:HEADER.size + 4] != MAGIC:
+        return found, ["no magic cookie"]
+    position = HEADER.size + 4
     while position < len(data):
         code = data[position]
         if code == 0:
             position += 1
             continue
         if code == 255:
+            return found, errors
+        if position + 1 >= len(data) or position + 2 + data[position + 1] > len(data):
+            errors.append("option %d runs past the end" % code)
             break
         length = data[position + 1]
-        options[code] = options.get(code, b"") + data[position + 2:position + 2 + length]
-        order.append(code)
+        found.append((code, bytes(data[position + 2:position + 2 + length])))
         position += 2 + length
-    else:
-        raise AssertionError("reply has no End option")
+    return found, errors + ["no End option"]
+
+
+def dhcp_options(payload):
+    """``[(code, value)]`` in wire order ([] without a cookie), so tests can check option order."""
+    return walk_options(payload)[0]
+
+
+def dhcp_message_type(payload):
+    """Option 53 of a BOOTP/DHCP payload, or None (plain BOOTP, or not DHCP at all)."""
+    for code, value in dhcp_options(payload):
+        if code == 53 and value:
+            return value[0]
+    return None
+
+
+def _cstring(field):
+    return field.split(b"\0", 1)[0]
+
+
+def decode(data):
+    """
+    A BOOTP/DHCP packet as a dict, or None if it is shorter than the header.
+
+    Never raises on bad input: what is wrong with the packet is listed in
+    ``errors`` (no cookie, an option running past the end, no End), so a
+    caller can assert on it or report it.  ``options`` maps each code to its
+    value (repeats concatenated, RFC 3396), ``order`` lists the codes as
+    they came; ``sname`` and ``file`` are bytes up to the first NUL.
+    """
+    if len(data) < HEADER.size:
+        return None
+    (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr, sname,
+     filename) = HEADER.unpack_from(data)
+    found, errors = walk_options(data)
+    options = {}
+    for code, value in found:
+        options[code] = options.get(code, b"") + value
+    message_type = options.get(53, b"")
     return {
-        "op": fields[0], "xid": fields[4], "flags": fields[6],
-        "ciaddr": str(ipaddress.IPv4Address(fields[7])), "yiaddr": str(ipaddress.IPv4Address(fields[8])),
-        "siaddr": str(ipaddress.IPv4Address(fields[9])), "giaddr": str(ipaddress.IPv4Address(fields[10])),
-        "sname": fields[12].rstrip(b"\0"), "file": fields[13].rstrip(b"\0"),
-        "options": options, "order": order, "size": len(data),
-        "type": options.get(53, b"\0")[0] if 53 in options else None,
+        "op": op, "htype": htype, "hlen": hlen, "hops": hops, "xid": xid, "secs": secs, "flags": flags,
+        "ciaddr": str(ipaddress.IPv4Address(ciaddr)), "yiaddr": str(ipaddress.IPv4Address(yiaddr)),
+        "siaddr": str(ipaddress.IPv4Address(siaddr)), "giaddr": str(ipaddress.IPv4Address(giaddr)),
+        "chaddr": ":".join("%02x" % b for b in chaddr[:hlen if 0 < hlen <= 16 else 6]),
+        "sname": _cstring(sname), "file": _cstring(filename),
+        "options": options, "order": [code for code, _ in found], "size": len(data),
+        "type": message_type[0] if len(message_type) == 1 else None,
+        "errors": errors,
     }
+
+
+def parse_reply(data):
+    """L{decode} for a reply the server under test built: anything malformed fails the test."""
+    reply = decode(data)
+    assert reply is not None, "reply is shorter than a BOOTP header (%d bytes)" % len(data)
+    assert not reply["errors"], "malformed reply: %s" % "; ".join(reply["errors"])
+    return reply

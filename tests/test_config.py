@@ -62,7 +62,7 @@ address = 10.0.0.5
     def test_unknown_section(self):
         self.assertEqual(self.error("[dhcpd]\nport = 67\n"),
                          "site.ini: [dhcpd]: unknown section (known: [dhcp], [tftp], [http], [boot], "
-                         "[subnet:NAME], [host:NAME], [selector:NAME])")
+                         "[admin], [subnet:NAME], [host:NAME], [selector:NAME])")
 
     def test_unknown_key(self):
         self.assertIn("site.ini: [tftp] rot: unknown key", self.error("[tftp]\nrot = /srv\n"))
@@ -118,6 +118,40 @@ address = 10.0.0.5
         from ownsocket.dhcp.pool import AddressPool
         pool = AddressPool(config.subnets[0], [config.hosts[0].address])
         self.assertEqual(pool.free_count, 10)
+
+    def test_admin_defaults_are_loopback(self):
+        for config in (configuration.load(known_interfaces=IFACES), self.load("")):
+            admin = config.admin
+            self.assertEqual(admin, configuration.AdminConfig())
+            self.assertEqual((admin.enabled, admin.port, admin.boots, admin.events_per_boot,
+                              admin.stall_after), (True, 9067, 1000, 64, 30.0))
+            self.assertEqual([str(a) for a in admin.addresses], ["127.0.0.1"])
+            self.assertTrue(admin.loopback_only)
+
+    def test_admin_section(self):
+        admin = self.load("[admin]\nenabled = no\naddresses = 10.0.0.1, 127.0.0.1\nport = 8080\n"
+                          "boots = 50\nevents_per_boot = 10\nstall_after = 2.5\n").admin
+        self.assertEqual((admin.enabled, admin.port, admin.boots, admin.events_per_boot,
+                          admin.stall_after), (False, 8080, 50, 10, 2.5))
+        self.assertEqual([str(a) for a in admin.addresses], ["10.0.0.1", "127.0.0.1"])
+        self.assertFalse(admin.loopback_only)
+        self.assertFalse(self.load("[admin]\naddresses =\n").admin.loopback_only)
+
+    def test_admin_errors(self):
+        self.assertEqual(self.error("[admin]\nport = 0\n"),
+                         "site.ini: [admin] port: 0 is out of range (1 to 65535)")
+        self.assertIn("[admin] boots: 0 is out of range", self.error("[admin]\nboots = 0\n"))
+        self.assertIn("[admin] events_per_boot: 'many' is not a whole number",
+                      self.error("[admin]\nevents_per_boot = many\n"))
+        self.assertIn("[admin] stall_after: 'soon' is not a number", self.error("[admin]\nstall_after = soon\n"))
+        self.assertIn("[admin] addresses: 'localhost' is not an IPv4 address",
+                      self.error("[admin]\naddresses = localhost\n"))
+        self.assertIn("[admin] listen: unknown key", self.error("[admin]\nlisten = 1\n"))
+
+    def test_unparsable_line_is_named(self):
+        self.assertEqual(self.error("[tftp]\nport = 69\n[http\n"),
+                         "site.ini: line 3: cannot parse '[http' (expected [section], key = value or a comment)")
+        self.assertIn("line 2: cannot parse 'just words'", self.error("[tftp]\njust words\n"))
 
     def test_text_before_section(self):
         self.assertIn("text before the first [section]", self.error("port = 67\n"))

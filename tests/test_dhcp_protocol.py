@@ -13,6 +13,7 @@ from ownsocket.dhcp.leases import SqliteLeaseStore
 from ownsocket.dhcp.protocol import DhcpProtocol
 from ownsocket.dhcp.server import Arrival, DhcpServer
 from ownsocket.dhcp.service import DhcpService
+from ownsocket.events import EventList
 from ownsocket.tap import build_selector
 from tests import packets
 from tests.fakes import FakeDatagramTransport, FakeUDPReactor
@@ -30,7 +31,7 @@ class ProtocolTestCase(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         config = configuration.load(text=CONFIG, known_interfaces={"eth0"})
-        store = SqliteLeaseStore(":memory:")
+        store = SqliteLeaseStore(":memory:", clock=self.clock)
         self.addCleanup(store.close)
         server = DhcpServer(config, store, build_selector(config, self.clock), self.clock)
         self.protocol = DhcpProtocol(server, Arrival("eth0", ipaddress.IPv4Address("10.0.0.1")), self.clock)
@@ -148,6 +149,56 @@ class BatchTests(ProtocolTestCase):
         self.flushLoggedErrors()
 
 
+class ProtocolEventTests(ProtocolTestCase):
+    def setUp(self):
+        super().setUp()
+        self.seen = EventList()
+        self.protocol.server.events.subscribe(self.seen)
+
+    def test_parse_drop(self):
+        self.receive(b"\x01garbage", ("10.0.0.9", 68))
+        [event] = self.seen.events
+        self.assertEqual((event.service, event.kind, event.mac, event.peer, dict(event.fields)),
+                         ("dhcp", "dropped", None, "10.0.0.9", {"reason": "parse"}))
+
+    def test_overload_shed_one_event_per_discover(self):
+        self.protocol.discover_budget = 2
+        for i in range(5):
+            self.protocol.datagramReceived(packets.ovmf_pxe_discover(mac=f"52:54:00:00:04:{i:02x}"),
+                                           ("0.0.0.0", 68))
+        self.clock.advance(0)
+        shed = [(e.mac, e.fields["reason"]) for e in self.seen.events if e.kind == "dropped"]
+        self.assertEqual(shed, [(f"52:54:00:00:04:{i:02x}", "overload") for i in (2, 3, 4)])
+        self.assertEqual([e.kind for e in self.seen.events if e.kind != "dropped"],
+                         ["received", "sent"] * 2)
+
+    def test_batch_commit_published_after_commit(self):
+        client = "52:54:00:00:02:01"
+        self.receive(packets.ovmf_pxe_discover(mac=client))
+        offer = packets.parse_reply(self.transport.written[-1][0])
+        self.seen.events.clear()
+        self.receive(packets.ovmf_pxe_discover(mac=client, message_type=3, extra=[
+            (54, ipaddress.IPv4Address("10.0.0.1").packed),
+            (50, ipaddress.IPv4Address(offer["yiaddr"]).packed)]))
+        self.assertEqual(self.seen.kinds(), [("dhcp", "received"), ("dhcp", "sent"), ("dhcp", "committed")])
+        self.assertEqual(self.seen.events[2].fields["address"], offer["yiaddr"])
+        self.assertGreaterEqual(self.seen.events[2].fields["seconds"], 0)
+
+    def test_store_error_drops_and_no_commit_event(self):
+        client = "52:54:00:00:05:01"
+        self.receive(packets.ovmf_pxe_discover(mac=client))
+        offer = packets.parse_reply(self.transport.written[-1][0])
+        self.seen.events.clear()
+        store = self.protocol.server.store
+        store._db.execute("CREATE TRIGGER refuse BEFORE INSERT ON leases BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        self.receive(packets.ovmf_pxe_discover(mac=client, message_type=3, extra=[
+            (54, ipaddress.IPv4Address("10.0.0.1").packed),
+            (50, ipaddress.IPv4Address(offer["yiaddr"]).packed)]))
+        self.assertNotIn(("dhcp", "committed"), self.seen.kinds())
+        self.assertEqual([e.fields["reason"] for e in self.seen.events if e.kind == "dropped"], ["store-error"])
+        self.flushLoggedErrors()
+
+
 class ServiceTests(unittest.TestCase):
     def test_one_port_per_interface_with_address(self):
         reactor = FakeUDPReactor()
@@ -188,6 +239,67 @@ class ServiceTests(unittest.TestCase):
         self.assertFalse(transport.connected)
 
 
+class ReloadTests(unittest.TestCase):
+    """SIGHUP: the new config answers the next request; sockets stay open
+    unless their settings changed; leases stay in the store."""
+
+    def setUp(self):
+        self.reactor = FakeUDPReactor()
+        self.db = self.mktemp()
+        self.opened = []
+        self.interfaces = [("eth0", ipaddress.IPv4Address("10.0.0.1")),
+                           ("eth1", ipaddress.IPv4Address("10.5.0.1"))]
+
+        def open_socket(name, port, address=None, shared=False):
+            self.opened.append((name, port))
+            return _FakeSocket()
+
+        self.service = DhcpService(self.load(CONFIG), build_selector(self.load(CONFIG), self.reactor),
+                                   self.reactor, interfaces=lambda names: [i for i in self.interfaces if not names or i[0] in names],
+                                   open_socket=open_socket)
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+
+    def load(self, text, dhcp=""):
+        return configuration.load(text=text + f"[dhcp]\nleases = {self.db}\n{dhcp}",
+                                  known_interfaces={"eth0", "eth1"})
+
+    def offer_via(self, index=0, mac="52:54:00:00:07:01"):
+        _, protocol, _, transport = self.reactor.ports[index]
+        protocol.datagramReceived(packets.ovmf_pxe_discover(mac=mac), ("0.0.0.0", 68))
+        self.reactor.advance(0)
+        return packets.parse_reply(transport.written[-1][0])
+
+    def test_new_pool_without_reopening_sockets(self):
+        first = self.offer_via()
+        self.assertTrue(first["yiaddr"].startswith("10.0.0.1"))
+        text = CONFIG.replace("10.0.0.100-10.0.0.199", "10.0.0.50-10.0.0.60")
+        self.assertIsNone(self.service.reconfigure(self.load(text), build_selector(self.load(text), self.reactor)))
+        self.assertEqual(len(self.opened), 2)
+        second = self.offer_via(mac="52:54:00:00:07:02")
+        self.assertIn(int(ipaddress.IPv4Address(second["yiaddr"])) - int(ipaddress.IPv4Address("10.0.0.50")),
+                      range(11))
+
+    def test_changed_interfaces_reopen_sockets_and_keep_leases(self):
+        self.offer_via()
+        server = self.service.server
+        config = self.load(CONFIG, "interfaces = eth0\n")
+        result = self.service.reconfigure(config, build_selector(config, self.reactor))
+        self.successResultOf(result)
+        self.assertEqual(self.opened, [("eth0", 67), ("eth1", 67), ("eth0", 67)])
+        self.assertIs(self.service.server, server)  # same store, same address owner
+        self.assertEqual(self.service.address_counts()[("lab", "offered")], 1)
+
+    def test_subnet_removed_keeps_its_leases(self):
+        self.offer_via()
+        text = "[subnet:other]\nnetwork = 10.5.0.0/24\npool = 10.5.0.10-10.5.0.20\n"
+        self.service.reconfigure(self.load(text), build_selector(self.load(text), self.reactor))
+        self.assertEqual(set(k[0] for k in self.service.address_counts()), {"other"})
+        self.service.reconfigure(self.load(CONFIG), build_selector(self.load(CONFIG), self.reactor))
+        self.assertEqual(self.service.address_counts()[("lab", "offered")], 1)
+
+
 class CheckpointTests(unittest.TestCase):
     """The lease log is checkpointed when the network is quiet, and at the
     latest every few minutes, never in the middle of a storm's batches."""
@@ -202,7 +314,7 @@ class CheckpointTests(unittest.TestCase):
                 checkpoints.append(reactor.seconds())
 
         service = DhcpService(config, build_selector(config, reactor), reactor,
-                              store_factory=lambda path: Store(":memory:"),
+                              store_factory=lambda path, clock: Store(":memory:", clock=clock),
                               interfaces=lambda names: [("eth0", ipaddress.IPv4Address("10.0.0.1"))],
                               open_socket=lambda name, port, address=None, shared=False: _FakeSocket())
         service.privilegedStartService()
@@ -255,3 +367,17 @@ class SocketTests(unittest.TestCase):
         self.addCleanup(first.close)
         second = open_interface_socket("lo", 16768, shared=True)
         second.close()
+
+
+class InterfaceNameTests(unittest.TestCase):
+    def test_without_if_nameindex_sys_class_net_is_read(self):
+        """PyPy has no socket.if_nameindex: the names come from /sys/class/net."""
+        import os
+        import socket
+        from ownsocket.dhcp import sockets
+        root = self.mktemp()
+        for name in ("eth0", "lo"):
+            os.makedirs(os.path.join(root, name))
+        self.patch(socket, "if_nameindex", None)
+        delattr(socket, "if_nameindex")
+        self.assertEqual(sockets.interface_names(root), ["eth0", "lo"])

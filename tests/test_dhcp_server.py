@@ -14,6 +14,7 @@ from ownsocket.boot.request import BootDecision
 from ownsocket.dhcp import wire
 from ownsocket.dhcp.leases import SqliteLeaseStore
 from ownsocket.dhcp.server import Arrival, DhcpServer
+from ownsocket.events import EventList
 from ownsocket.interfaces import IBootFileSelector
 from ownsocket.tap import build_selector
 from tests import packets
@@ -66,10 +67,13 @@ class ServerTestCase(unittest.TestCase):
         self.server = self.make_server()
 
     def make_server(self, selector=None):
-        self.store = SqliteLeaseStore(self.db)
+        self.store = SqliteLeaseStore(self.db, clock=self.clock)
         self.addCleanup(self.store.close)
         return DhcpServer(self.config, self.store, selector or build_selector(self.config, self.clock),
                           self.clock, boot_file_size=self.sizes.get, recent=self.recent)
+
+    def lease(self, client):
+        return self.successResultOf(self.store.lookup(client, None))
 
     def exchange(self, data, arrival=ETH0):
         result = self.server.handle(wire.parse(data), arrival)
@@ -171,10 +175,10 @@ class DiscoverTests(ServerTestCase):
         first, _, _ = self.discover(mac(1))
         self.clock.advance(29)
         self.discover(mac(50))
-        self.assertEqual(str(self.store.lookup(mac(1)).address), first["yiaddr"])
+        self.assertEqual(str(self.lease(mac(1)).address), first["yiaddr"])
         self.clock.advance(2)
         self.discover(mac(51))
-        self.assertIsNone(self.store.lookup(mac(1)))
+        self.assertIsNone(self.lease(mac(1)))
         self.assertTrue(self.server.pools["lab"].free_count >= 1)
 
     def test_recent_request_remembered_for_file_backends(self):
@@ -196,15 +200,15 @@ class DiscoverTests(ServerTestCase):
 class RequestTests(ServerTestCase):
     def test_selecting_ack_and_durable(self):
         address = self.obtain(mac(1))
-        reopened = SqliteLeaseStore(self.db)
+        reopened = SqliteLeaseStore(self.db, clock=self.clock)
         self.addCleanup(reopened.close)
-        self.assertEqual(str(reopened.lookup(mac(1)).address), address)
-        self.assertEqual(reopened.lookup(mac(1)).state, "bound")
+        self.assertEqual(str(self.successResultOf(reopened.lookup(mac(1), None)).address), address)
+        self.assertEqual(self.successResultOf(reopened.lookup(mac(1), None)).state, "bound")
 
     def test_other_server_chosen(self):
         offer, _, _ = self.discover(mac(1))
         self.assertEqual(self.request(mac(1), offer["yiaddr"], server="10.0.0.254"), [])
-        self.assertIsNone(self.store.lookup(mac(1)))
+        self.assertIsNone(self.lease(mac(1)))
 
     def test_init_reboot_other_clients_address_nak(self):
         address = self.obtain(mac(1))
@@ -238,7 +242,7 @@ class RequestTests(ServerTestCase):
         [(ack, host, port)] = replies
         self.assertEqual(ack["type"], wire.ACK)
         self.assertEqual((host, port), (address, 68))
-        self.assertEqual(self.store.lookup(mac(1)).expires, self.clock.seconds() + 600)
+        self.assertEqual(self.lease(mac(1)).expires, self.clock.seconds() + 600)
 
     def test_rebinding_for_another_clients_address_nak(self):
         address = self.obtain(mac(1))
@@ -273,7 +277,7 @@ class RequestTests(ServerTestCase):
                 if acks and acks[0][0]["type"] == wire.ACK:
                     bound[client] = acks[0][0]["yiaddr"]
             self.clock.advance(200)
-            active = [lease for lease in self.store.all_leases() if lease.state == "bound"
+            active = [lease for lease in self.successResultOf(self.store.all_leases()) if lease.state == "bound"
                       and lease.active(self.clock.seconds())]
             self.assertEqual(len({l.address for l in active}), len(active))
         self.assertTrue(bound)
@@ -296,12 +300,12 @@ class OtherMessageTests(ServerTestCase):
     def test_release_only_by_owner(self):
         address = self.obtain(mac(1))
         self.exchange(packets.request(mac=mac(2), message_type=7, ciaddr=address))
-        self.assertEqual(str(self.store.lookup(mac(1)).address), address)
+        self.assertEqual(str(self.lease(mac(1)).address), address)
         self.exchange(packets.request(mac=mac(1), message_type=7, ciaddr=address))
-        self.assertIsNone(self.store.lookup(mac(1)))
-        reopened = SqliteLeaseStore(self.db)
+        self.assertIsNone(self.lease(mac(1)))
+        reopened = SqliteLeaseStore(self.db, clock=self.clock)
         self.addCleanup(reopened.close)
-        self.assertIsNone(reopened.lookup(mac(1)))
+        self.assertIsNone(self.successResultOf(reopened.lookup(mac(1), None)))
 
     def test_inform(self):
         [(ack, host, port)] = self.exchange(packets.request(mac=mac(1), message_type=8,
@@ -311,7 +315,7 @@ class OtherMessageTests(ServerTestCase):
         self.assertEqual(ack["ciaddr"], "10.0.0.77")
         self.assertNotIn(51, ack["options"])
         self.assertEqual((host, port), ("10.0.0.77", 68))
-        self.assertIsNone(self.store.lookup(mac(1)))
+        self.assertIsNone(self.lease(mac(1)))
 
     def test_bootp(self):
         [(reply, host, _)] = self.exchange(packets.request(mac=mac(1), message_type=None,
@@ -320,7 +324,7 @@ class OtherMessageTests(ServerTestCase):
         self.assertNotIn(53, reply["options"])
         self.assertNotIn(51, reply["options"])
         self.assertEqual(reply["file"], b"undionly.kpxe")
-        self.assertEqual(self.store.lookup(mac(1)).expires, float("inf"))
+        self.assertEqual(self.lease(mac(1)).expires, float("inf"))
         self.assertEqual(host, "255.255.255.255")
 
     def test_bootp_unknown_host_refused_without_bootp_dynamic(self):
@@ -329,7 +333,7 @@ class OtherMessageTests(ServerTestCase):
             self.config.dhcp, bootp_dynamic=False))
         self.server = self.make_server()
         self.assertEqual(self.exchange(packets.request(mac=mac(1), message_type=None)), [])
-        self.assertIsNone(self.store.lookup(mac(1)))
+        self.assertIsNone(self.lease(mac(1)))
         [(reply, _, _)] = self.exchange(packets.request(mac="52:54:00:00:00:aa", message_type=None))
         self.assertEqual(reply["yiaddr"], "10.0.0.50")
 
@@ -426,3 +430,82 @@ class RoutedClientTests(ServerTestCase):
         [(ack, host, _)] = self.exchange(packets.request(mac=mac(2), message_type=8, ciaddr="10.9.0.15"))
         self.assertEqual(ack["options"][3], IP("10.9.0.1").packed)
         self.assertEqual(host, "10.9.0.15")
+
+
+class EventTests(ServerTestCase):
+    """What the policy tells observers: exactly one event per step."""
+
+    def setUp(self):
+        super().setUp()
+        self.seen = EventList()
+        self.server.events.subscribe(self.seen)
+
+    def summary(self):
+        return [(e.service, e.kind, e.mac, dict(e.fields)) for e in self.seen.events]
+
+    def test_discover_offer_request_ack(self):
+        offer, _, _ = self.discover(mac(1))
+        address = offer["yiaddr"]
+        self.request(mac(1), address)
+        events = self.summary()
+        committed = events[3]
+        self.assertIsInstance(committed[3].pop("seconds"), float)
+        self.assertEqual(events, [
+            ("dhcp", "received", mac(1), {"message": "discover", "xid": 0x1234, "interface": "eth0"}),
+            ("dhcp", "sent", mac(1), {"message": "offer", "xid": 0x1234, "address": address,
+                                      "file": "snponly.efi", "selector": "arch", "arch": "efi-x64",
+                                      "reason": "arch 7 (EFI x64) -> [boot] arch.7",
+                                      "lease": "new address from the pool"}),
+            ("dhcp", "received", mac(1), {"message": "request", "xid": 0x1234, "interface": "eth0"}),
+            ("dhcp", "committed", mac(1), {"address": address}),
+            ("dhcp", "sent", mac(1), {"message": "ack", "xid": 0x1234, "address": address,
+                                      "file": "snponly.efi", "selector": "arch", "arch": "efi-x64",
+                                      "reason": "arch 7 (EFI x64) -> [boot] arch.7",
+                                      "lease": "selecting: lease 600s committed"}),
+        ])
+        self.assertEqual([e.time for e in self.seen.events], [self.clock.seconds()] * 5)
+
+    def test_nak(self):
+        [(nak, _, _)] = self.request(mac(1), "10.0.0.7", server=None)
+        self.assertEqual(self.seen.kinds(), [("dhcp", "received"), ("dhcp", "sent")])
+        sent = self.seen.events[1].fields
+        self.assertEqual((sent["message"], sent["address"], sent["file"], sent["selector"]),
+                         ("nak", None, None, None))
+        self.assertIn("outside the pools", sent["reason"])
+
+    def test_drops_name_their_reason(self):
+        self.exchange(packets.ovmf_pxe_discover(), Arrival("eth1", IP("192.168.5.1")))
+        offer, _, _ = self.discover(mac(1))
+        self.request(mac(1), offer["yiaddr"], server="10.0.0.254")
+        drops = [e.fields["reason"] for e in self.seen.events if e.kind == "dropped"]
+        self.assertEqual(drops, ["no-subnet", "not-for-us"])
+
+    def test_pool_exhausted(self):
+        for i in range(4):
+            self.obtain(mac(10 + i))
+        self.seen.events.clear()
+        self.assertEqual(self.exchange(packets.ovmf_pxe_discover(mac=mac(20))), [])
+        self.assertEqual([(e.kind, e.fields.get("reason")) for e in self.seen.events][1:], [
+            ("allocation-failed", "pool of [subnet:lab] exhausted (4 addresses); no offer"),
+            ("dropped", "pool-exhausted")])
+        self.assertEqual(self.seen.events[1].fields["subnet"], "lab")
+
+    def test_address_counts(self):
+        self.obtain(mac(1))
+        self.discover(mac(2))
+        counts = self.server.address_counts()
+        self.assertEqual({k: v for k, v in counts.items() if k[0] == "lab"}, {
+            ("lab", "free"): 2, ("lab", "offered"): 1, ("lab", "bound"): 1, ("lab", "declined"): 0})
+        self.assertEqual(counts[("far", "free")], 11)
+
+    def test_silent_when_nobody_listens(self):
+        self.server.events.unsubscribe(self.seen)
+        self.obtain(mac(1))
+        self.assertEqual(self.seen.events, [])
+
+    def test_release_event(self):
+        address = self.obtain(mac(1))
+        self.seen.events.clear()
+        self.exchange(packets.request(mac=mac(1), message_type=7, ciaddr=address))
+        self.assertEqual([(e.kind, e.fields.get("address")) for e in self.seen.events],
+                         [("received", None), ("released", address)])

@@ -54,4 +54,4 @@ class EventBusTests(unittest.TestCase):
         verifyObject(IEventObserver, EventList())
 
     def test_contract_names_every_service(self):
-        self.assertEqual(set(KINDS), {"dhcp", "proxy", "tftp", "http", "server"})
+        self.assertEqual(set(KINDS), {"dhcp", "dhcp6", "proxy", "tftp", "http", "server"})

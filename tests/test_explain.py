@@ -90,3 +90,39 @@ class ExplainTests(unittest.TestCase):
         args = build_parser().parse_args(["--config", path, "--arch", "7"])
         self.assertEqual(self.successResultOf(explain(args, out=out, clock=Clock())), 0)
         self.assertIn("decision: x.efi", out.getvalue())
+
+
+class NextFetchExplainTests(unittest.TestCase):
+    """explain says what shim and GRUB will ask for after the boot file."""
+
+    def explain_with(self, *argv):
+        out = io.StringIO()
+        args = build_parser().parse_args(list(argv))
+        code = self.successResultOf(explain(args, out=out, clock=Clock()))
+        return code, out.getvalue()
+
+    def test_shim_in_a_subdirectory_with_generated_grub_cfg(self):
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(root, "efi"))
+        with open(os.path.join(root, "efi", "shimx64.efi"), "wb") as handle:
+            handle.write(b"MZ .sbat sbat,1,SBAT Version\nshim,4,UEFI shim,shim,1,https://github.com/rhboot/shim\n")
+        config = os.path.join(os.path.dirname(root), "sb.ini")
+        with open(os.path.join(os.path.dirname(root), "grub.cfg.in"), "w") as handle:
+            handle.write("source /marker-@mac-hex@\n")
+        with open(config, "w") as handle:
+            handle.write("[tftp]\nroot = %s\n[boot]\nselectors = template, arch\narch.7 = efi/shimx64.efi\n"
+                         "[selector:template]\ngrub/grub.cfg = grub.cfg.in\n" % root)
+        code, text = self.explain_with("--config", config, "--arch", "7")
+        self.assertEqual(code, 0)
+        self.assertIn("efi/shimx64.efi is shim: it takes the directory of its second stage from the BOOTP 'file'",
+                      text)
+        lines = text.splitlines()
+        fetched = [line.split()[0] for line in lines[lines.index("next, over TFTP:") + 3:]]
+        self.assertEqual(fetched[:4], ["efi/revocations_sku.efi", "efi/revocations_sbat.efi",
+                                       "efi/shim_certificate_0.efi", "efi/grubx64.efi"])
+        self.assertRegex(text, r"efi/grubx64\.efi\s+MISSING under the TFTP root")
+        self.assertRegex(text, r"/grub/grub\.cfg\s+generated per machine by 'template'")
+
+    def test_ipxe_first_stage_has_no_next_section(self):
+        code, text = ExplainTests.run_explain(self, "--arch", "7")
+        self.assertNotIn("next, over TFTP", text)

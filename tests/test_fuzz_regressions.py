@@ -55,10 +55,11 @@ class LeaseRowTests(unittest.TestCase):
                              ("10.0.0.7", "52:54:00:00:00:02", "bound", float("inf"), None))
         store = SqliteLeaseStore(path)
         self.addCleanup(store.close)
-        self.assertEqual(sorted(str(lease.address) for lease in store.all_leases()),
+        leases = self.successResultOf(store.all_leases())
+        self.assertEqual(sorted(str(lease.address) for lease in leases),
                          ["10.0.0.5", "10.0.0.6", "10.0.0.7"])
-        self.assertEqual(store.lookup("52:54:00:00:00:01").hostname, "pc")
-        self.assertEqual(store.lookup("52:54:00:00:00:02").expires, float("inf"))
+        self.assertEqual(self.successResultOf(store.lookup("52:54:00:00:00:01")).hostname, "pc")
+        self.assertEqual(self.successResultOf(store.lookup("52:54:00:00:00:02")).expires, float("inf"))
 
     def test_damaged_file(self):
         # regressions/leases/damaged-file-undecodable-pragma: a damaged

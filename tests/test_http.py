@@ -18,7 +18,8 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from ownsocket.boot.recent import RecentRequests
-from ownsocket.config import HttpConfig
+from ownsocket.config import Config, HttpConfig
+from ownsocket.events import KINDS, EventBus, EventList
 from ownsocket.files import BytesReader, FilesystemBackend
 from ownsocket.http import BindError, HTTPService, Unsatisfiable, parse_range
 from ownsocket.interfaces import (
@@ -142,9 +143,9 @@ class FakeBackend:
 class ServiceMixin:
     """Starts an HTTPService on 127.0.0.1:0 and stops it after the test."""
 
-    def start(self, backend, recent=None):
+    def start(self, backend, recent=None, events=None):
         self.service = HTTPService(HttpConfig(enabled=True, port=0, addresses=LOOPBACK),
-                                   backend, reactor, recent)
+                                   backend, reactor, recent, events=events)
         self.service.privilegedStartService()
         self.service.startService()
         self.addCleanup(self.service.stopService)
@@ -546,3 +547,177 @@ class StopTests(ServiceMixin, unittest.TestCase):
         yield proto.done.addTimeout(TIMEOUT, reactor)
         self.assertEqual(backend.readers[0].finished, 1)
         self.assertEqual(self.service.site.connections, {})
+
+
+class EventTests(ServiceMixin, unittest.TestCase):
+    """Every request publishes exactly one finished event (and started once
+    its file is open), with the fields events.KINDS promises."""
+
+    def start_with_events(self, backend, recent=None):
+        self.events = EventList()
+        bus = EventBus(reactor)
+        bus.subscribe(self.events)
+        return self.start(backend, recent, events=bus)
+
+    def finished(self):
+        return [e for e in self.events.events if e.kind == "finished"]
+
+    def assertContract(self):
+        for event in self.events.events:
+            self.assertEqual(event.service, "http")
+            for key in KINDS["http"][event.kind]:
+                self.assertIn(key, event.fields, (event.kind, key))
+
+    @defer.inlineCallbacks
+    def test_results_and_fields(self):
+        recent = RecentRequests()
+        recent.remember("127.0.0.1", SimpleNamespace(mac="52:54:00:12:34:56"))
+        backend = FakeBackend({"f.efi": lambda request: BytesReader(b"hello"),
+                               "av": AccessViolation("no"), "be": BackendError("disk")})
+        port = self.start_with_events(backend, recent)
+        yield get(port, "/f.efi")
+        yield get(port, "/f.efi", method=b"HEAD")
+        yield get(port, "/missing")
+        yield get(port, "/../x")
+        yield get(port, "/av")
+        yield get(port, "/be")
+        yield get(port, "/f.efi", method=b"POST", headers=b"Content-Length: 0\r\n")
+        yield get(port, "/f.efi", headers=b"Range: bytes=10-\r\n")
+        yield wait_for(lambda: len(self.finished()) == 8)
+        self.assertContract()
+        self.assertEqual([e.fields["method"] for e in self.finished()],
+                         ["GET", "HEAD", "GET", "GET", "GET", "GET", "POST", "GET"])
+        self.assertEqual([(e.fields["result"], e.fields["status"]) for e in self.finished()],
+                         [("ok", 200), ("ok", 200), ("not-found", 404), ("denied", 403),
+                          ("denied", 403), ("error", 500), ("denied", 405), ("error", 416)])
+        first = self.finished()[0]
+        self.assertEqual((first.fields["file"], first.fields["bytes"]), ("f.efi", 5))
+        self.assertEqual((first.peer, first.mac), ("127.0.0.1", "52:54:00:12:34:56"))
+        self.assertGreaterEqual(first.fields["seconds"], 0)
+        started = [e for e in self.events.events if e.kind == "started"]
+        # started only once a file is open: GET, HEAD and the 416 request
+        self.assertEqual([(e.fields["file"], e.fields["size"]) for e in started],
+                         [("f.efi", 5)] * 3)
+
+    @defer.inlineCallbacks
+    def test_client_gone_is_aborted_once(self):
+        backend = FakeBackend({"huge": lambda request: RecordingReader(10 * 1024 ** 3)})
+        port = self.start_with_events(backend)
+        yield raw_request(port, b"GET /huge HTTP/1.1\r\nHost: x\r\n\r\n", close_after=200_000)
+        yield wait_for(lambda: self.finished())
+        yield deferLater(reactor, 0.1, lambda: None)
+        [event] = self.finished()
+        self.assertEqual(event.fields["result"], "aborted")
+        self.assertGreaterEqual(event.fields["bytes"], 200_000)
+        self.assertEqual(self.events.kinds(), [("http", "started"), ("http", "finished")])
+
+    @defer.inlineCallbacks
+    def test_short_file_is_an_error(self):
+        backend = FakeBackend({"short": lambda request: RecordingReader(100_000, actual=70_000)})
+        port = self.start_with_events(backend)
+        yield raw_request(port, b"GET /short HTTP/1.1\r\nHost: x\r\n\r\n")
+        yield wait_for(lambda: self.finished())
+        [event] = self.finished()
+        self.assertEqual((event.fields["result"], event.fields["bytes"]), ("error", 70_000))
+
+    @defer.inlineCallbacks
+    def test_transfers_in_flight(self):
+        backend = FakeBackend({"huge": lambda request: RecordingReader(10 * 1024 ** 3)})
+        port = self.start_with_events(backend)
+        self.assertEqual(self.service.transfers_in_flight(), [])
+        before = reactor.seconds()
+        proto = _Collect(b"GET /huge HTTP/1.1\r\nHost: x\r\n\r\n")
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=TIMEOUT)
+        yield connectProtocol(endpoint, proto)
+        yield wait_for(lambda: len(proto.data) > 100_000)
+        [transfer] = self.service.transfers_in_flight()
+        self.assertEqual(set(transfer), {"peer", "file", "bytes", "started"})
+        self.assertEqual((transfer["peer"], transfer["file"]), ("127.0.0.1", "huge"))
+        self.assertGreater(transfer["bytes"], 0)
+        self.assertGreaterEqual(transfer["started"], before)
+        proto.transport.abortConnection()
+        yield proto.done
+        yield wait_for(lambda: not self.service.transfers_in_flight())
+
+
+class ReconfigureTests(ServiceMixin, unittest.TestCase):
+    """A reload swaps the backend for new requests only, and re-opens the
+    port only when its settings changed."""
+
+    @defer.inlineCallbacks
+    def test_new_backend_for_new_requests_old_for_running_ones(self):
+        old = FakeBackend({"f": lambda request: RecordingReader(3_000_000, fill=b"o")})
+        new = FakeBackend({"f": lambda request: BytesReader(b"new")})
+        port = self.start(old)
+        proto = _Collect(b"GET /f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=TIMEOUT)
+        yield connectProtocol(endpoint, proto)
+        proto.transport.pauseProducing()
+        yield wait_for(lambda: old.readers)
+        config = Config(source="test", http=self.service.config)
+        yield self.service.reconfigure(config, None, new)
+        self.assertEqual(self.service.listening_addresses(), [("127.0.0.1", port)])
+        response = yield get(port, "/f")
+        self.assertEqual(response.body, b"new")
+        proto.transport.resumeProducing()
+        data = yield proto.done.addTimeout(TIMEOUT, reactor)
+        response = Response(data)
+        self.assertEqual(response.body, b"o" * 3_000_000)
+
+    @defer.inlineCallbacks
+    def test_port_change_rebinds_and_keeps_connections(self):
+        backend = FakeBackend({"huge": lambda request: RecordingReader(10 * 1024 ** 3)})
+        port = self.start(backend)
+        proto = _Collect(b"GET /huge HTTP/1.1\r\nHost: x\r\n\r\n")
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=TIMEOUT)
+        yield connectProtocol(endpoint, proto)
+        yield wait_for(lambda: len(proto.data) > 100_000)
+        free = socket.socket()
+        free.bind(("127.0.0.1", 0))
+        new_port = free.getsockname()[1]
+        free.close()
+        config = Config(source="test", http=HttpConfig(enabled=True, port=new_port, addresses=LOOPBACK))
+        yield self.service.reconfigure(config, None, backend)
+        self.assertEqual(self.service.listening_addresses(), [("127.0.0.1", new_port)])
+        probe = socket.socket()
+        self.addCleanup(probe.close)
+        self.assertNotEqual(probe.connect_ex(("127.0.0.1", port)), 0)
+        before = len(proto.data)
+        yield wait_for(lambda: len(proto.data) > before + 100_000)  # still flowing
+        self.assertFalse(backend.readers[0].finished)
+        proto.transport.abortConnection()
+        yield proto.done
+
+    @defer.inlineCallbacks
+    def test_port_taken_keeps_old_port(self):
+        port = self.start(FakeBackend({"f": lambda request: BytesReader(b"x")}))
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        old_config = self.service.config
+        config = Config(source="test", http=HttpConfig(
+            enabled=True, port=taken.getsockname()[1], addresses=LOOPBACK))
+        yield self.assertFailure(self.service.reconfigure(config, None, FakeBackend({})), BindError)
+        self.assertIs(self.service.config, old_config)
+        self.assertEqual(self.service.listening_addresses(), [("127.0.0.1", port)])
+
+    @defer.inlineCallbacks
+    def test_overlapping_addresses_close_first(self):
+        """0.0.0.0:P -> 127.0.0.1:P cannot be opened beside the old one."""
+        service = HTTPService(HttpConfig(enabled=True, port=0, addresses=LOOPBACK),
+                              FakeBackend({"f": lambda request: BytesReader(b"x")}), reactor)
+        free = socket.socket()
+        free.bind(("0.0.0.0", 0))
+        port = free.getsockname()[1]
+        free.close()
+        service.config = HttpConfig(enabled=True, port=port, addresses=())
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(service.listening_addresses(), [("0.0.0.0", port)])
+        config = Config(source="test", http=HttpConfig(enabled=True, port=port, addresses=LOOPBACK))
+        yield service.reconfigure(config, None, service.backend)
+        self.assertEqual(service.listening_addresses(), [("127.0.0.1", port)])
+        response = yield get(port, "/f")
+        self.assertEqual(response.body, b"x")

@@ -10,6 +10,7 @@ from ownsocket.boot.recent import RecentRequests
 from ownsocket.dhcp import wire
 from ownsocket.dhcp.proxy import ProxyArrival, ProxyServer
 from ownsocket.dhcp.server import make_boot_request
+from ownsocket.events import EventList
 from ownsocket.tap import build_selector
 from tests import packets
 from tests.fixtures_loader import load_hex
@@ -95,3 +96,21 @@ class ProxyTests(unittest.TestCase):
             configuration.load(text="[dhcp]\nmode = proxy\n[subnet:a]\nnetwork = 10.0.0.0/24\n"
                                     "pool = 10.0.0.10-10.0.0.20\n", known_interfaces=set())
         self.assertIn("[subnet:a] pool: [dhcp] mode = proxy hands out no addresses", str(caught.exception))
+
+
+class ProxyEventTests(unittest.TestCase):
+    def setUp(self):
+        self.config = configuration.load(text=CONFIG, known_interfaces={"br0"})
+        self.server = ProxyServer(self.config, build_selector(self.config, Clock()), make_boot_request)
+        self.seen = EventList()
+        self.server.events.subscribe(self.seen)
+
+    def test_offer_and_skip(self):
+        self.server.handle(wire.parse(load_hex("ovmf_pxe_discover")), ProxyArrival("br0", SERVER, 67))
+        self.server.handle(wire.parse(packets.request(mac="52:54:00:00:00:02")), ProxyArrival("br0", SERVER, 67))
+        self.assertEqual(self.seen.kinds(), [("proxy", "received"), ("proxy", "sent"),
+                                             ("proxy", "received"), ("proxy", "dropped")])
+        sent = self.seen.events[1].fields
+        self.assertEqual((sent["message"], sent["address"], sent["file"], sent["arch"]),
+                         ("offer", None, "snponly.efi", "efi-x64"))
+        self.assertEqual(self.seen.events[3].fields["reason"], "not-for-us")

@@ -98,7 +98,7 @@ class BuiltinTests(unittest.TestCase):
         self.assertIsNone(rpi.select(request(arch=(0,))))
 
     def test_ipxe_stateless(self):
-        ipxe = selectors.IpxeChainSelector("boot.ipxe", stateful=False)
+        ipxe = selectors.IpxeChainSelector("boot.ipxe", stateful=False, clock=Clock())
         decision = ipxe.select(request(user_class=(b"iPXE",)))
         self.assertEqual(decision.filename, "boot.ipxe")
         self.assertIsNone(ipxe.select(request(arch=(7,))))
@@ -135,13 +135,14 @@ class ChainTests(unittest.TestCase):
     def test_first_decision_wins_and_is_stamped(self):
         second = Fixed("second", BootDecision("b", reason="r"))
         third = Fixed("third", BootDecision("c", reason="r"))
-        chain = SelectorChain([Fixed("first", None), second, third])
+        chain = SelectorChain([Fixed("first", None), second, third], clock=Clock())
         decision = chain.select(request())
         self.assertEqual((decision.filename, decision.selector), ("b", "second"))
         self.assertEqual(third.calls, 0)
 
     def test_raising_selector_is_skipped(self):
-        chain = SelectorChain([Fixed("broken", RuntimeError("no")), Fixed("ok", BootDecision("x", reason="r"))])
+        chain = SelectorChain([Fixed("broken", RuntimeError("no")), Fixed("ok", BootDecision("x", reason="r"))],
+                              clock=Clock())
         self.assertEqual(chain.select(request()).filename, "x")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
@@ -165,6 +166,15 @@ class ChainTests(unittest.TestCase):
         clock.advance(0.2)
         decision = self.successResultOf(result)
         self.assertEqual((decision.filename, decision.selector), ("fallback", "after"))
+
+    def test_clock_and_timeout_are_required(self):
+        """A chain without a clock would wait for a hung selector forever,
+        and the stateful iPXE selector must not measure on the wall clock."""
+        self.assertRaises(TypeError, SelectorChain, [])
+        self.assertRaises(ValueError, SelectorChain, [], clock=None)
+        self.assertRaises(ValueError, SelectorChain, [], clock=Clock(), timeout=0)
+        self.assertRaises(TypeError, selectors.IpxeChainSelector, "boot.ipxe")
+        self.assertRaises(ValueError, selectors.IpxeChainSelector, "boot.ipxe", clock=None)
 
     def test_failed_deferred_moves_on(self):
         chain = SelectorChain([Fixed("bad", defer.fail(ValueError("db down"))),

@@ -1,8 +1,12 @@
 """The pieces twistd ownsocket is assembled from."""
 
 import os
+import sys
+import types
 
+from twisted.application.service import Service
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from ownsocket import config as configuration
@@ -39,7 +43,8 @@ class MakeServiceTests(unittest.TestCase):
         path = self.mktemp()
         missing = os.path.abspath(self.mktemp())
         with open(path, "w") as handle:
-            handle.write(f"[dhcp]\nenabled = false\n[tftp]\nport = 16969\nroot = {missing}\n")
+            handle.write(f"[dhcp]\nenabled = false\n[tftp]\nport = 16969\nroot = {missing}\n"
+                         "[admin]\nenabled = false\n")
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
@@ -54,3 +59,141 @@ class MakeServiceTests(unittest.TestCase):
         self.assertTrue(any("DHCP off, TFTP port 16969" in line for line in lines), lines)
         self.assertTrue(any(f"[tftp] root {missing} is not a directory" in line for line in lines), lines)
         self.assertEqual([port for port, _, _, _ in reactor.ports], [16969])
+
+
+class FakeAdmin(Service):
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+
+class RuntimeWiringTests(unittest.TestCase):
+    """makeService builds one Runtime that the admin listener and the reload share."""
+
+    def make(self, text, admin_factory=None):
+        from ownsocket.tap import Options, makeService, make_admin
+        from tests.fakes import FakeUDPReactor
+        path = os.path.abspath(self.mktemp())
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        with open(path, "w") as handle:
+            handle.write(f"[dhcp]\nenabled = false\n[tftp]\nport = 16969\nroot = {root}\n" + text)
+        self.log = []
+        globalLogPublisher.addObserver(self.log.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.log.append)
+        options = Options()
+        options.parseOptions(["--config", path])
+        self.reactor = FakeUDPReactor()
+        self.reactor.advance(42)
+        service = makeService(options, reactor=self.reactor, admin_factory=admin_factory or make_admin)
+        return service, path
+
+    def start(self, service):
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+
+    def lines(self):
+        return [formatEvent(event) for event in self.log]
+
+    def test_runtime_attributes(self):
+        import hashlib
+        made = []
+        service, path = self.make("", lambda runtime: made.append(FakeAdmin(runtime)) or made[-1])
+        self.start(service)
+        [admin] = made
+        runtime = admin.runtime
+        self.assertIs(service.runtime, runtime)
+        self.assertTrue(admin.running)
+        with open(path, "rb") as handle:
+            self.assertEqual(runtime.config_hash, hashlib.sha256(handle.read()).hexdigest())
+        self.assertEqual(runtime.config.source, path)
+        self.assertEqual(runtime.started_at, 42)
+        self.assertIs(runtime.reactor, self.reactor)
+        self.assertIsNone(runtime.dhcp)
+        self.assertIsNone(runtime.http)
+        self.assertIs(runtime.tftp.events, runtime.events)
+        self.assertIs(runtime.admin, admin)
+        self.assertEqual(runtime.selectors, list(runtime.config.boot.selectors))
+        self.assertTrue(any(f"sha256 {runtime.config_hash[:12]}" in line and
+                            "admin 127.0.0.1 port 9067" in line for line in self.lines()))
+        self.assertFalse(any("reachable from the network" in line for line in self.lines()))
+
+    def test_embedded_defaults_hash(self):
+        import hashlib
+        from ownsocket.config import EMBEDDED_DEFAULTS
+        from ownsocket.tap import Options, makeService
+        from tests.fakes import FakeUDPReactor
+        options = Options()
+        options.parseOptions([])
+        service = makeService(options, reactor=FakeUDPReactor(), admin_factory=lambda runtime: None)
+        self.assertEqual(service.runtime.config_hash,
+                         hashlib.sha256(EMBEDDED_DEFAULTS.encode()).hexdigest())
+
+    def test_admin_off(self):
+        service, _ = self.make("[admin]\nenabled = false\n", lambda runtime: self.fail("called"))
+        self.assertIsNone(service.runtime.admin)
+
+    def test_non_loopback_admin_is_a_warning(self):
+        service, _ = self.make("[admin]\naddresses = 127.0.0.1, 10.9.8.7\n", FakeAdmin)
+        self.start(service)
+        self.assertTrue(any("[admin] addresses 127.0.0.1, 10.9.8.7: the admin listener is reachable "
+                            "from the network" in line for line in self.lines()), self.lines())
+
+    def with_module(self, module):
+        saved = sys.modules.get("ownsocket.admin", None)
+        had = "ownsocket.admin" in sys.modules
+        sys.modules["ownsocket.admin"] = module
+
+        def restore():
+            if had:
+                sys.modules["ownsocket.admin"] = saved
+            else:
+                del sys.modules["ownsocket.admin"]
+        self.addCleanup(restore)
+
+    def test_build_without_admin_package_warns(self):
+        self.with_module(None)  # import then raises ModuleNotFoundError for ownsocket.admin
+        service, _ = self.make("")
+        self.assertIsNone(service.runtime.admin)
+        self.assertTrue(any("has no admin listener" in line for line in self.lines()))
+
+    def test_admin_that_cannot_import_stops_startup(self):
+        broken = types.ModuleType("ownsocket.admin")
+
+        def missing(name):
+            raise ModuleNotFoundError("No module named 'prometheus_client'", name="prometheus_client")
+        broken.__getattr__ = missing
+        self.with_module(broken)
+        error = self.assertRaises(SystemExit, self.make, "")
+        self.assertIn("[admin] enabled: the admin listener cannot start: No module named "
+                      "'prometheus_client' (install it, or set [admin] enabled = false)", str(error))
+        self.assertTrue(str(error).startswith("ownsocket: /"))
+
+    def test_admin_dependency_missing_when_built_stops_startup(self):
+        module = types.ModuleType("ownsocket.admin")
+
+        def make_admin_service(runtime):
+            raise ModuleNotFoundError("No module named 'prometheus_client'", name="prometheus_client")
+        module.make_admin_service = make_admin_service
+        self.with_module(module)
+        error = self.assertRaises(SystemExit, self.make, "")
+        self.assertIn("the admin listener cannot start: No module named 'prometheus_client'", str(error))
+
+    def test_admin_module_used_when_present(self):
+        module = types.ModuleType("ownsocket.admin")
+        module.make_admin_service = FakeAdmin
+        self.with_module(module)
+        service, _ = self.make("")
+        self.assertIsInstance(service.runtime.admin, FakeAdmin)
+
+    def test_sighup_handler_installed_while_running(self):
+        import signal
+        from ownsocket.reload import ReloadOnSignal
+        previous = signal.getsignal(signal.SIGHUP)
+        service, _ = self.make("[admin]\nenabled = false\n")
+        self.start(service)
+        handler = signal.getsignal(signal.SIGHUP)
+        self.assertIsInstance(getattr(handler, "__self__", None), ReloadOnSignal)
+        self.assertIs(handler.__self__.reloader.runtime, service.runtime)
+        service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), previous)

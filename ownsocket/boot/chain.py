@@ -23,7 +23,17 @@ class SelectorChain:
     name = "chain"
     log = Logger()
 
-    def __init__(self, selectors, clock=None, timeout=2.0):
+    def __init__(self, selectors, clock, timeout=2.0):
+        """
+        @param clock: an L{IReactorTime}; required, so a selector that
+            answers with a Deferred is always cut off after C{timeout}
+            seconds (a chain without one would wait for it forever).
+        @param timeout: seconds; must be positive.
+        """
+        if clock is None:
+            raise ValueError("SelectorChain needs a clock to enforce the selector timeout")
+        if not timeout or timeout <= 0:
+            raise ValueError(f"selector timeout must be positive, not {timeout!r}")
         self.selectors = tuple(selectors)
         self._clock = clock
         self._timeout = timeout
@@ -50,8 +60,7 @@ class SelectorChain:
         return None
 
     def _wait(self, deferred, selector, request, position):
-        if self._clock is not None and self._timeout:
-            deferred.addTimeout(self._timeout, self._clock)
+        deferred.addTimeout(self._timeout, self._clock)
 
         def failed(failure):
             self.log.warn("boot selector {name!r} failed for {mac}: {error}; skipping it",

@@ -20,17 +20,11 @@ from twisted.python.reflect import namedAny
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
-from ownsocket.boot.chain import SelectorChain
 from ownsocket.config import Config, ConfigError
-from ownsocket.interfaces import IBootFileSelector, ISelectorFactory
+from ownsocket.interfaces import IBootFileSelector, ISelectorFactory, SettingError
 
-
-class SettingError(ValueError):
-    """A bad key in a [selector:NAME] section."""
-
-    def __init__(self, key, message):
-        self.key = key
-        super().__init__(message)
+__all__ = ["SettingError", "SelectorContext", "load_selectors", "available_plugins",
+           "check_plugin_modules"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +129,3 @@ def load_selectors(config: Config, clock) -> List[object]:
         selectors.append(_build_one(name, config, context, factories, direct))
     return selectors
 
-
-def build_chain(config: Config, clock) -> SelectorChain:
-    return SelectorChain(load_selectors(config, clock), clock=clock, timeout=config.boot.selector_timeout)

@@ -63,20 +63,67 @@ BIOS_ARCHES = frozenset({0})
 
 @dataclass(frozen=True)
 class BootRequest:
+    """
+    One client's boot-relevant DHCP facts, as a selector sees them.
+
+    Built once per DHCP/proxyDHCP/4011 request by the server (and kept by
+    L{ownsocket.boot.recent.RecentRequests} for TFTP and HTTP backends), so
+    every selector decides on the same, already-validated values.
+    """
+
     mac: str
+    """The client hardware address (chaddr), lower case with colons: the key
+    for leases, hosts and per-machine state (option 61 is not used)."""
     xid: int = 0
-    message_type: Optional[int] = None  # None: a BOOTP request
+    """The transaction id, for log lines only (firmware reuses xids across
+    boots, FIRMWARE-FACTS 8b: never a key)."""
+    message_type: Optional[int] = None
+    """Option 53 (1 DISCOVER, 3 REQUEST, 8 INFORM ...); None for a BOOTP
+    request, which has no option 53."""
     arch: Tuple[int, ...] = ()
+    """Option 93, client system architectures in the client's order (usually
+    one: 0 BIOS, 7 EFI x64, 11 ARM64 UEFI, 16 x64 UEFI HTTP ...; see
+    L{ARCH_NAMES}); empty when the client sent none."""
     nic_version: Optional[bytes] = None
+    """Option 94, the UNDI type and version (C{01 03 00} = UNDI 3.0 for
+    OVMF, C{01 03 0a} for iPXE's snponly.efi), raw."""
     vendor_class: Optional[bytes] = None
+    """Option 60 as sent (C{PXEClient:Arch:00007:UNDI:003000},
+    C{HTTPClient:...}); carries the architecture for clients without 93."""
     user_class: Tuple[bytes, ...] = ()
+    """Option 77 entries: iPXE sends the raw bytes C{iPXE}, RFC 3004
+    clients length-framed lists; both arrive here as a tuple of entries."""
     client_uuid: Optional[bytes] = None
-    has_ipxe_options: bool = False  # option 175 present
+    """Option 97 (type byte + 16-byte UUID), raw; all zeros under QEMU
+    without C{-uuid}, so never unique by itself."""
+    has_ipxe_options: bool = False
+    """Option 175 was present: the client is iPXE (also iPXE in a NIC ROM,
+    which is why "is iPXE" is not "already chain-loaded", FIRMWARE-FACTS 1b)."""
     relay_info: Tuple[Tuple[int, bytes], ...] = ()
+    """Option 82 sub-options (circuit id, remote id ...) in wire order, from
+    a relay agent; empty for a client on a local segment."""
     giaddr: Optional[IPv4Address] = None
+    """The relay agent's address, or None when the request was not relayed."""
     interface: Optional[str] = None
-    phase: str = "dhcp"  # dhcp / proxy / 4011
-    server_address: Optional[IPv4Address] = None  # where the client reaches us
+    """The interface the request came in on (None when relayed or unknown),
+    so rules can differ per segment."""
+    phase: str = "dhcp"
+    """Which exchange asks: C{dhcp} (our own DHCP server), C{proxy}
+    (proxyDHCP on port 67, the address comes from another server) or
+    C{4011} (the PXE boot-server request)."""
+    server_address: Optional[IPv4Address] = None
+    """The address of ours the client talks to, for C{@server@} in file
+    names and URLs (differs per interface and subnet)."""
+    # DHCPv6 facts (defaults for DHCPv4, so selectors written for it work
+    # unchanged).  Over DHCPv6, arch comes from option 61, vendor_class is
+    # the first string of option 16, user_class the items of option 15,
+    # client_uuid a DUID-UUID as option 97 would carry it (type 0 + 16 bytes),
+    # and message_type the DHCPv4 number of the same step (Solicit ->
+    # DISCOVER 1, Request/Renew/Rebind -> REQUEST 3, Information-Request
+    # -> INFORM 8).
+    family: int = 4
+    duid: Optional[bytes] = None
+    iaid: Optional[int] = None
 
     @property
     def is_ipxe(self) -> bool:
@@ -110,9 +157,26 @@ def _arch_from_vendor_class(vendor_class: bytes) -> Tuple[int, ...]:
 
 @dataclass(frozen=True)
 class BootDecision:
+    """
+    What a selector tells the client to boot, and why (the why goes into
+    the DHCP log line and C{explain}'s output).
+    """
+
     filename: Optional[str]
+    """The boot file: a name under the TFTP root (put in the BOOTP C{file}
+    field always, which shim needs, and in option 67 when asked) or an
+    C{http://} URL for UEFI HTTP boot and iPXE; None for no file (a
+    Raspberry Pi reads only options 43/66)."""
     reason: str
+    """Why this file, in words a sysadmin understands (C{arch 7 (EFI x64) ->
+    [boot] arch.7}); logged with every reply."""
     next_server: Optional[IPv4Address] = None
+    """The TFTP server (C{siaddr}, option 66) when it is not this server."""
     sname: Optional[str] = None
+    """The server host name for the BOOTP C{sname} field, if any."""
     extra_options: Tuple[Tuple[int, bytes], ...] = field(default=())
+    """Further (code, value) options for the reply; they replace ours of
+    the same code (e.g. C{(60, b"HTTPClient")}, which OVMF's HTTP boot
+    requires)."""
     selector: Optional[str] = None
+    """The name of the selector that decided; the chain fills it in."""

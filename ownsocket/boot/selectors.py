@@ -11,7 +11,6 @@ the next selector.
 from __future__ import annotations
 
 import fnmatch
-import time
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from zope.interface import implementer
@@ -159,8 +158,13 @@ class IpxeChainSelector:
 
     name = "ipxe"
 
-    def __init__(self, script: Optional[str], stateful: bool = True, remember: float = 300.0,
-                 clock=None):
+    def __init__(self, script: Optional[str], *, clock, stateful: bool = True, remember: float = 300.0):
+        """
+        @param clock: an L{IReactorTime}; "fetched its first stage within
+            C{remember} seconds" is measured on it, never on the wall clock.
+        """
+        if clock is None:
+            raise ValueError("IpxeChainSelector needs a clock")
         self.script = script
         self.stateful = stateful
         self.remember = remember
@@ -168,7 +172,7 @@ class IpxeChainSelector:
         self._fetched: Dict[str, float] = {}
 
     def _now(self) -> float:
-        return self._clock.seconds() if self._clock is not None else time.time()
+        return self._clock.seconds()
 
     def select(self, request: BootRequest) -> Optional[BootDecision]:
         if not request.is_ipxe or not self.script:

@@ -16,7 +16,9 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from ownsocket.dhcp import wire
-from ownsocket.dhcp.server import Arrival
+from ownsocket.dhcp.leases import LeaseStoreBusy, LeaseStoreError, LeaseStoreUnavailable
+from ownsocket.dhcp.server import Arrival, message_name
+from ownsocket.events import EventBus
 from ownsocket.ratelimit import RateLimitedLog
 
 
@@ -41,9 +43,12 @@ class DhcpProtocol(DatagramProtocol):
         self.clock = clock
         self.discover_budget = discover_budget
         self._queue = []
+        self.events = getattr(server, "events", None) or EventBus(clock)
+        self.service_name = getattr(server, "service_name", "dhcp")
         self._drop_log = RateLimitedLog(self.log.warn, clock)
         self._send_log = RateLimitedLog(self.log.warn, clock)
         self._shed_log = RateLimitedLog(self.log.warn, clock, burst=1)
+        self._store_log = RateLimitedLog(self.log.error, clock, burst=3)
 
     def startProtocol(self):
         self.transport.setBroadcastAllowed(True)
@@ -65,28 +70,81 @@ class DhcpProtocol(DatagramProtocol):
             self._shed_log("overloaded: {count} DISCOVERs dropped in one batch of {size} on {interface} "
                            "(REQUESTs first; clients retry)",
                            count=len(starting) - room, size=len(batch), interface=self.arrival.interface or "?")
+            if self.events.active:
+                for message, addr in starting[room:]:
+                    self._dropped("overload", message)
             del starting[room:]
-        ready, pending = [], []
+        # Replies that are ready while the batch is open wait for its commit;
+        # those that come later (a store or selector that answers later)
+        # leave when they come: a store's Deferred fires only once the
+        # binding is durable.  If the batch's commit fails, nothing goes.
+        state = {"open": True, "ready": [], "failed": False}
         try:
             with self._batch():
                 for message, addr in finishing + starting:
                     try:
                         result = self.server.handle(message, self.arrival, addr)
+                    except LeaseStoreError as error:
+                        if not isinstance(error, LeaseStoreUnavailable):
+                            self._store_log("lease database failed for {mac}; request dropped: {error}",
+                                            mac=message.mac, error=error)
+                        if self.events.active:
+                            self._dropped("store-error", message)
+                        continue
                     except Exception:
                         self.log.failure("DHCP policy failed for {mac}; request dropped", mac=message.mac)
+                        if self.events.active:
+                            self._dropped("error", message)
                         continue
                     if isinstance(result, defer.Deferred):
-                        pending.append((message, result))
+                        result.addCallbacks(self._deliver, self._failed,
+                                            callbackArgs=(state,), errbackArgs=(message,))
                     else:
-                        ready.extend(result)
-        except Exception:
-            self.log.failure("lease database failed: {count} replies not sent", count=len(ready) + len(pending))
+                        self._deliver(result, state)
+        except Exception as error:
+            state["failed"] = True
+            if isinstance(error, LeaseStoreError):
+                self.log.error("lease database failed: {count} replies not sent: {error}",
+                               count=len(state["ready"]), error=error)
+            else:
+                self.log.failure("lease batch failed: {count} replies not sent", count=len(state["ready"]))
+            if self.events.active:
+                for message, addr in finishing + starting:
+                    self._dropped("store-error", message)
             return
-        self._send(ready)
-        for message, result in pending:
-            result.addCallback(self._send)
-            result.addErrback(lambda failure, mac=message.mac: self.log.failure(
-                "DHCP reply for {mac} failed; request dropped", failure, mac=mac))
+        finally:
+            state["open"] = False
+        self._send(state["ready"])
+
+    def _deliver(self, replies, state):
+        if state["open"]:
+            state["ready"].extend(replies)
+        elif not state["failed"]:
+            self._send(replies)
+
+    def _failed(self, failure, message):
+        if failure.check(LeaseStoreBusy):
+            self._shed_log("overloaded: the lease database is behind; DISCOVERs dropped (clients retry)")
+            reason = "overload"
+        elif failure.check(LeaseStoreUnavailable):
+            reason = "store-error"  # the store said it once, and says when it is back
+        elif failure.check(LeaseStoreError):
+            self._store_log("lease database failed for {mac}; request dropped: {error}",
+                            mac=message.mac, error=failure.getErrorMessage())
+            reason = "store-error"
+        else:
+            self.log.failure("DHCP reply for {mac} failed; request dropped", failure, mac=message.mac)
+            reason = "error"
+        if self.events.active:
+            self._dropped(reason, message)
+
+    def _dropped(self, reason, message=None, addr=None):
+        if message is None:
+            self.events.publish(self.service_name, "dropped", peer=addr[0] if addr else None, reason=reason)
+        else:
+            self.events.publish(self.service_name, "dropped", mac=message.mac,
+                                peer=str(message.ciaddr) if message.has_ciaddr else None,
+                                reason=reason, message=message_name(message), xid=message.xid)
 
     def _batch(self):
         batch = getattr(self.server, "batch", None)
@@ -102,9 +160,13 @@ class DhcpProtocol(DatagramProtocol):
         except Exception:
             self.log.failure("parser failed on a {size}-byte packet from {host}; dropped",
                              size=len(data), host=addr[0])
+        if self.events.active:
+            self._dropped("parse", addr=addr)
         return None
 
     def _send(self, replies):
+        if self.transport is None:
+            return  # the port closed (stop, reload) while the store answered
         for outgoing in replies:
             try:
                 self.transport.write(outgoing.data, (outgoing.host, outgoing.port))

@@ -11,27 +11,61 @@ store keeps the bindings and the selector chooses the boot file.
 from __future__ import annotations
 
 import ipaddress
-import heapq
 import struct
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ownsocket.boot.request import ARCH_NAMES, BootDecision, BootRequest
 from ownsocket.dhcp import wire
 from ownsocket.dhcp.bootfields import add_boot_fields, echo_options, with_decision
+from ownsocket.dhcp.addresses import Addresses
+from ownsocket.dhcp.wire import (ACK, DECLINE, DISCOVER, INFORM, NAK, OFFER, RELEASE, REQUEST,
+                                 Message, Reply)
+
+from ownsocket.events import EventBus
 
 #: Option 175 (iPXE) carrying sub-option 176 "no-pxedhcp" = 1.
 IPXE_NO_PXEDHCP = b"\xb0\x01\x01"
-from ownsocket.dhcp.leases import BOUND, DECLINED, FOREVER, OFFERED, Lease
-from ownsocket.dhcp.pool import AddressPool
-from ownsocket.dhcp.wire import (ACK, DECLINE, DISCOVER, INFORM, NAK, OFFER, RELEASE, REQUEST,
-                                 Message, Reply)
 
 IPv4 = ipaddress.IPv4Address
 ZERO = IPv4(0)
 BROADCAST = "255.255.255.255"
+
+#: Short architecture labels for events and metrics (option 93 codes);
+#: other codes become C{arch-N}, a request without option 93 C{unknown}.
+ARCH_LABELS = {
+    0: "bios", 6: "efi-ia32", 7: "efi-x64", 9: "efi-x64", 10: "efi-arm32", 11: "efi-arm64",
+    15: "efi-ia32-http", 16: "efi-x64-http", 18: "efi-arm32-http", 19: "efi-arm64-http",
+    20: "bios-http", 21: "uboot-arm32", 22: "uboot-arm64", 25: "efi-riscv32", 27: "efi-riscv64",
+    28: "efi-riscv64-http", 39: "efi-loongarch64", 41: "rpiboot",
+}
+
+
+def arch_label(arches):
+    """One short label for a client's first architecture (events, metrics)."""
+    if not arches:
+        return "unknown"
+    return ARCH_LABELS.get(arches[0]) or f"arch-{arches[0]}"
+
+
+def arch_text(arches):
+    """The architectures as the log lines show them: C{7 EFI x64,0 x86 BIOS}."""
+    return ",".join(f"{a} {ARCH_NAMES.get(a, 'unknown')}" for a in arches) or "-"
+
+
+def message_name(message):
+    """The lower-case message name events carry (C{bootp} for BOOTP)."""
+    return wire.MESSAGE_NAMES.get(message.message_type, "?").lower()
+
+
+def via(message, arrival):
+    return f"relay {message.giaddr}" if message.relayed else arrival.interface or "?"
 
 
 @dataclass(frozen=True)
@@ -63,6 +97,8 @@ class Exchange:
     decision: Optional[BootDecision] = None
     reason: str = ""
     answered: bool = False  # a BOOTP reply has no reply_type
+    #: why no reply went out, as an event reason (None: nothing to report)
+    dropped: Optional[str] = None
 
 
 def make_boot_request(message, arrival, server_address=None, phase="dhcp"):
@@ -90,107 +126,158 @@ class DhcpServer:
 
     log = Logger()
 
-    def __init__(self, config, store, selector, clock, boot_file_size=None, recent=None):
-        self.config = config
-        self.dhcp = config.dhcp
+    service_name = "dhcp"
+
+    def __init__(self, config, store, selector, clock, boot_file_size=None, recent=None, events=None):
+        self.events = events if events is not None else EventBus(clock)
+        self._committed = None  # (lease, started) bound in the open batch
         self.store = store
-        self.selector = selector
         self.clock = clock
         self.boot_file_size = boot_file_size
         self.recent = recent
-        self.hosts = {host.mac: host for host in config.hosts}
-        self.reserved_by_address = {host.address: host for host in config.hosts if host.address}
-        self.pools: Dict[str, AddressPool] = {
-            subnet.name: AddressPool(subnet, self.reserved_by_address) for subnet in config.subnets}
-        self._expiries: List[Tuple[float, int, IPv4]] = []
+        self.addresses = Addresses(config, store, clock)
+        self._take(config, selector)
         self.last_activity = clock.seconds()
         self._handlers = {
             None: self._bootp, DISCOVER: self._discover, REQUEST: self._request,
             DECLINE: self._decline, RELEASE: self._release, INFORM: self._inform,
         }
-        for lease in store.all_leases():
-            pool = self._pool_of(lease.address)
-            if pool is not None:
-                # Lapsed entries go back to the pool at the first sweep; an
-                # expired binding keeps its record so the same client gets
-                # the same address back if nobody took it meanwhile.
-                pool.claim(lease.address)
-            self._schedule(lease)
+        self.loaded = self.addresses.load()
+        self.loaded.addErrback(lambda failure: self.log.error(
+            "cannot read the leases at start-up ({error}); answering anyway, the store decides",
+            error=failure.getErrorMessage()))
+
+    def reconfigure(self, config, selector):
+        """Take a new config and selector for the requests that come next;
+        subnets are matched by name, leases stay in the store (those of a
+        subnet that is gone lapse there)."""
+        self._take(config, selector)
+        self.addresses.configure(config)
+
+    def _take(self, config, selector):
+        self.config = config
+        self.dhcp = config.dhcp
+        self.selector = selector
+        self.hosts = {host.mac: host for host in config.hosts}
+        self.reserved_by_address = {host.address: host for host in config.hosts if host.address}
+
+    @property
+    def pools(self):
+        return self.addresses.pools
 
     # -- entry point -------------------------------------------------------
 
+    @contextmanager
     def batch(self):
-        """Group the lease writes of several requests into one commit."""
+        """Group the lease writes of several requests into one commit, and
+        tell observers about bindings once (and only if) it succeeded."""
         self.last_activity = self.clock.seconds()
-        return self.store.batch()
+        committed = self._committed = [] if self.events.active else None
+        try:
+            with self.store.batch():
+                yield
+        finally:
+            self._committed = None
+        if committed:
+            now = time.perf_counter()
+            for lease, started in committed:
+                self._publish_commit(lease, now - started)
+
+    def _publish_commit(self, lease, seconds):
+        self.events.publish("dhcp", "committed", mac=lease.mac, peer=str(lease.address),
+                            address=str(lease.address), seconds=seconds)
+
+    def _bind(self, mac, subnet, address, seconds, hostname=None):
+        """Ask the address owner for a binding; tell observers when it is
+        durable (at once, or when the open batch has committed)."""
+        if not self.events.active:
+            return self.addresses.bind(mac, subnet, address, seconds, hostname)
+        started = time.perf_counter()
+
+        def bound(result):
+            lease, _ = result
+            if lease is not None:
+                if self._committed is not None:
+                    self._committed.append((lease, started))
+                else:
+                    self._publish_commit(lease, time.perf_counter() - started)
+            return result
+
+        return self.addresses.bind(mac, subnet, address, seconds, hostname).addCallback(bound)
 
     def handle(self, message: Message, arrival: Arrival, source=None):
-        """Answer one request: a list of L{Outgoing}, or a Deferred of one.
+        """Answer one request: a list of L{Outgoing} when the store and the
+        selector answered at once (SQLite, a plain selector), else a
+        Deferred of one.
 
-        @param source: (host, port) the datagram came from; RFC 2131 replies
-            are addressed by the message's fields, so it is not needed here."""
-        self.expire()
+        @param source: (host, port) the datagram came from, which proxyDHCP
+            needs; RFC 2131 replies are addressed by the message's fields."""
+        self.addresses.expire()
         kind = message.message_type
         exchange = Exchange(message, arrival, wire.MESSAGE_NAMES.get(kind, "?"))
+        if self.events.active:
+            self.events.publish("dhcp", "received", mac=message.mac,
+                                peer=str(message.ciaddr) if message.has_ciaddr else None,
+                                message=message_name(message), xid=message.xid,
+                                interface=via(message, arrival))
         exchange.subnet = self._subnet_for(message, arrival)
         if exchange.subnet is None:
             exchange.reason = self._no_subnet_reason(message, arrival)
+            exchange.dropped = "no-subnet"
             self._log(exchange)
             return []
         exchange.server_id = self._server_id(exchange.subnet, arrival)
         if exchange.server_id is None:
             exchange.reason = "no server address for this subnet (set server_address)"
+            exchange.dropped = "no-subnet"
             self._log(exchange)
             return []
-        return self._handlers[kind](exchange)
+        return _settled(self._handlers[kind](exchange))
 
     # -- message types -----------------------------------------------------
 
     def _discover(self, exchange):
         message = exchange.message
-        address, why = self._choose_address(message, exchange.subnet)
-        if address is None:
-            exchange.reason = why
-            self._log(exchange)
-            return []
-        now = self.clock.seconds()
-        holder = self.store.holder(address)
-        if not (holder is not None and holder.mac == message.mac and holder.state == BOUND
-                and holder.active(now)):
-            lease = Lease(message.mac, address, OFFERED, now + self.dhcp.offer_hold)
-            self.store.offer(lease)
-            pool = self._pool_of(address)
-            if pool is not None:
-                pool.note_offer(address, message.mac)
-            self._schedule(lease)
-        exchange.reply_type, exchange.address, exchange.reason = OFFER, address, why
-        lease_time = exchange.subnet.lease_time
+        host = self.hosts.get(message.mac)
+        reserved = None
+        if host is not None and host.address is not None and host.address in exchange.subnet.network:
+            reserved = host.address
+        d = self.addresses.offer(message.mac, exchange.subnet, message.requested_address,
+                                 self.dhcp.offer_hold, reserved=reserved)
 
-        def replies():
-            offer = self._compose(exchange, lease_time)
-            if not self.dhcp.bootp_compat_offer:
-                return [offer]
-            # The original script answered each DISCOVER twice; some old
-            # BOOTP-only ROMs on mixed networks still depend on that.
-            return [self._compose(exchange, None, bootp=True), offer]
+        def chosen(result):
+            address, why = result
+            if address is None:
+                return self._exhausted(exchange, why)
+            if why is None:
+                why = f"reserved for [host:{host.name}]"
+            exchange.reply_type, exchange.address, exchange.reason = OFFER, address, why
+            lease_time = exchange.subnet.lease_time
 
-        return self._with_decision(exchange, replies)
+            def replies():
+                offer = self._compose(exchange, lease_time)
+                if not self.dhcp.bootp_compat_offer:
+                    return [offer]
+                # The original script answered each DISCOVER twice; some old
+                # BOOTP-only ROMs on mixed networks still depend on that.
+                return [self._compose(exchange, None, bootp=True), offer]
+
+            return self._with_decision(exchange, replies)
+
+        return d.addCallback(chosen)
 
     def _request(self, exchange):
         message = exchange.message
         subnet = exchange.subnet
-        now = self.clock.seconds()
         server_id = message.server_id
         if server_id is not None:
             state = "selecting"
             if server_id != exchange.server_id:
                 # The client chose another server: our offer is void.
-                held = self.store.lookup(message.mac)
-                if held is not None and held.state == OFFERED:
-                    self._free(held)
                 exchange.reason = f"client chose server {server_id}"
+                exchange.dropped = "not-for-us"
                 self._log(exchange)
-                return []
+                return self.addresses.withdraw(message.mac, subnet).addCallback(lambda _: [])
             wanted = message.requested_address or (message.ciaddr if message.has_ciaddr else None)
         elif not message.has_ciaddr:
             state = "init-reboot"
@@ -200,46 +287,53 @@ class DhcpServer:
             wanted = message.ciaddr
         if wanted is None:
             return self._nak(exchange, f"{state}: no requested address")
-        refusal = self._refuse(message.mac, wanted, subnet, now)
+        refusal = self._refuse(message.mac, wanted, subnet)
         if refusal:
             return self._nak(exchange, f"{state} {wanted}: {refusal}")
-        pool = self._pool_of(wanted)
-        if pool is not None:
-            pool.take(wanted)
-            pool.settle_offer(wanted)
         hostname = _text(message.options.get(wire.OPT_HOSTNAME))
-        lease = Lease(message.mac, wanted, BOUND, now + subnet.lease_time, hostname)
-        self.store.commit(lease)  # durable before the ACK leaves
-        self._schedule(lease)
-        exchange.reply_type, exchange.address = ACK, wanted
-        exchange.reason = f"{state}: lease {subnet.lease_time}s committed"
-        return self._with_decision(exchange, lambda: [self._compose(exchange, subnet.lease_time)])
+
+        def bound(result):
+            lease, refusal = result
+            if lease is None:
+                return self._nak(exchange, f"{state} {wanted}: {refusal}")
+            exchange.reply_type, exchange.address = ACK, wanted
+            exchange.reason = f"{state}: lease {subnet.lease_time}s committed"
+            return self._with_decision(exchange, lambda: [self._compose(exchange, subnet.lease_time)])
+
+        # durable before the ACK leaves
+        return self._bind(message.mac, subnet, wanted, subnet.lease_time, hostname).addCallback(bound)
 
     def _decline(self, exchange):
         message = exchange.message
         address = message.requested_address
-        lease = self.store.lookup(message.mac)
-        if address is None or lease is None or lease.address != address:
-            exchange.reason = f"DECLINE of {address} by a client that does not hold it; ignored"
-        else:
-            until = self.clock.seconds() + self.dhcp.decline_time
-            self.store.decline(address, until)
-            self._schedule(Lease(None, address, DECLINED, until))
+        if address is None:
+            return self._ignored(exchange, "DECLINE without an address; ignored")
+
+        def declined(done):
+            if not done:
+                return self._ignored(exchange, f"DECLINE of {address} by a client that does not hold it; ignored")
             exchange.address = address
             exchange.reason = f"address in use elsewhere; quarantined for {self.dhcp.decline_time}s"
-        self._log(exchange)
-        return []
+            self._log(exchange)
+            return []
+
+        return self.addresses.decline(message.mac, address, self.dhcp.decline_time).addCallback(declined)
 
     def _release(self, exchange):
         message = exchange.message
         address = message.ciaddr
-        if self.store.release(message.mac, address):
-            pool = self._pool_of(address)
-            if pool is not None:
-                pool.give_back(address)
+
+        def released(done):
+            if not done:
+                return self._ignored(exchange, f"RELEASE of {address} by a client that does not hold it; ignored")
             exchange.address, exchange.reason = address, "released by its owner"
-        else:
-            exchange.reason = f"RELEASE of {address} by a client that does not hold it; ignored"
+            self._log(exchange)
+            return []
+
+        return self.addresses.release(message.mac, address).addCallback(released)
+
+    def _ignored(self, exchange, reason):
+        exchange.reason, exchange.dropped = reason, "ignored"
         self._log(exchange)
         return []
 
@@ -250,74 +344,48 @@ class DhcpServer:
 
     def _bootp(self, exchange):
         message = exchange.message
+        subnet = exchange.subnet
         host = self.hosts.get(message.mac)
-        if host is not None and host.address is not None and host.address in exchange.subnet.network:
-            address, why = host.address, f"BOOTP: fixed address of [host:{host.name}]"
+        hostname = _text(message.options.get(wire.OPT_HOSTNAME))
+        if host is not None and host.address is not None and host.address in subnet.network:
+            d = defer.succeed((host.address, f"BOOTP: fixed address of [host:{host.name}]"))
         elif not self.dhcp.bootp_dynamic:
             # A BOOTP binding never expires, and a DHCP packet cut off before
             # option 53 looks like BOOTP: handing out pool addresses to any
             # such packet would let junk drain the pool for good.
-            exchange.reason = ("BOOTP client without a [host:...] address "
-                               "(set [dhcp] bootp_dynamic = true to lease it a pool address for good)")
-            self._log(exchange)
-            return []
+            return self._ignored(exchange, "BOOTP client without a [host:...] address "
+                                           "(set [dhcp] bootp_dynamic = true to lease it a pool address for good)")
         else:
-            address, why = self._choose_address(message, exchange.subnet, bootp=True)
+            d = self.addresses.offer(message.mac, subnet, message.requested_address, self.dhcp.offer_hold)
+
+        def chosen(result):
+            address, why = result
             if address is None:
-                exchange.reason = why
-                self._log(exchange)
-                return []
-        lease = Lease(message.mac, address, BOUND, FOREVER, _text(message.options.get(wire.OPT_HOSTNAME)))
-        self.store.commit(lease)
-        exchange.address, exchange.reason, exchange.answered = address, why, True
-        return self._with_decision(exchange, lambda: [self._compose(exchange, None, bootp=True)])
+                return self._exhausted(exchange, why)
+            return self._bind(message.mac, subnet, address, None, hostname).addCallback(bound, address, why)
+
+        def bound(result, address, why):
+            lease, refusal = result
+            if lease is None:
+                return self._ignored(exchange, f"BOOTP {address}: {refusal}")
+            exchange.address, exchange.reason, exchange.answered = address, why, True
+            return self._with_decision(exchange, lambda: [self._compose(exchange, None, bootp=True)])
+
+        return d.addCallback(chosen)
+
+    def _exhausted(self, exchange, why):
+        exchange.reason, exchange.dropped = why, "pool-exhausted"
+        if self.events.active:
+            self.events.publish("dhcp", "allocation-failed", mac=exchange.message.mac,
+                                subnet=exchange.subnet.name, reason=why)
+        self._log(exchange)
+        return []
 
     # -- address policy ----------------------------------------------------
 
-    def _choose_address(self, message, subnet, bootp=False):
-        """The address to offer: reservation, current lease, requested, new."""
-        now = self.clock.seconds()
-        mac = message.mac
-        host = self.hosts.get(mac)
-        if host is not None and host.address is not None:
-            if host.address in subnet.network:
-                return host.address, f"reserved for [host:{host.name}]"
-        pool = self.pools[subnet.name]
-        current = self.store.lookup(mac)
-        if current is not None and current.state != DECLINED and current.address in pool:
-            holder = self.store.holder(current.address)
-            if holder is current:
-                pool.take(current.address)
-                return current.address, "the client's current lease"
-        requested = message.requested_address
-        if requested is not None and requested in pool and self._available(requested, mac, now):
-            if pool.take(requested) is not None or self._holds(mac, requested):
-                return requested, "requested by the client (option 50)"
-        while True:
-            address = pool.take()
-            if address is None:
-                break
-            if self._available(address, mac, now):
-                return address, "new address from the pool"
-        victim = pool.oldest_offer()
-        if victim is not None:
-            stale = self.store.holder(victim)
-            if stale is not None and stale.state == OFFERED:
-                self.store.forget(stale)
-            pool.settle_offer(victim)
-            return victim, f"pool exhausted: reused the oldest outstanding offer ({stale.mac if stale else '?'})"
-        return None, f"pool of [subnet:{subnet.name}] exhausted ({pool.size} addresses); no offer"
-
-    def _available(self, address, mac, now):
-        holder = self.store.holder(address)
-        return holder is None or holder.mac == mac or not holder.active(now)
-
-    def _holds(self, mac, address):
-        holder = self.store.holder(address)
-        return holder is not None and holder.mac == mac
-
-    def _refuse(self, mac, address, subnet, now) -> str:
-        """Why C{mac} may not have C{address} (empty when it may)."""
+    def _refuse(self, mac, address, subnet) -> str:
+        """Why the config forbids C{mac} to have C{address} (empty when it
+        may); whether someone else holds it is the store's to say."""
         if address not in subnet.network:
             return f"not on subnet {subnet.network} ([subnet:{subnet.name}])"
         host = self.hosts.get(mac)
@@ -328,43 +396,14 @@ class DhcpServer:
         reserved = self.reserved_by_address.get(address)
         if reserved is not None:
             return f"reserved for [host:{reserved.name}]"
-        holder = self.store.holder(address)
-        if holder is not None and holder.mac != mac and holder.active(now):
-            if holder.state == DECLINED:
-                return "declined by a client, quarantined"
-            return f"held by {holder.mac}"
-        if address not in self.pools[subnet.name]:
+        if not self.addresses.in_pool(subnet, address):
             return f"outside the pools of [subnet:{subnet.name}]"
         return ""
 
-    def _free(self, lease):
-        self.store.forget(lease)
-        pool = self._pool_of(lease.address)
-        if pool is not None:
-            pool.give_back(lease.address)
-
-    # -- expiry ------------------------------------------------------------
-
-    def _schedule(self, lease):
-        if lease.expires != FOREVER:
-            heapq.heappush(self._expiries, (lease.expires, int(lease.address), lease.address))
-
-    def expire(self):
-        """Hand lapsed offers and quarantines back to their pools.  An expired
-        binding is handed back too, but its record stays so the same client
-        gets the same address if nobody took it meanwhile."""
-        now = self.clock.seconds()
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            _, _, address = heapq.heappop(expiries)
-            holder = self.store.holder(address)
-            if holder is None or holder.active(now):
-                continue
-            if holder.state in (OFFERED, DECLINED):
-                self.store.forget(holder)
-            pool = self._pool_of(address)
-            if pool is not None:
-                pool.give_back(address)
+    def address_counts(self):
+        """{(subnet name, state): count} for free, offered, bound and declined
+        addresses, for metrics and the status page (not the hot path)."""
+        return self.addresses.counts()
 
     # -- subnet and server identity ---------------------------------------
 
@@ -402,12 +441,6 @@ class DhcpServer:
 
     def _server_id(self, subnet, arrival):
         return subnet.server_address or self.dhcp.server_address or arrival.local_address
-
-    def _pool_of(self, address):
-        for pool in self.pools.values():
-            if address in pool.subnet.network:
-                return pool
-        return None
 
     # -- boot decision and reply building ---------------------------------
 
@@ -497,8 +530,6 @@ class DhcpServer:
 
     def _log(self, exchange):
         message = exchange.message
-        arches = message.arch_types
-        arch = ",".join(f"{a} {ARCH_NAMES.get(a, 'unknown')}" for a in arches) or "-"
         if exchange.reply_type is not None:
             answer = wire.MESSAGE_NAMES[exchange.reply_type]
         else:
@@ -506,15 +537,57 @@ class DhcpServer:
         decision = exchange.decision
         boot = (f" boot {decision.filename!r} by {decision.selector or '?'} ({decision.reason})"
                 if decision and decision.filename else "")
-        via = f"relay {message.giaddr}" if message.relayed else exchange.arrival.interface or "?"
         address = f" {exchange.address}" if exchange.address else ""
         # The line is built here with an f-string: twisted.logger's own
         # format-string expansion was a fifth of the per-packet time under
         # load.  The facts stay in the event as fields for other observers.
         self.log.info("{line}", line=(
-            f"{exchange.kind} from {message.mac} via {via} xid {message.xid:#010x} arch [{arch}] "
+            f"{exchange.kind} from {message.mac} via {via(message, exchange.arrival)} "
+            f"xid {message.xid:#010x} arch [{arch_text(message.arch_types)}] "
             f"-> {answer}{address}{boot}: {exchange.reason}"),
             kind=exchange.kind, mac=message.mac, answer=answer, address=exchange.address)
+        if self.events.active:
+            self._publish(exchange)
+
+    def _publish(self, exchange):
+        message = exchange.message
+        if exchange.reply_type is not None or exchange.answered:
+            decision = exchange.decision
+            name = wire.MESSAGE_NAMES[exchange.reply_type].lower() if exchange.reply_type else "bootp"
+            self.events.publish(
+                "dhcp", "sent", mac=message.mac,
+                peer=str(exchange.address) if exchange.address else None,
+                message=name, xid=message.xid,
+                address=str(exchange.address) if exchange.address else None,
+                file=decision.filename if decision else None,
+                selector=decision.selector if decision and decision.filename else None,
+                arch=arch_label(message.arch_types),
+                # the selector's why when a file was chosen (the trail shows
+                # it); the lease's why otherwise, e.g. a NAK's
+                reason=decision.reason if decision and decision.filename else exchange.reason,
+                lease=exchange.reason)
+        elif exchange.dropped is not None:
+            self.events.publish("dhcp", "dropped", mac=message.mac,
+                                peer=str(message.ciaddr) if message.has_ciaddr else None,
+                                reason=exchange.dropped, message=message_name(message),
+                                xid=message.xid, detail=exchange.reason)
+        elif exchange.address is not None:
+            kind = "released" if message.message_type == RELEASE else "declined"
+            self.events.publish("dhcp", kind, mac=message.mac, peer=str(exchange.address),
+                                address=str(exchange.address))
+
+
+def _settled(result):
+    """The result of a Deferred that has fired already (raising its
+    failure), else the Deferred: most requests are answered without waiting
+    and need not pay for the callbacks of a Deferred at the caller."""
+    if not isinstance(result, defer.Deferred) or not result.called or isinstance(result.result, defer.Deferred):
+        return result
+    value = result.result
+    if isinstance(value, Failure):
+        result.addErrback(lambda _: None)
+        value.raiseException()
+    return value
 
 
 def _text(value):

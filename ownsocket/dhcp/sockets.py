@@ -12,11 +12,13 @@ address instead.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
+import os
 import socket
 import struct
 from typing import List, Optional, Tuple
+
+from ownsocket.listening import bind_hint
 
 try:
     import fcntl
@@ -46,10 +48,25 @@ def interface_address(name: str) -> Optional[ipaddress.IPv4Address]:
         probe.close()
 
 
+def interface_names(sys_class_net="/sys/class/net") -> List[str]:
+    """Every network interface's name.  PyPy's socket module has no
+    if_nameindex(); Linux lists the same names under /sys/class/net."""
+    nameindex = getattr(socket, "if_nameindex", None)
+    if nameindex is not None:
+        try:
+            return [name for _, name in nameindex()]
+        except OSError:
+            pass
+    try:
+        return sorted(os.listdir(sys_class_net))
+    except OSError:
+        return []
+
+
 def candidate_interfaces(names=()) -> List[Tuple[str, Optional[ipaddress.IPv4Address]]]:
     """The configured interfaces, or every interface, with their addresses."""
     if not names:
-        names = [name for _, name in socket.if_nameindex()]
+        names = interface_names()
     return [(name, interface_address(name)) for name in names]
 
 
@@ -85,11 +102,8 @@ def open_interface_socket(name: str, port: int, address: Optional[ipaddress.IPv4
 
 
 def _explain(error: OSError, what: str) -> str:
-    if error.errno in (errno.EACCES, errno.EPERM):
-        return (f"cannot bind {what}: permission denied "
-                "(run as root, with twistd --uid/--gid to drop privileges, or grant CAP_NET_BIND_SERVICE and CAP_NET_RAW)")
-    if error.errno == errno.EADDRINUSE:
-        return f"cannot bind {what}: address in use (is another DHCP server such as dnsmasq running?)"
-    if error.errno == errno.ENODEV:
-        return f"cannot bind {what}: no such interface"
-    return f"cannot bind {what}: {error.strerror}"
+    hint = bind_hint(
+        error.errno, in_use="address in use (is another DHCP server such as dnsmasq running?)",
+        permission=("permission denied (run as root, with twistd --uid/--gid to drop privileges, "
+                    "or grant CAP_NET_BIND_SERVICE and CAP_NET_RAW)"))
+    return f"cannot bind {what}: {hint or error.strerror}"

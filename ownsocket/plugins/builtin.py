@@ -14,8 +14,7 @@ from zope.interface import implementer
 from twisted.plugin import IPlugin
 
 from ownsocket.boot import selectors
-from ownsocket.boot.loader import SettingError
-from ownsocket.interfaces import ISelectorFactory
+from ownsocket.interfaces import ISelectorFactory, SettingError
 
 _MAC_PREFIX = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){0,5}$")
 
@@ -134,3 +133,16 @@ vendor = _Factory("vendor", _vendor)
 ipxe = _Factory("ipxe", _ipxe)
 uefi_http = _Factory("uefi-http", _uefi_http)
 rpi = _Factory("rpi", _rpi)
+
+
+def _template(settings, context):
+    import os
+    from ownsocket.boot import templates
+    # Template files are found next to the config, so a config and its
+    # templates can be moved (or shipped as an example) together.
+    source = context.config.source
+    base = os.path.dirname(os.path.abspath(source)) if os.path.isfile(source) else os.getcwd()
+    return templates.build(settings, context.config.hosts, SettingError, base=base)
+
+
+template = _Factory("template", _template)

@@ -42,7 +42,7 @@ import struct
 import sys
 from typing import Optional
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -285,7 +285,8 @@ class SessionPort:
         self._mux = mux
         self.protocol = protocol
         self.peer = peer
-        catcher = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+        catcher = socket.socket(family, socket.SOCK_DGRAM)
         connected = None
         try:
             catcher.setblocking(False)
@@ -294,7 +295,7 @@ class SessionPort:
             # other reusable socket holds (Linux counts that as no conflict).
             catcher.bind((interface, 0))
             catcher.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            connected = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            connected = socket.socket(family, socket.SOCK_DGRAM)
             connected.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             connected.setblocking(False)
             connected.bind((interface, catcher.getsockname()[1]))
@@ -395,7 +396,7 @@ class SessionPort:
 
     def getHost(self):
         host, port = self._socket.getsockname()[:2]
-        return IPv4Address("UDP", host, port)
+        return (IPv6Address if ":" in host else IPv4Address)("UDP", host, port)
 
     def stopListening(self):
         if not self.connected:

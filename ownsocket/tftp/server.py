@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from ownsocket.events import EventBus
 from ownsocket.files import ReadRequest, normalise
 from ownsocket.interfaces import AccessViolation, BackendError, FileNotFound
+from ownsocket.probes import expected_probe
 from ownsocket.ratelimit import RateLimit
 from ownsocket.text import printable
 from ownsocket.tftp import wire
@@ -269,7 +270,9 @@ class TFTPServer:
         if not isinstance(failure.value, BackendError):
             self.log.failure("TFTP backend failed for {name}", failure, name=transfer.name)
         transfer.listener.reply(wire.build_error(code, message), transfer.peer)
-        self._log_refusal(transfer.peer, transfer.name, "error", f"{code} {message}")
+        probe = expected_probe(transfer.name) if code == wire.ERR_NOT_FOUND else None
+        self._log_refusal(transfer.peer, transfer.name, "expected probe" if probe else "error",
+                          f"{code} {message}" + (f": {probe}" if probe else ""))
         if isinstance(failure.value, FileNotFound):
             result = "not-found"
         elif isinstance(failure.value, AccessViolation):

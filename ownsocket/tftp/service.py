@@ -131,7 +131,15 @@ class TFTPService(listening.ListeningService):
         listening.ListeningService.privilegedStartService(self)
 
     def _listen(self, host):
-        port = self.reactor.listenUDP(self.config.port, ListenerProtocol(self.server, host), interface=host)
+        if ":" in host:  # IPv6: see ListeningService._ipv6_socket
+            sock = self._ipv6_socket(host, socket.SOCK_DGRAM)
+            try:
+                port = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET6,
+                                                      ListenerProtocol(self.server, host))
+            finally:
+                sock.close()
+        else:
+            port = self.reactor.listenUDP(self.config.port, ListenerProtocol(self.server, host), interface=host)
         _enlarge_receive_buffer(port)
         return port
 

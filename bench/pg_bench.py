@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""
+Several servers, one PostgreSQL: ownsocket against Kea on PostgreSQL.
+
+Side by side, in one run, on one throw-away PostgreSQL cluster (fsync on,
+Unix socket in a temporary directory, started and stopped by this script):
+
+  ownsocket-pg1   one ownsocket, [dhcp] leases = postgresql://...
+  ownsocket-pg3   three ownsockets in three namespaces, one database, each
+                  loaded by its own perfdhcp at a third of the rate
+  ownsocket-sqlite one ownsocket on its SQLite file
+  kea-pg          kea-dhcp4 with its PostgreSQL lease backend
+                  (schema by `kea-admin db-init pgsql`)
+
+Same pool, same PXE options, perfdhcp (as a relay, from its own namespace)
+at each rate.  Prints ACKs/s, loss, duplicate bindings found in the
+database afterwards (an address or a client twice among live bindings) and
+ownsocket's ratio to Kea-on-PostgreSQL.  With --memory it also fills the
+store with 100,000 leases, loads one server and reports its peak RSS.
+
+Needs root (namespaces).  Usage:
+    sudo python3 bench/pg_bench.py [--rates 1000,5000,20000] [--duration 10] [--memory]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+
+from tests import netns, pgcluster  # noqa: E402
+from dhcp_bench import PXE_OPTIONS, TWISTD, cpu_seconds, listening, parse_perfdhcp  # noqa: E402
+
+SERVER_IP, RELAY_IP = "10.80.0.1", "10.80.0.2"
+POOL = ("10.80.1.0", "10.80.60.255")
+BIG_POOL = ("10.80.1.0", "10.82.255.255")  # room for 100,000 leases and more (in 10.80.0.0/14)
+MAC_BASES = ("00:0c:01:00:00:00", "00:0c:02:00:00:00", "00:0c:03:00:00:00")
+
+
+def ownsocket_argv(directory, leases, pool):
+    path = os.path.join(directory, "ownsocket.ini")
+    with open(path, "w") as handle:
+        handle.write(f"""\
+[dhcp]
+interfaces = srv0
+leases = {leases}
+
+[tftp]
+enabled = false
+
+[subnet:bench]
+network = {"10.80.0.0/14" if pool == BIG_POOL else "10.80.0.0/16"}
+pool = {pool[0]}-{pool[1]}
+router = {SERVER_IP}
+lease_time = 3600
+
+[boot]
+default = undionly.kpxe
+arch.7 = snponly.efi
+""")
+    return [sys.executable, *TWISTD, "-n", "--pidfile=", "--logfile",
+            os.path.join(directory, "ownsocket.log"), "ownsocket", "--config", path]
+
+
+def kea_argv(directory, cluster, dbname, pool):
+    path = os.path.join(directory, "kea.json")
+    config = {"Dhcp4": {
+        "interfaces-config": {"interfaces": ["srv0"], "dhcp-socket-type": "udp"},
+        "lease-database": {"type": "postgresql", "name": dbname, "host": cluster.socket_dir,
+                           "user": "kea", "password": "kea"},
+        "valid-lifetime": 3600,
+        "client-classes": [{"name": "uefi", "test": "option[93].hex == 0x0007",
+                            "boot-file-name": "snponly.efi"}],
+        "subnet4": [{"id": 1, "subnet": "10.80.0.0/16",
+                     "pools": [{"pool": f"{pool[0]} - {pool[1]}"}],
+                     "option-data": [{"name": "routers", "data": SERVER_IP}]}],
+        "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "stdout"}],
+                     "severity": "WARN"}],
+    }}
+    with open(path, "w") as handle:
+        json.dump(config, handle, indent=1)
+    return ["kea-dhcp4", "-c", path]
+
+
+class Bench:
+    def __init__(self, lab, cluster, workdir):
+        self.lab, self.cluster, self.workdir = lab, cluster, workdir
+        self.pairs = []
+        for n in range(3):
+            server = lab.namespace(f"srv{n}")
+            perf = lab.namespace(f"perf{n}")
+            lab.link(server, "srv0", perf, "rel0", f"{SERVER_IP}/16", f"{RELAY_IP}/16")
+            self.pairs.append((server, perf))
+        self.runs = 0
+
+    def fresh_database(self, kind):
+        self.runs += 1
+        name = f"{kind.replace('-', '_')}{self.runs}"
+        if kind == "kea-pg":
+            if self.runs == 1 or not self.cluster.sql("SELECT 1 FROM pg_roles WHERE rolname = 'kea'"):
+                self.cluster.sql("CREATE ROLE kea LOGIN PASSWORD 'kea'")
+            self.cluster.sql(f"CREATE DATABASE {name} OWNER kea")
+            subprocess.run(["kea-admin", "db-init", "pgsql", "-u", "kea", "-p", "kea", "-n", name,
+                            "-h", self.cluster.socket_dir], check=True, capture_output=True, timeout=120)
+            return name, None
+        if not self.cluster.sql("SELECT 1 FROM pg_roles WHERE rolname = 'ownsocket'"):
+            self.cluster.sql("CREATE ROLE ownsocket LOGIN")
+        self.cluster.sql(f"CREATE DATABASE {name} OWNER ownsocket")
+        return name, self.cluster.dsn(name, "ownsocket")
+
+    def start(self, kind, count, pool=POOL, dsn_hook=None):
+        """Start C{count} servers; returns (processes, directories, dbname)."""
+        dbname, dsn = (None, None) if kind == "ownsocket-sqlite" else self.fresh_database(kind)
+        if dsn_hook is not None:
+            dsn_hook(dbname)
+        processes, directories = [], []
+        for n in range(count):
+            directory = tempfile.mkdtemp(prefix=f"{kind}-{n}-", dir=self.workdir)
+            if kind == "kea-pg":
+                argv = kea_argv(directory, self.cluster, dbname, pool)
+            else:
+                leases = dsn if dsn else os.path.join(directory, "leases.sqlite")
+                argv = ownsocket_argv(directory, leases, pool)
+            env = dict(os.environ, PYTHONPATH=REPO, KEA_LOCKFILE_DIR=directory, KEA_PIDFILE_DIR=directory)
+            with open(os.path.join(directory, "console.txt"), "w") as console:
+                processes.append(self.pairs[n][0].spawn(argv, cwd=directory, env=env, stdout=console,
+                                                        stderr=subprocess.STDOUT))
+            directories.append(directory)
+        for n, process in enumerate(processes):
+            deadline = time.monotonic() + 30
+            while process.poll() is None and not listening(self.pairs[n][0]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if process.poll() is not None or not listening(self.pairs[n][0]):
+                with open(os.path.join(directories[n], "console.txt"), errors="replace") as handle:
+                    raise RuntimeError(f"{kind} server {n} did not start: {handle.read()[-800:]}")
+        time.sleep(1.0)
+        return processes, directories, dbname
+
+    def load(self, count, rate, duration, clients):
+        """perfdhcp against each of the first C{count} servers at rate/count."""
+        running = []
+        for n in range(count):
+            argv = ["perfdhcp", "-4", "-l", RELAY_IP, "-r", str(max(rate // count, 1)), "-p", str(duration),
+                    "-R", str(max(clients // count, 1)), "-b", f"mac={MAC_BASES[n]}", "-W", "500000",
+                    "-g", "single"]
+            for option in PXE_OPTIONS:
+                argv += ["-o", option]
+            argv.append(SERVER_IP)
+            running.append(self.pairs[n][1].spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                  text=True))
+        totals = {"discovers": 0, "acks": 0}
+        for process in running:
+            out, _ = process.communicate(timeout=duration + 60)
+            stats = parse_perfdhcp(out)
+            totals["discovers"] += int(stats.get("DISCOVER-OFFER", {}).get("sent", 0))
+            totals["acks"] += int(stats.get("REQUEST-ACK", {}).get("received", 0))
+        return totals
+
+    def duplicates(self, kind, dbname, directories):
+        """Live bindings that share an address or a client (0 is the only right answer)."""
+        if kind == "kea-pg":
+            rows = self.cluster.sql("SELECT count(*) FROM (SELECT hwaddr FROM lease4 WHERE state = 0 AND "
+                                    "expire > now() GROUP BY hwaddr HAVING count(*) > 1) AS d", dbname=dbname)
+            return rows[0][0]
+        if kind == "ownsocket-sqlite":
+            db = sqlite3.connect(os.path.join(directories[0], "leases.sqlite"))
+            try:
+                return db.execute("SELECT count(*) FROM (SELECT mac FROM leases WHERE state = 'bound' "
+                                  "GROUP BY mac HAVING count(*) > 1)").fetchone()[0]
+            finally:
+                db.close()
+        return self.cluster.sql("SELECT count(*) FROM (SELECT mac FROM ownsocket_leases WHERE state = 'bound' "
+                                "AND expires > now() GROUP BY mac, subnet HAVING count(*) > 1) AS d",
+                                dbname=dbname)[0][0]
+
+
+def acked_twice(directories):
+    """Addresses some server log shows ACKed to two different clients."""
+    acked = {}
+    for directory in directories:
+        try:
+            with open(os.path.join(directory, "ownsocket.log"), errors="replace") as handle:
+                for mac, address in re.findall(r"REQUEST from (\S+) .*?-> ACK (\d+\.\d+\.\d+\.\d+)", handle.read()):
+                    acked.setdefault(address, set()).add(mac)
+        except OSError:
+            pass
+    return sum(1 for macs in acked.values() if len(macs) > 1)
+
+
+def run(bench, kind, rate, duration, clients):
+    count = 3 if kind == "ownsocket-pg3" else 1
+    row = {"server": kind, "rate": rate, "error": None}
+    processes = []
+    try:
+        processes, directories, dbname = bench.start(kind, count)
+        cpu = [cpu_seconds(p.pid) for p in processes]
+        totals = bench.load(count, rate, duration, clients)
+        row["cpu_s"] = sum(cpu_seconds(p.pid) - c for p, c in zip(processes, cpu))
+        time.sleep(0.5)
+        row.update(totals, acks_per_s=totals["acks"] / duration,
+                   loss_pct=100.0 * (1 - totals["acks"] / totals["discovers"]) if totals["discovers"] else 100.0,
+                   duplicates=bench.duplicates(kind, dbname, directories)
+                   + (acked_twice(directories) if kind != "kea-pg" else 0))
+    except Exception as error:
+        row["error"] = str(error)[:300]
+    finally:
+        for process in processes:
+            netns.stop(process)
+    return row
+
+
+def memory(bench, leases=100_000, rate=1000, duration=10):
+    """Peak RSS of one server with C{leases} bound rows in its store, under load."""
+    results = {}
+    for kind in ("ownsocket-pg1", "ownsocket-sqlite"):
+        def fill(dbname, kind=kind):
+            if dbname is not None:
+                bench.cluster.sql(_fill_pg(leases), dbname=dbname)
+        processes = []
+        try:
+            if kind == "ownsocket-sqlite":
+                directory = tempfile.mkdtemp(prefix="memory-", dir=bench.workdir)
+                path = os.path.join(directory, "leases.sqlite")
+                _fill_sqlite(path, leases)
+                # started by hand: the file must exist before the server reads it
+                argv = ownsocket_argv(directory, path, BIG_POOL)
+                with open(os.path.join(directory, "console.txt"), "w") as console:
+                    processes = [bench.pairs[0][0].spawn(argv, cwd=directory, stdout=console,
+                                                         stderr=subprocess.STDOUT,
+                                                         env=dict(os.environ, PYTHONPATH=REPO))]
+                deadline = time.monotonic() + 60
+                while not listening(bench.pairs[0][0]) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                time.sleep(2)
+            else:
+                processes, _, _ = bench.start(kind, 1, pool=BIG_POOL, dsn_hook=fill)
+                time.sleep(3)
+            totals = bench.load(1, rate, duration, 20000)
+            results[kind] = {"peak_rss_mib": _peak_rss(processes[0].pid) / 1024, "acks": totals["acks"]}
+        except Exception as error:
+            results[kind] = {"error": str(error)[:300]}
+        finally:
+            for process in processes:
+                netns.stop(process)
+    return results
+
+
+def _fill_pg(count):
+    # hand the schema to ownsocket's own migration first: rows go in after
+    from ownsocket.dhcp.pgstore import _MIGRATIONS
+    return ("SET ROLE ownsocket;" + _MIGRATIONS[1] + "CREATE TABLE ownsocket_schema (version integer NOT NULL);"
+            "INSERT INTO ownsocket_schema VALUES (1);"
+            "INSERT INTO ownsocket_leases (address, mac, subnet, state, expires)"
+            f" SELECT '10.80.1.0'::inet + i, 'aa:' || lpad(to_hex(i), 14, '0'), 'bench', 'bound',"
+            f" now() + interval '1 hour' FROM generate_series(0, {count - 1}) AS i;")
+
+
+def _fill_sqlite(path, count):
+    from ownsocket.dhcp.leases import SqliteLeaseStore
+    SqliteLeaseStore(path).close()
+    db = sqlite3.connect(path)
+    base = int.from_bytes(bytes([10, 80, 1, 0]), "big")
+    expires = time.time() + 3600
+    db.executemany("INSERT INTO leases (address, mac, state, expires, subnet) VALUES (?, ?, 'bound', ?, 'bench')",
+                   ((".".join(str((base + i) >> s & 255) for s in (24, 16, 8, 0)), f"aa:{i:014x}", expires)
+                    for i in range(count)))
+    db.commit()
+    db.close()
+
+
+def _peak_rss(pid):
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def table(rows):
+    kea = {row["rate"]: row for row in rows if row["server"] == "kea-pg" and not row["error"]}
+    lines = ["| rate/s | server | DISCOVER | ACK | ACK/s | loss % | duplicates | CPU s | vs Kea-PG |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["error"]:
+            lines.append(f"| {row['rate']} | {row['server']} | error: {row['error'].splitlines()[0][:100]} |")
+            continue
+        ratio = ""
+        if row["server"] != "kea-pg" and row["rate"] in kea and kea[row["rate"]]["acks_per_s"]:
+            ratio = f"{row['acks_per_s'] / kea[row['rate']]['acks_per_s']:.2f}x"
+        lines.append(f"| {row['rate']} | {row['server']} | {row['discovers']} | {row['acks']} | "
+                     f"{row['acks_per_s']:.0f} | {row['loss_pct']:.1f} | {row['duplicates']} | "
+                     f"{row['cpu_s']:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="ownsocket on PostgreSQL vs Kea on PostgreSQL")
+    parser.add_argument("--rates", default="1000,5000,20000")
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=10000)
+    parser.add_argument("--servers", default="ownsocket-pg1,ownsocket-pg3,ownsocket-sqlite,kea-pg")
+    parser.add_argument("--memory", action="store_true", help="also: 100,000 leases, peak RSS under load")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+    ok, reason = netns.available()
+    if not ok:
+        sys.exit(f"cannot run: {reason}")
+    reason = pgcluster.available()
+    if reason:
+        sys.exit(f"cannot run: {reason}")
+    for binary, package in (("perfdhcp", "kea-admin"), ("kea-dhcp4", "kea-dhcp4-server"), ("ss", "iproute2")):
+        if shutil.which(binary) is None:
+            sys.exit(f"cannot run: {binary} is missing (Debian package {package})")
+    workdir = tempfile.mkdtemp(prefix="pg-bench-")
+    os.chmod(workdir, 0o755)
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    rows, mem = [], None
+    cluster = pgcluster.Cluster(fsync=True, max_connections=200)
+    try:
+        cluster.start()
+        with netns.Lab() as lab:
+            bench = Bench(lab, cluster, workdir)
+            for rate in [int(r) for r in args.rates.split(",")]:
+                for kind in filter(None, args.servers.split(",")):
+                    row = run(bench, kind, rate, args.duration, args.clients)
+                    print(f"  {kind} @ {rate}/s: " + (row["error"] or
+                          f"{row['acks_per_s']:.0f} ACK/s, loss {row['loss_pct']:.1f} %, "
+                          f"duplicates {row['duplicates']}"), file=sys.stderr, flush=True)
+                    rows.append(row)
+            if args.memory:
+                mem = memory(bench)
+    finally:
+        cluster.close()
+        if args.keep:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nperfdhcp -g single as a relay, 4-way, {args.clients} clients, {args.duration} s per run, "
+          f"UEFI PXE options, pool {POOL[0]}-{POOL[1]}, PostgreSQL 15 fsync on (Unix socket); "
+          f"load average {load_before:.2f} -> {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs; "
+          f"total {time.monotonic() - started:.0f} s\n")
+    print(table(rows))
+    if mem is not None:
+        print("\n100,000 leases in the store, one server at 1,000/s for 10 s:")
+        for kind, result in mem.items():
+            print(f"  {kind}: " + (result.get("error") or
+                                   f"peak RSS {result['peak_rss_mib']:.0f} MiB, {result['acks']} ACKs"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

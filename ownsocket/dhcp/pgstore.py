@@ -1,0 +1,530 @@
+"""
+Leases in PostgreSQL, shared by several ownsocket servers.
+
+The database decides, not any server's memory:
+
+ - the address is the primary key, and a client has at most one row per
+   subnet (a unique constraint), so no two clients hold one address and no
+   client holds two;
+ - every change is one compare-and-set statement (C{ownsocket_claim()}
+   takes the first candidate that is free, lapsed or already the client's,
+   locking its row; a lost race moves on to the next candidate);
+ - offers are rows too, with a short lifetime, so two servers do not offer
+   one address while both offers are live;
+ - expiry is on the database's clock (C{now()}), and lapsed offers and
+   quarantines are deleted by one server at a time (an advisory lock).
+
+Twisted's reactor never waits for the database: statements run on a small,
+bounded pool of threads, each with its own connection.  Everything asked in
+one reactor turn (one socket read's batch) is one transaction, sent in
+pipeline mode, and its Deferreds fire only after the COMMIT, so an ACK never
+precedes its lease.  Measured here (SELECT 1 round trips on a loaded 2-core
+machine): psycopg blocking 171 us; one deferToThreadPool per query 549 us;
+psycopg's AsyncConnection on asyncio 395 us (and it would need the asyncio
+reactor for the whole process); 20 per thread trip in one transaction
+217 us; the same pipelined 148 us.  Hence threads, one trip per batch,
+pipeline mode.
+
+When the database cannot be reached, every change fails at once with
+L{LeaseStoreUnavailable} (no binding without a commit: clients get no
+answer and retry), one line says so, and the store retries with a backoff
+(1 s doubling to 30 s) until the database answers; one line says that too.
+One outage is one pair of lines however many transactions notice it:
+transactions are numbered as they are sent, and only one sent after the
+outage was noticed can end it (or one sent after it ended start another);
+the others were in flight across the change and say nothing new.  The
+pooled connections all die with the server, so the first failure drops
+every idle one instead of letting each fail in turn.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from typing import List, Optional, Sequence
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from ownsocket.dhcp.leases import (BOUND, DECLINED, OFFERED, Lease, LeaseStoreBusy, LeaseStoreError,
+                                   LeaseStoreUnavailable)
+from ownsocket.interfaces import ILeaseStore
+from ownsocket.ratelimit import RateLimitedLog
+
+IPv4 = ipaddress.IPv4Address
+
+#: The schema's version; ownsocket_schema holds the version a database has.
+SCHEMA_VERSION = 1
+
+#: pg_advisory_xact_lock key for reclaiming (ASCII "ownsockt").
+RECLAIM_LOCK = 0x6F776E736F636B74
+
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
+
+#: Transactions waiting for a connection, per connection, beyond which new
+#: offers are refused (bindings always queue): when the database falls
+#: behind, late offers only make every exchange late (perfdhcp at 5,000/s
+#: on a loaded machine got no exchange through at all without this).
+BACKLOG_PER_CONNECTION = 2
+DEADLOCK_RETRIES = 5
+
+_MIGRATIONS = {
+    1: """
+CREATE TABLE ownsocket_leases (
+    address  inet PRIMARY KEY,
+    mac      text,
+    subnet   text NOT NULL,
+    state    text NOT NULL CHECK (state IN ('offered', 'bound', 'declined')),
+    expires  timestamptz NOT NULL,
+    hostname text,
+    server   text,
+    -- checked at COMMIT: a claim inserts the new row before it deletes the
+    -- client's old one (claims for one client are serialised by a lock)
+    CONSTRAINT ownsocket_one_per_client UNIQUE (subnet, mac) DEFERRABLE INITIALLY DEFERRED
+);
+CREATE INDEX ownsocket_leases_lapsing ON ownsocket_leases (expires) WHERE state <> 'bound';
+
+CREATE FUNCTION ownsocket_claim(p_mac text, p_subnet text, p_candidates inet[], p_state text,
+                                p_seconds double precision, p_hostname text, p_server text,
+                                p_own_lo bigint[], p_own_hi bigint[], p_own_not inet[])
+RETURNS SETOF ownsocket_leases
+LANGUAGE plpgsql AS $$
+DECLARE
+    candidate inet;
+    key integer;
+    current ownsocket_leases;
+    claimed ownsocket_leases;
+    until timestamptz := CASE WHEN p_seconds IS NULL THEN 'infinity'::timestamptz
+                              ELSE now() + make_interval(secs => p_seconds) END;
+BEGIN
+    -- One claim per client at a time, until COMMIT: this is what keeps the
+    -- one-row-per-client rule true between servers.
+    PERFORM pg_advisory_xact_lock(28535, hashtext(p_subnet || ' ' || p_mac));
+    -- The client's own live offer or binding first, if it is still within
+    -- the pool (ranges p_own_lo..p_own_hi, not one of p_own_not).
+    IF p_own_lo IS NOT NULL THEN
+        SELECT * INTO current FROM ownsocket_leases
+            WHERE mac = p_mac AND subnet = p_subnet AND (state = 'bound' OR expires > now())
+              AND address <> ALL (COALESCE(p_own_not, '{}'))
+              AND EXISTS (SELECT 1 FROM unnest(p_own_lo, p_own_hi) AS r(lo, hi)
+                          WHERE address - '0.0.0.0'::inet BETWEEN r.lo AND r.hi);
+        IF FOUND THEN
+            p_candidates := array_prepend(current.address, array_remove(p_candidates, current.address));
+        END IF;
+    END IF;
+    FOREACH candidate IN ARRAY p_candidates LOOP
+        -- Whoever claims an address holds its lock until COMMIT.  An offer
+        -- does not wait: an address that is someone else's, or that another
+        -- server is claiming right now, is passed over; a binding waits.
+        SELECT * INTO current FROM ownsocket_leases WHERE address = candidate;
+        CONTINUE WHEN FOUND AND current.expires > now() AND current.mac IS DISTINCT FROM p_mac
+                      AND p_state = 'offered';
+        key := ((candidate - '0.0.0.0'::inet) - 2147483648)::integer;
+        IF p_state = 'offered' THEN
+            CONTINUE WHEN NOT pg_try_advisory_xact_lock(28536, key);
+        ELSE
+            PERFORM pg_advisory_xact_lock(28536, key);
+        END IF;
+        -- The compare-and-set: a new row, or a row that lapsed or is this
+        -- client's own (but an offer never downgrades a live binding).  A
+        -- binding waits for a row another server is changing, then re-checks.
+        INSERT INTO ownsocket_leases AS l (address, mac, subnet, state, expires, hostname, server)
+            VALUES (candidate, p_mac, p_subnet, p_state, until, p_hostname, p_server)
+            ON CONFLICT (address) DO UPDATE
+                SET mac = EXCLUDED.mac, subnet = EXCLUDED.subnet, state = EXCLUDED.state,
+                    expires = EXCLUDED.expires, server = EXCLUDED.server,
+                    hostname = COALESCE(EXCLUDED.hostname,
+                                        CASE WHEN l.mac = EXCLUDED.mac THEN l.hostname END)
+                WHERE (l.expires <= now() OR l.mac = EXCLUDED.mac)
+                  AND NOT (EXCLUDED.state = 'offered' AND l.state = 'bound'
+                           AND l.mac = EXCLUDED.mac AND l.expires > now())
+            RETURNING * INTO claimed;
+        IF FOUND THEN
+            DELETE FROM ownsocket_leases
+                WHERE mac = p_mac AND subnet = p_subnet AND address <> candidate;
+            RETURN NEXT claimed;
+            RETURN;
+        END IF;
+        SELECT * INTO current FROM ownsocket_leases WHERE address = candidate;
+        IF FOUND AND current.mac = p_mac THEN
+            RETURN NEXT current;  -- the client's own live binding, kept
+            RETURN;
+        END IF;
+    END LOOP;
+    RETURN;
+END $$;
+""",
+}
+
+_COLUMNS = "host(address), mac, state, extract(epoch FROM expires)::float8, hostname, subnet"
+
+
+def _lease(row) -> Lease:
+    address, mac, state, expires, hostname, subnet = row
+    return Lease(mac, IPv4(address), state, expires, hostname, subnet)
+
+
+def _array(values):
+    if values is None:
+        return None
+    return "{" + ",".join(str(value) for value in values) + "}"
+
+
+def _one(cursor):
+    row = cursor.fetchone()
+    return _lease(row) if row else None
+
+
+def _all(cursor):
+    return [_lease(row) for row in cursor.fetchall()]
+
+
+def _changed(cursor):
+    return cursor.rowcount > 0
+
+
+def describe(dsn):
+    """The DSN without its password, for log lines."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+        parts = conninfo_to_dict(dsn)
+    except Exception:
+        return "postgresql://(unparsable DSN)"
+    parts.pop("password", None)
+    return " ".join(f"{key}={value}" for key, value in sorted(parts.items()))
+
+
+@implementer(ILeaseStore)
+class PostgresLeaseStore:
+    """
+    @param dsn: a libpq connection string or URI.  Put no password in it:
+        use a passfile (C{?passfile=...}, or PGPASSFILE) or PGPASSWORD.
+    @param clock: the reactor (callLater, callFromThread).
+    @param pool_size: connections (and threads) at most.
+    """
+
+    log = Logger()
+    shared = True
+
+    def __init__(self, dsn, clock, pool_size=4, server_name=None, connect_timeout=5):
+        import psycopg  # noqa: F401  (fail at start-up, not at the first packet)
+        self.dsn = dsn
+        self.description = describe(dsn)
+        self.reactor = clock
+        self.server_name = server_name or socket.gethostname()
+        self.connect_timeout = connect_timeout
+        self._threads = ThreadPool(minthreads=0, maxthreads=pool_size, name="ownsocket-leases")
+        self._in_flight = 0
+        self._backlog = pool_size * (1 + BACKLOG_PER_CONNECTION)
+        self._threads.start()
+        self._idle = deque()
+        self._idle_lock = threading.Lock()
+        self._queue = []
+        self._flush_call = None
+        self._in_batch = 0
+        self._down = False
+        self._retry_at = 0.0
+        self._backoff = BACKOFF_FIRST
+        # Transactions sent so far, and how many had been sent when the
+        # outage was noticed, when a retry last failed, when it ended.
+        self._sent = 0
+        self._down_mark = self._retry_mark = self._up_mark = 0
+        # Bumped (on a pool thread) when a connection fails: connections of
+        # an older generation are closed instead of pooled again.
+        self._generation = 0
+        self._migrated = False
+        self._closed = False
+        self._error_log = RateLimitedLog(self.log.error, clock, burst=3)
+
+    # -- queries ----------------------------------------------------------
+    # Each call queues one statement and how to read its result: the
+    # statements of a batch are sent together (pipeline mode) and read
+    # after the COMMIT.
+
+    def lookup(self, mac, subnet=None):
+        return self._submit(
+            f"SELECT {_COLUMNS} FROM ownsocket_leases WHERE mac = %s"
+            " AND (subnet = %s OR %s::text IS NULL)"
+            " AND (state = 'bound' OR expires > now()) LIMIT 1", (mac, subnet, subnet), _one)
+
+    def holder(self, address):
+        return self._submit(f"SELECT {_COLUMNS} FROM ownsocket_leases WHERE address = %s",
+                            (str(address),), _one)
+
+    def all_leases(self):
+        return self._submit(f"SELECT {_COLUMNS} FROM ownsocket_leases", (), _all)
+
+    # -- compare-and-set changes ---------------------------------------------
+
+    def claim(self, mac, subnet, candidates: Sequence[IPv4], state, seconds, hostname=None, own=None):
+        lo = hi = excluded = None
+        if own is not None:
+            ranges, excluded = own
+            lo = [int(first) for first, _ in ranges]
+            hi = [int(last) for _, last in ranges]
+        # Arrays as literals: cheaper to send than psycopg's list adaptation.
+        return self._submit(
+            f"SELECT {_COLUMNS} FROM ownsocket_claim(%s, %s, %s::inet[], %s, %s, %s, %s,"
+            " %s::bigint[], %s::bigint[], %s::inet[])",
+            (mac, subnet, _array(candidates), state, seconds, hostname, self.server_name,
+             _array(lo), _array(hi), _array(excluded)), _one, durable=state != OFFERED, key=mac)
+
+    def release(self, mac, address):
+        return self._submit("DELETE FROM ownsocket_leases WHERE address = %s AND mac = %s",
+                            (str(address), mac), _changed, durable=True)
+
+    def forget(self, mac, address):
+        return self._submit("DELETE FROM ownsocket_leases WHERE address = %s AND mac = %s"
+                            " AND state = 'offered'", (str(address), mac), _changed)
+
+    def decline(self, mac, address, seconds):
+        return self._submit(
+            "UPDATE ownsocket_leases SET mac = NULL, state = 'declined', hostname = NULL,"
+            " expires = now() + make_interval(secs => %s)"
+            f" WHERE address = %s AND mac = %s RETURNING {_COLUMNS}", (seconds, str(address), mac), _one,
+            durable=True)
+
+    def reclaim(self):
+        """One server at a time (the others skip this round): how many went."""
+        return self._submit(
+            "WITH turn AS (SELECT pg_try_advisory_xact_lock(%s) AS mine)"
+            " DELETE FROM ownsocket_leases WHERE (SELECT mine FROM turn)"
+            " AND state <> 'bound' AND expires <= now()", (RECLAIM_LOCK,), lambda cursor: cursor.rowcount)
+
+    # -- transactions --------------------------------------------------------
+
+    @contextmanager
+    def batch(self):
+        """Everything asked inside is one transaction (sent when it ends)."""
+        self._in_batch += 1
+        try:
+            yield
+        finally:
+            self._in_batch -= 1
+            if not self._in_batch:
+                self._flush()
+
+    def _submit(self, statement, parameters, read, durable=False, key=""):
+        d = defer.Deferred()
+        if self._closed:
+            return defer.fail(LeaseStoreError("the lease store is closed"))
+        if self._down and self.reactor.seconds() < self._retry_at:
+            return defer.fail(LeaseStoreUnavailable(f"lease database unreachable ({self.description})"))
+        if not durable and self._in_flight >= self._backlog:
+            return defer.fail(LeaseStoreBusy("lease database busy"))
+        self._queue.append((key, statement, parameters, read, durable, d))
+        if not self._in_batch and self._flush_call is None:
+            # Everything asked in this reactor turn goes in one transaction.
+            self._flush_call = self.reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self):
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        work, self._queue = self._queue, []
+        if not work:
+            return
+        # Claims in client order: two servers that see the same clients in
+        # one batch (one segment) then take their per-client locks in the
+        # same order and cannot deadlock on them.
+        work.sort(key=lambda item: item[0])
+        self._in_flight += 1
+        self._sent += 1
+        d = threads.deferToThreadPool(self.reactor, self._threads, self._transact, work)
+        d.addBoth(self._landed)
+        d.addCallbacks(self._done, self._failed, callbackArgs=(work, self._sent),
+                       errbackArgs=(work, self._sent))
+
+    def _landed(self, result):
+        self._in_flight -= 1
+        return result
+
+    def _done(self, results, work, number):
+        # Only a transaction sent after the outage was noticed proves the
+        # database is back: one that was in flight across it may have
+        # finished just before.
+        if self._down and number > self._down_mark:
+            self._down = False
+            self._backoff = BACKOFF_FIRST
+            self._up_mark = self._sent
+            self.log.info("lease database {db} reachable again; serving", db=self.description)
+        for item, result in zip(work, results):
+            item[-1].callback(result)
+
+    def _failed(self, failure, work, number):
+        if failure.check(LeaseStoreUnavailable):
+            error = LeaseStoreUnavailable(f"lease database unreachable ({self.description}): "
+                                          f"{_one_line(failure.getErrorMessage())}")
+            if not self._down:
+                # One sent before the database came back belongs to the
+                # outage that was reported already.
+                if number > self._up_mark:
+                    self.log.error("{error}; no new leases until it answers (retrying with backoff)",
+                                   error=error)
+                    self._down = True
+                    self._down_mark = self._retry_mark = self._sent
+                    self._backoff = BACKOFF_FIRST
+                    self._retry_at = self.reactor.seconds() + self._backoff
+            elif number > self._retry_mark:
+                # A retry failed (not one of several in flight at once).
+                self._retry_mark = self._sent
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                self._retry_at = self.reactor.seconds() + self._backoff
+        else:
+            error = LeaseStoreError(f"lease database {self.description}: {_one_line(failure.getErrorMessage())}")
+            self._error_log("{error}", error=error)
+        for item in work:
+            item[-1].errback(error)
+
+    # -- on a pool thread ------------------------------------------------------
+
+    def _transact(self, work):
+        """
+        One transaction for the whole batch.  When PostgreSQL breaks a
+        deadlock between two servers' batches (they claim overlapping
+        addresses and clients in different orders) it aborts one; that one
+        then runs its changes one transaction each, which cannot deadlock
+        (each takes one row lock at a time and commits).
+        """
+        import psycopg
+        from psycopg import errors
+        try:
+            connection, generation = self._connection()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+            self._drop_idle()
+            raise LeaseStoreUnavailable(_one_line(error)) from None
+        try:
+            try:
+                results = self._run(connection, work)
+            except errors.TransactionRollback:
+                if connection.broken:
+                    raise
+                results = []
+                for item in work:
+                    for attempt in range(DEADLOCK_RETRIES):
+                        try:
+                            results.extend(self._run(connection, [item]))
+                            break
+                        except errors.TransactionRollback:
+                            if connection.broken or attempt == DEADLOCK_RETRIES - 1:
+                                raise
+                            time.sleep(random.uniform(0.001, 0.005))
+        except psycopg.Error as error:
+            if connection.broken or connection.closed or isinstance(error, psycopg.InterfaceError):
+                connection.close()
+                self._drop_idle()
+                raise LeaseStoreUnavailable(_one_line(error)) from None
+            self._give_back(connection, generation)
+            raise
+        except BaseException:
+            self._give_back(connection, generation)
+            raise
+        self._give_back(connection, generation)
+        return results
+
+    @staticmethod
+    def _run(connection, work):
+        """One transaction, its statements pipelined.  A transaction with
+        no binding in it (offers, look-ups) does not wait for its WAL flush:
+        an offer lost in a database crash only makes the client ask again;
+        bindings, releases and quarantines always do."""
+        cursors = []
+        with connection.transaction():
+            with connection.pipeline():
+                if not any(item[4] for item in work):
+                    connection.execute("SET LOCAL synchronous_commit TO off")
+                for _, statement, parameters, _, _, _ in work:
+                    cursor = connection.cursor()
+                    cursor.execute(statement, parameters)
+                    cursors.append(cursor)
+        return [read(cursor) for cursor, (_, _, _, read, _, _) in zip(cursors, work)]
+
+    def _connection(self):
+        """A pooled connection, or a new one: (connection, its generation)."""
+        import psycopg
+        with self._idle_lock:
+            while self._idle:
+                connection = self._idle.pop()
+                if not connection.closed:
+                    return connection, self._generation
+            generation = self._generation
+        connection = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout,
+                                     application_name="ownsocket", autocommit=True)
+        if not self._migrated:
+            try:
+                migrate(connection)
+            except psycopg.Error as error:
+                broken = connection.broken
+                connection.close()
+                if broken:  # the database went away meanwhile: an outage, not a schema problem
+                    raise
+                raise LeaseStoreError(f"cannot create or upgrade the lease tables: {_one_line(error)} "
+                                      f"(the role needs CREATE on the database's schema, or to own the tables)") \
+                    from None
+            self._migrated = True
+        return connection, generation
+
+    def _give_back(self, connection, generation):
+        if not connection.closed and connection.info.transaction_status == 0:  # 0 = idle
+            with self._idle_lock:
+                if generation == self._generation:
+                    self._idle.append(connection)
+                    return
+        connection.close()
+
+    def _drop_idle(self):
+        """A connection failed: the database went away (or was restarted),
+        and every pooled connection went with it.  Close them all now, and
+        those in use when they come back, so that each does not fail one
+        transaction of its own after the database is back."""
+        with self._idle_lock:
+            self._generation += 1
+            idle, self._idle = list(self._idle), deque()
+        for connection in idle:
+            connection.close()
+
+    # -- housekeeping ----------------------------------------------------------
+
+    def close(self):
+        """Finish what was asked, then close every connection."""
+        self._flush()
+        self._closed = True
+
+        def shut():
+            with self._idle_lock:
+                idle, self._idle = list(self._idle), deque()
+            for connection in idle:
+                connection.close()
+
+        d = threads.deferToThreadPool(self.reactor, self._threads, shut)
+        d.addBoth(lambda _: self._threads.stop())
+        return d
+
+
+def migrate(connection):
+    """Create or upgrade the schema to L{SCHEMA_VERSION}, once, under a lock
+    (several servers may start at the same moment)."""
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (RECLAIM_LOCK + 1,))
+        connection.execute("CREATE TABLE IF NOT EXISTS ownsocket_schema (version integer NOT NULL)")
+        row = connection.execute("SELECT max(version) FROM ownsocket_schema").fetchone()
+        version = row[0] or 0
+        if version > SCHEMA_VERSION:
+            raise LeaseStoreError(f"the lease database has schema version {version}; this ownsocket "
+                                  f"knows up to {SCHEMA_VERSION} (upgrade ownsocket)")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            connection.execute(_MIGRATIONS[step])
+            connection.execute("INSERT INTO ownsocket_schema (version) VALUES (%s)", (step,))
+
+
+def _one_line(text):
+    return " ".join(str(text).split())

@@ -1,0 +1,199 @@
+"""
+Live reload: SIGHUP (and C{systemctl reload}) re-reads the config file.
+
+Build, check, swap.  The new file is read and validated completely, its
+selectors (plugins included) built and verified and its file backends made,
+beside the running ones and without touching them; a mistake anywhere
+changes nothing and is one log line.  Only then, in one reactor turn, each
+running service gets C{reconfigure(config, selector, backend)}, so no
+request ever sees half of one config and half of the other:
+
+ - C{config}: the new L{ownsocket.config.Config};
+ - C{selector}: the new selector chain;
+ - C{backend}: the new file backend of that service (None for DHCP).
+
+A service's C{reconfigure} must not raise for a valid config; it may return
+a Deferred, e.g. while it re-opens a port whose settings changed.  Transfers
+in flight keep the reader (and so the backend) they opened; leases stay in
+the store.  A service without C{reconfigure} keeps its old settings until
+restart, and the reload says so.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ownsocket import config as configuration
+from ownsocket.runtime import prepare, read_config
+
+_log = Logger(namespace="ownsocket.reload")
+
+#: Settings a reload cannot change: a service is built, or not, at start-up.
+_NEEDS_RESTART = (("dhcp", "enabled"), ("tftp", "enabled"), ("http", "enabled"),
+                  ("admin", "enabled"))
+
+
+class Reloader:
+    """
+    Re-reads C{runtime.config_path} and swaps it in.
+
+    One reload runs at a time: a signal that comes while the services are
+    still settling (re-opening a port) is remembered and runs right after.
+    """
+
+    def __init__(self, runtime, read=read_config, build=prepare):
+        self.runtime = runtime
+        self._read = read
+        self._build = build
+        self._running = None
+        self._again = None
+
+    def reload(self, trigger="SIGHUP"):
+        """
+        @return: a Deferred that fires with True when the new config is in
+            force everywhere, False when the reload failed (the reason is
+            logged and published as a C{server reload} event).
+        """
+        if self._running is not None:
+            self._again = trigger
+            waiting = defer.Deferred()
+            self._running.addBoth(lambda result: (waiting.callback(result), result)[1])
+            return waiting
+        self._running = running = defer.Deferred()
+        result = defer.ensureDeferred(self._reload(trigger))
+        result.addBoth(self._done)
+        result.chainDeferred(running)
+        return running
+
+    def _done(self, result):
+        self._running = None
+        if self._again is not None:
+            trigger, self._again = self._again, None
+            self.runtime.reactor.callLater(0, self.reload, trigger)
+        return result
+
+    async def _reload(self, trigger):
+        runtime = self.runtime
+        path = runtime.config_path
+        source = path or "<embedded defaults>"
+        try:
+            config, text = self._read(path)
+            prepared = self._build(config, text, runtime.reactor)
+        except configuration.ConfigError as error:
+            return self._failed(source, trigger, f"{error}; the running configuration is kept")
+        except Exception as error:  # a plugin that blows up while being built
+            return self._failed(source, trigger, f"{source}: {type(error).__name__}: {error}; "
+                                "the running configuration is kept")
+        waits = self._swap(prepared)
+        errors = []
+        for name, d in waits:
+            try:
+                await d
+            except Exception as error:
+                errors.append(f"{name}: {error}")
+        if errors:
+            return self._failed(source, trigger, "; ".join(errors) + " (the rest of the new "
+                                "configuration is in force)", config_hash=prepared.config_hash)
+        _log.info("reloaded {source} (sha256 {short}) on {trigger}: {subnets} subnet(s), "
+                  "{hosts} host(s), selectors {selectors}",
+                  source=source, short=prepared.config_hash[:12], trigger=trigger,
+                  subnets=len(config.subnets), hosts=len(config.hosts),
+                  selectors=", ".join(runtime.selectors))
+        runtime.reloads["ok"] += 1
+        runtime.events.publish("server", "reload", result="ok", error=None, source=source,
+                               trigger=trigger, hash=prepared.config_hash)
+        return True
+
+    def _swap(self, prepared):
+        """
+        Everything in one reactor turn: each service's reconfigure, then
+        the runtime's config.  Returns (name, Deferred) of the services that
+        are still settling.
+        """
+        runtime = self.runtime
+        old, new = runtime.config, prepared.config
+        for section, key in _NEEDS_RESTART:
+            before, after = getattr(getattr(old, section), key), getattr(getattr(new, section), key)
+            if before != after:
+                _log.warn("reload: [{section}] {key} changed from {before} to {after}; "
+                          "that takes effect at the next restart",
+                          section=section, key=key, before=before, after=after)
+        _carry_state(runtime.prepared.selectors, prepared.selectors)
+        waits = []
+        for name, service in runtime.services():
+            reconfigure = getattr(service, "reconfigure", None)
+            if reconfigure is None:
+                _log.warn("reload: the {name} service cannot be reconfigured; "
+                          "it keeps its old settings until restart", name=name)
+                continue
+            try:
+                result = reconfigure(new, prepared.selector, runtime.backend_for(name, prepared))
+            except Exception as error:
+                _log.failure("reload: {name}.reconfigure raised", name=name)
+                result = defer.fail(error)
+            if isinstance(result, defer.Deferred):
+                waits.append((name, result))
+        runtime._adopt(prepared)
+        return waits
+
+    def _failed(self, source, trigger, message, config_hash=None):
+        _log.error("reload of {source} failed: {why}", source=source, why=message)
+        self.runtime.reloads["failed"] += 1
+        self.runtime.events.publish("server", "reload", result="failed", error=message,
+                                    source=source, trigger=trigger, hash=config_hash)
+        return False
+
+
+def _carry_state(old_selectors, new_selectors):
+    """
+    A selector that remembers clients (the stateful iPXE selector knows who
+    fetched a first stage) may take that memory over from its predecessor
+    of the same name and class, so a machine half-way through its boot at
+    reload time carries on: it defines C{inherit(old)}.  Called in the swap
+    turn, so nothing is learnt by the old one afterwards.
+    """
+    old_by_name = {getattr(selector, "name", None): selector for selector in old_selectors}
+    for selector in new_selectors:
+        old = old_by_name.get(getattr(selector, "name", None))
+        inherit = getattr(selector, "inherit", None)
+        if old is None or inherit is None or type(old) is not type(selector):
+            continue
+        try:
+            inherit(old)
+        except Exception:
+            _log.failure("reload: selector {name} could not take over its state", name=selector.name)
+
+
+class ReloadOnSignal(Service):
+    """
+    SIGHUP runs the reload on the reactor thread.
+
+    The handler only schedules (callFromThread is safe from a signal
+    handler and wakes the reactor); the previous handler comes back when
+    the service stops, so tests and embedders are left as they were.
+    """
+
+    name = "reload-on-sighup"
+
+    def __init__(self, reloader, reactor, signum=signal.SIGHUP):
+        self.reloader = reloader
+        self.reactor = reactor
+        self.signum = signum
+        self._previous = None
+
+    def startService(self):
+        Service.startService(self)
+        self._previous = signal.signal(self.signum, self._handle)
+
+    def _handle(self, signum, frame):
+        self.reactor.callFromThread(self.reloader.reload, signal.Signals(signum).name)
+
+    def stopService(self):
+        Service.stopService(self)
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+            self._previous = None

@@ -1,0 +1,152 @@
+"""
+The running server as one object, and the one way its parts are built.
+
+The admin listener (metrics, trail, status page) and the reload both need
+"what is running now": the current config and its hash, the services, the
+event bus.  L{Runtime} is that object; a reload replaces its C{config} and
+C{config_hash} and nothing else.
+
+L{prepare} builds everything a config implies that is not a socket (the
+selectors, the chain, the file backends) from nothing but the config, so
+start-up and reload build exactly the same way, and a reload can build the
+new set beside the running one and throw it away when something is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+from ownsocket import config as configuration
+from ownsocket.boot.chain import SelectorChain
+from ownsocket.boot.loader import load_selectors
+from ownsocket.filechain import BackendChain
+from ownsocket.files import FilesystemBackend
+from ownsocket.interfaces import IFileBackend, ITransferObserver
+
+
+def build_selector(config, reactor, selectors=None):
+    """The configured chain (the selectors may be passed in when already built)."""
+    if selectors is None:
+        selectors = load_selectors(config, reactor)
+    return SelectorChain(selectors, clock=reactor, timeout=config.boot.selector_timeout)
+
+
+def build_backend(config, selectors, root=None):
+    """Generated content from selectors that provide IFileBackend first, then
+    the files under the root (the TFTP root unless another is given);
+    selectors that observe transfers are told of every file opened."""
+    generated = [s for s in selectors if IFileBackend.providedBy(s)]
+    observers = [s for s in selectors if ITransferObserver.providedBy(s)]
+    filesystem = FilesystemBackend(os.path.abspath(root or config.tftp.root), config.tftp.case_insensitive)
+    return BackendChain(generated + [filesystem], observers)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything one config implies, built and checked, not yet in use."""
+
+    config: configuration.Config
+    text: str
+    selectors: tuple
+    selector: SelectorChain
+    tftp_backend: object
+    http_backend: object
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.text)
+
+
+def config_hash(text: str) -> str:
+    """The sha256 of the config text, so an operator can tell which file runs."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_config(path: Optional[str]):
+    """
+    The config at C{path} (the embedded defaults when None) and its text.
+
+    The text is read once and parsed from memory, so the hash always
+    belongs to the text that was parsed, even if the file changes meanwhile.
+
+    @raise configuration.ConfigError: unreadable or invalid.
+    """
+    if path is None:
+        text = configuration.EMBEDDED_DEFAULTS
+        return configuration.load(), text
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise configuration.ConfigError(path, None, None, f"cannot read: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise configuration.ConfigError(path, None, None, "is not UTF-8 text") from None
+    return configuration.load(path=path, text=text), text
+
+
+def prepare(config, text, reactor) -> Prepared:
+    """
+    Build the selectors (plugins imported, verified), the chain and the
+    file backends of C{config}.
+
+    @raise configuration.ConfigError: a selector or plugin is wrong.
+    """
+    selectors = tuple(load_selectors(config, reactor))
+    tftp_backend = build_backend(config, selectors)
+    http_backend = (build_backend(config, selectors, config.http.root)
+                    if config.http.root else tftp_backend)
+    return Prepared(config, text, selectors, build_selector(config, reactor, list(selectors)),
+                    tftp_backend, http_backend)
+
+
+class Runtime:
+    """
+    The running server, for the admin listener and the reload.
+
+    @ivar config: the L{ownsocket.config.Config} in force (replaced on reload).
+    @ivar config_hash: sha256 hex of its text (of the embedded text for the
+        embedded defaults).
+    @ivar config_path: the file given with --config, or None.
+    @ivar started_at: C{reactor.seconds()} when the server started.
+    @ivar reactor: the reactor everything runs on.
+    @ivar events: the one L{ownsocket.events.EventBus}.
+    @ivar dhcp: the DHCP (or proxyDHCP) service, or None when off.
+    @ivar tftp: the TFTP service, or None.
+    @ivar http: the HTTP service, or None.
+    @ivar admin: the admin listener service, or None.
+    @ivar selectors: the names of the selectors in the chain, in order.
+    @ivar reloads: how many reloads succeeded and failed, by result.
+    """
+
+    def __init__(self, prepared: Prepared, reactor, events, config_path=None, recent=None):
+        self.reactor = reactor
+        self.events = events
+        self.config_path = config_path
+        self.recent = recent
+        self.started_at = reactor.seconds()
+        self.dhcp = self.dhcp6 = self.tftp = self.http = self.admin = None
+        self.reloads = {"ok": 0, "failed": 0}
+        self._adopt(prepared)
+
+    def _adopt(self, prepared: Prepared) -> None:
+        self.prepared = prepared
+        self.config = prepared.config
+        self.config_hash = prepared.config_hash
+        self.selectors: List[str] = [selector.name for selector in prepared.selectors]
+
+    def services(self):
+        """(name, service) of each running service, in start order."""
+        return [(name, service) for name, service in
+                (("dhcp", self.dhcp), ("dhcp6", self.dhcp6), ("tftp", self.tftp), ("http", self.http), ("admin", self.admin))
+                if service is not None]
+
+    def backend_for(self, name, prepared: Prepared):
+        """The file backend service C{name} reads through, under C{prepared}."""
+        if name == "tftp":
+            return prepared.tftp_backend
+        if name == "http":
+            return prepared.http_backend
+        return None

@@ -1,0 +1,630 @@
+"""
+Live reload of a real server: twistd in a subprocess, real signals, real
+clients, while transfers run.
+
+100 reloads alternate a valid file (a new generation of settings) and an
+invalid one (a bad value, or a selector plugin that does not exist), while
+20 TFTP transfers (curl) and 4 HTTP downloads run the whole time.  Expected:
+no transfer aborted or corrupted, the new settings visible right after each
+valid reload, the old ones kept after each invalid one.
+
+Loopback high ports only (L{LoopbackReloadTests}).  The same run with DHCP
+under a perfdhcp load of 1,000 exchanges/s in network namespaces
+(L{DhcpReloadTests}) runs once the DHCP service implements C{reconfigure}.
+"""
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from twisted.internet import defer, error as internet_error, protocol, reactor
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = ["-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+CURL = shutil.which("curl")
+
+RELOADS = 100
+TFTP_WORKERS = 20
+HTTP_WORKERS = 4
+TFTP_SIZE = 1024 * 1024
+HTTP_SIZE = 8 * 1024 * 1024
+
+#: How each invalid file is made from a valid one, and what its log line names.
+INVALID = [
+    # a bad value: the whole file is rejected
+    (lambda text: re.sub(r"max_windowsize = \d+", "max_windowsize = 0", text),
+     "[tftp] max_windowsize: 0 is out of range"),
+    # a selector plugin that does not exist: found only by building the chain
+    (lambda text: text.replace("[boot]\n", "[boot]\nselectors = host, ipxe, no-such-plugin, arch\n"),
+     "[boot] selectors: unknown selector 'no-such-plugin'"),
+    # a syntax error
+    (lambda text: text + "[http\n", "cannot parse '[http'"),
+    # a cross-field mistake
+    (lambda text: text + "[subnet:x]\nnetwork = 10.9.0.0/24\npool = 10.9.1.1-10.9.1.9\n",
+     "[subnet:x] pool: 10.9.1.1-10.9.1.9 is outside network 10.9.0.0/24"),
+]
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    probe = socket.socket(socket.AF_INET, kind)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self, lines=None):
+        self.out = bytearray()
+        self.done = defer.Deferred()
+        self.lines = lines  # (reactor time, line) of each complete stdout line, if wanted
+        self._partial = b""
+
+    def outReceived(self, data):
+        self.out += data
+        if self.lines is not None:
+            data = self._partial + data
+            *complete, self._partial = data.split(b"\n")
+            now = reactor.seconds()
+            self.lines.extend((now, line.decode(errors="replace")) for line in complete)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        code = reason.value.exitCode if isinstance(reason.value, internet_error.ProcessTerminated) else 0
+        self.done.callback((code, bytes(self.out)))
+
+
+def run(argv, env=None, started=None, lines=None):
+    """(exit code, output) of a client process, without blocking the reactor;
+    C{started} (a list) receives the process transport, for signals, and
+    C{lines} (a list) each stdout line with the time it came."""
+    collect = _Collect(lines)
+    transport = reactor.spawnProcess(collect, argv[0], argv,
+                                     env=env or {"PATH": os.environ.get("PATH", "")})
+    if started is not None:
+        started.append(transport)
+    return collect.done
+
+
+class Server:
+    """
+    ownsocket under twistd, its config file rewritten between reloads.
+
+    It logs through ownsocket.logfile with a size that never rotates, so
+    the reload lines can be followed by offset even at DHCP's log rate.
+    """
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.config = os.path.join(directory, "ownsocket.ini")
+        self.log_path = os.path.join(directory, "ownsocket.log")
+        self.process = None
+        self._offset = 0
+        self._reloads = []  # (result, line)
+
+    def write(self, text):
+        # written whole and renamed, as an editor or config management does:
+        # a reload never reads half a file
+        partial = self.config + ".new"
+        with open(partial, "w") as handle:
+            handle.write(text)
+        os.replace(partial, self.config)
+
+    def start(self, popen=subprocess.Popen, timeout=60):
+        argv = [sys.executable, *TWISTD, "--nodaemon", "--pidfile=", "--logger",
+                "ownsocket.logfile.observer", "ownsocket", "--config", self.config]
+        env = dict(os.environ, PYTHONPATH=HERE, OWNSOCKET_LOG=self.log_path,
+                   OWNSOCKET_LOG_SIZE="64G", OWNSOCKET_LOG_KEEP="1")
+        self.console = open(os.path.join(self.directory, "console.txt"), "w")
+        self.process = popen(argv, cwd=self.directory, env=env, stdout=self.console,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited ({self.process.returncode}):\n{self.output()}")
+            if re.search(r"ownsocket \S+ with ", self.log()):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"server did not start in {timeout}s:\n{self.output()}")
+
+    def log(self):
+        try:
+            with open(self.log_path, errors="replace") as handle:
+                return handle.read()
+        except OSError:
+            return ""
+
+    def output(self):
+        try:
+            with open(os.path.join(self.directory, "console.txt"), errors="replace") as handle:
+                console = handle.read()
+        except OSError:
+            console = ""
+        return f"--- log\n{self.log()[-6000:]}\n--- console\n{console[-3000:]}"
+
+    def _scan(self):
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        for line in data[:end].decode(errors="replace").splitlines():
+            if re.search(r"reloaded \S+ \(sha256", line):
+                self._reloads.append(("ok", line))
+            elif re.search(r"reload of \S+ failed:", line):
+                self._reloads.append(("failed", line))
+
+    def reload_results(self):
+        """'ok' or 'failed' for each reload the server finished, in order."""
+        self._scan()
+        return [result for result, _ in self._reloads]
+
+    @defer.inlineCallbacks
+    def reload(self, timeout=30):
+        """SIGHUP, then wait for the reload's log line; returns (ok/failed, line)."""
+        self._scan()
+        before = len(self._reloads)
+        os.kill(self.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._scan()
+            if len(self._reloads) > before:
+                return self._reloads[before]
+            if self.process.poll() is not None:
+                raise AssertionError(f"server died on SIGHUP:\n{self.output()}")
+            yield deferLater(reactor, 0.01, lambda: None)
+        raise AssertionError(f"no reload line within {timeout}s:\n{self.output()}")
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if getattr(self, "console", None):
+            self.console.close()
+
+
+class Transfers:
+    """Clients fetching files in a loop until told to stop; every result checked."""
+
+    def __init__(self, testcase, directory):
+        self.testcase = testcase
+        self.directory = directory
+        self.running = True
+        self.in_flight = {"tftp": 0, "http": 0}
+        self.done = {"tftp": 0, "http": 0}
+        self.failures = []
+        self.loops = []
+
+    def start(self, kind, workers, url, digest, size, curl_args=()):
+        for number in range(workers):
+            target = os.path.join(self.directory, f"{kind}-{number}.bin")
+            self.loops.append(self._loop(kind, url, target, digest, size, curl_args))
+
+    @defer.inlineCallbacks
+    def _loop(self, kind, url, target, digest, size, curl_args):
+        while self.running:
+            if os.path.exists(target):
+                os.remove(target)
+            self.in_flight[kind] += 1
+            try:
+                code, output = yield run([CURL, "-sS", "--max-time", "60", "--noproxy", "*",
+                                          *curl_args, "-o", target, url])
+            finally:
+                self.in_flight[kind] -= 1
+            if code != 0:
+                self.failures.append(f"{kind} {url}: curl exit {code}: {output[-300:]!r}")
+                continue
+            with open(target, "rb") as handle:
+                data = handle.read()
+            if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+                self.failures.append(f"{kind} {url}: got {len(data)} bytes, not the file")
+                continue
+            self.done[kind] += 1
+
+    def stop(self):
+        self.running = False
+        return defer.DeferredList(self.loops)
+
+
+class LoopbackReloadTests(unittest.TestCase):
+    """TFTP and HTTP on 127.0.0.1, 100 alternating reloads."""
+
+    timeout = 900
+
+    def setUp(self):
+        if CURL is None:
+            raise unittest.SkipTest("curl is not installed")
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.tftp_port = free_port(socket.SOCK_DGRAM)
+        self.http_port = free_port()
+        self.tftp_data = os.urandom(TFTP_SIZE)
+        self.http_data = os.urandom(HTTP_SIZE)
+        shared = os.path.join(self.directory, "shared")
+        os.makedirs(shared)
+        for name, data in (("first-stage.efi", self.tftp_data), ("kernel", self.http_data)):
+            with open(os.path.join(shared, name), "wb") as handle:
+                handle.write(data)
+        self.generations = RELOADS // 2 + 1
+        for generation in range(self.generations):
+            root = self.root(generation)
+            os.makedirs(root)
+            for name in ("first-stage.efi", "kernel"):
+                os.link(os.path.join(shared, name), os.path.join(root, name))
+            with open(os.path.join(root, "marker.txt"), "w") as handle:
+                handle.write(f"generation {generation}\n")
+        self.server = Server(self.directory)
+        self.addCleanup(self.server.stop)
+
+    def root(self, generation):
+        return os.path.join(self.directory, f"root{generation}")
+
+    def render(self, generation):
+        return f"""\
+# generation {generation}
+[dhcp]
+enabled = false
+
+[tftp]
+port = {self.tftp_port}
+addresses = 127.0.0.1
+root = {self.root(generation)}
+max_sessions = 200
+max_sessions_per_client = 64
+max_windowsize = {4 + generation % 8}
+
+[http]
+enabled = true
+port = {self.http_port}
+addresses = 127.0.0.1
+root = {self.root(generation)}
+
+[boot]
+default = gen{generation}.efi
+
+[admin]
+enabled = false
+"""
+
+    @defer.inlineCallbacks
+    def marker(self, kind):
+        if kind == "http":
+            url = f"http://127.0.0.1:{self.http_port}/marker.txt"
+        else:
+            url = f"tftp://127.0.0.1:{self.tftp_port}/marker.txt"
+        code, output = yield run([CURL, "-sS", "--max-time", "20", "--noproxy", "*", url])
+        self.assertEqual(code, 0, output)
+        return int(output.split()[-1])
+
+    @defer.inlineCallbacks
+    def test_alternating_reloads_during_transfers(self):
+        from ownsocket.tftp.service import TFTPService
+        tftp_reloads = hasattr(TFTPService, "reconfigure")
+        self.server.write(self.render(0))
+        self.server.start()
+        transfers = Transfers(self, self.directory)
+        transfers.start("tftp", TFTP_WORKERS, f"tftp://127.0.0.1:{self.tftp_port}/first-stage.efi",
+                        hashlib.sha256(self.tftp_data).hexdigest(), TFTP_SIZE,
+                        ("--tftp-blksize", "1468"))
+        transfers.start("http", HTTP_WORKERS, f"http://127.0.0.1:{self.http_port}/kernel",
+                        hashlib.sha256(self.http_data).hexdigest(), HTTP_SIZE, ("--limit-rate", "20M"))
+        busy = []
+        try:
+            yield deferLater(reactor, 0.5, lambda: None)
+            generation = 0
+            for number in range(RELOADS):
+                valid = number % 2 == 0
+                if valid:
+                    generation += 1
+                    self.server.write(self.render(generation))
+                else:
+                    mistake, named = INVALID[(number // 2) % len(INVALID)]
+                    self.server.write(mistake(self.render(generation)))
+                busy.append(dict(transfers.in_flight))
+                result, line = yield self.server.reload()
+                self.assertEqual(result, "ok" if valid else "failed",
+                                 f"reload {number}:\n{self.server.output()}")
+                if not valid:
+                    self.assertIn(named, line)
+                    self.assertIn("the running configuration is kept", line)
+                seen = yield self.marker("http")
+                self.assertEqual(seen, generation, f"HTTP root after reload {number}")
+                if tftp_reloads:
+                    seen = yield self.marker("tftp")
+                    self.assertEqual(seen, generation, f"TFTP root after reload {number}")
+        finally:
+            yield transfers.stop()
+        self.assertEqual(transfers.failures, [], "\n".join(transfers.failures[:10]))
+        self.assertEqual(self.server.reload_results(), ["ok", "failed"] * (RELOADS // 2))
+        # transfers really were running through every reload
+        self.assertTrue(all(entry["tftp"] > 0 for entry in busy), busy)
+        self.assertTrue(all(entry["http"] > 0 for entry in busy), busy)
+        self.assertGreater(transfers.done["tftp"], TFTP_WORKERS)
+        self.assertGreater(transfers.done["http"], HTTP_WORKERS)
+        log = self.server.log()
+        self.assertNotRegex(log, r"tftp peer=\S+ file=\S+ result=(?!ok)")
+        self.assertEqual(self.server.process.poll(), None)
+        # what the run did, for the report (trial -e shows it)
+        sys.stderr.write(f"\nlive reload: {RELOADS} reloads; {transfers.done['tftp']} TFTP and "
+                         f"{transfers.done['http']} HTTP transfers, 0 failed; in flight at each "
+                         f"SIGHUP: TFTP min {min(e['tftp'] for e in busy)}, HTTP min "
+                         f"{min(e['http'] for e in busy)}; TFTP root checked: {tftp_reloads}\n")
+
+
+# ---------------------------------------------------------------------------
+# DHCP under load: network namespaces, perfdhcp at 1,000 exchanges/s.
+
+PERF_RATE = 1000
+#: Reloads come in bursts with quiet gaps between, so drops near a reload
+#: can be compared with drops far from any, in the same run and load.
+BURSTS = 10
+QUIET_SECONDS = 5.0
+#: A second of perfdhcp's report counts as "near a reload" when a SIGHUP
+#: came within it or up to this long before it (a lost packet is counted
+#: as a drop only after perfdhcp's own wait).
+NEAR = 2.0
+#: perfdhcp's simulated clients: fewer than the pool's addresses, so no NAK
+#: or drop ever comes from an exhausted pool
+PERF_CLIENTS = 10000
+#: Near-reload seconds may drop this many percentage points more than quiet
+#: ones (chance, on a shared machine); reloads that cost packets show far more.
+DROP_TOLERANCE_POINTS = 1.0
+
+
+def periodic(lines):
+    """perfdhcp -t 1 lines -> [(time, sent, drops)] cumulative, DO + RA."""
+    points = []
+    for when, line in lines:
+        match = re.match(r"sent: (\d+)/(\d+); received: \d+/\d+; drops: (\d+)/(\d+)", line)
+        if match:
+            sent = int(match.group(1)) + int(match.group(2))
+            drops = int(match.group(3)) + int(match.group(4))
+            points.append((when, sent, drops))
+    return points
+
+
+def split_drops(points, reloads, near=NEAR):
+    """(near sent, near drops, quiet sent, quiet drops) over perfdhcp's seconds."""
+    totals = [0, 0, 0, 0]
+    for (start, sent0, drops0), (end, sent1, drops1) in zip(points, points[1:]):
+        close = any(start - near < when <= end for when in reloads)
+        base = 0 if close else 2
+        totals[base] += sent1 - sent0
+        totals[base + 1] += drops1 - drops0
+    return tuple(totals)
+
+
+def parse_perfdhcp(text):
+    """sent/received/drops of perfdhcp's two exchange sections."""
+    result = {}
+    for name, section in re.findall(r"\*\*\*Statistics for: ([A-Z-]+)\*\*\*\n(.*?)(?=\n\*\*\*|\Z)",
+                                    text, re.S):
+        values = {}
+        for key, pattern in (("sent", r"sent packets: (\d+)"), ("received", r"received packets: (\d+)"),
+                             ("drops", r"drops: (\d+)")):
+            match = re.search(pattern, section)
+            if match:
+                values[key] = int(match.group(1))
+        result[name] = values
+    return result
+
+
+class DhcpReloadTests(unittest.TestCase):
+    """
+    The issue's full test: 100 alternating reloads during a perfdhcp load of
+    1,000 exchanges/s and 20 concurrent TFTP transfers, DHCP's new boot file
+    seen by a scripted client right after each valid reload.
+
+    It needs the DHCP service's C{reconfigure} (another branch of issue 9);
+    until then it skips.  OWNSOCKET_RELOAD_DHCP_UNCHANGED=1 runs it anyway
+    with the DHCP file check reversed (the old file must stay), which is how
+    the harness itself was checked.
+
+    Drops: perfdhcp reports every second; the seconds near a reload may
+    drop at most DROP_TOLERANCE_POINTS more than the seconds far from any
+    (reloads come in BURSTS with quiet gaps), in the same run.  The
+    scripted client that reads the boot file after each reload waits up to
+    30 s for its OFFER, as PXE firmware (4 + 8 + 16 s) would.
+    """
+
+    timeout = 900
+
+    def setUp(self):
+        from ownsocket.dhcp.service import DhcpService
+        from tests import netns
+        self.netns = netns
+        self.dhcp_reloads = hasattr(DhcpService, "reconfigure")
+        if not self.dhcp_reloads and not os.environ.get("OWNSOCKET_RELOAD_DHCP_UNCHANGED"):
+            raise unittest.SkipTest("the DHCP service has no reconfigure() yet (issue 9, DHCP part)")
+        ok, why = netns.available()
+        if not ok:
+            raise unittest.SkipTest(why)
+        for tool, package in (("perfdhcp", "kea-admin"), ("curl", "curl"), ("ss", "iproute2")):
+            if shutil.which(tool) is None:
+                raise unittest.SkipTest(f"{tool} is not installed (Debian package {package})")
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.lab = netns.Lab()
+        self.addCleanup(self.lab.close)
+        self.topology = netns.server_client(self.lab, network="10.95.0", prefix=16,
+                                            client_addr="10.95.0.2")
+        self.tftp_data = os.urandom(TFTP_SIZE)
+        root = os.path.join(self.directory, "root")
+        os.makedirs(root)
+        with open(os.path.join(root, "first-stage.efi"), "wb") as handle:
+            handle.write(self.tftp_data)
+        self.server = Server(self.directory)
+        self.addCleanup(self.server.stop)
+
+    def render(self, generation):
+        return f"""\
+# generation {generation}
+[dhcp]
+interfaces = {self.topology.server_if}
+leases = {self.directory}/leases.sqlite
+
+[subnet:load]
+network = 10.95.0.0/16
+pool = 10.95.1.0-10.95.250.255
+router = 10.95.0.1
+lease_time = 3600
+
+[tftp]
+root = {self.directory}/root
+max_sessions = 200
+max_sessions_per_client = 64
+max_windowsize = {4 + generation % 8}
+
+[boot]
+default = gen{generation}.efi
+
+[admin]
+enabled = false
+"""
+
+    def in_client(self, argv):
+        return self.topology.client.argv(argv)
+
+    @defer.inlineCallbacks
+    def perfdhcp(self, clients, started, lines):
+        """perfdhcp until SIGINT (it prints its report then), a report a second."""
+        argv = ["perfdhcp", "-4", "-t", "1", "-l", "10.95.0.2", "-r", str(PERF_RATE),
+                "-R", str(clients), "-W", "500000", "-g", "single", "10.95.0.1"]
+        code, output = yield run(self.in_client(argv), started=started, lines=lines)
+        text = output.decode(errors="replace")
+        stats = parse_perfdhcp(text)
+        self.assertIn("DISCOVER-OFFER", stats, f"perfdhcp exit {code}: {text[-2000:]}")
+        self.assertIn("REQUEST-ACK", stats, f"perfdhcp exit {code}: {text[-2000:]}")
+        return stats
+
+    @defer.inlineCallbacks
+    def boot_file(self, number):
+        mac = f"02:00:00:95:{number // 256:02x}:{number % 256:02x}"
+        code, output = yield run(self.in_client([
+            sys.executable, os.path.join(HERE, "tests", "dhcp_client.py"), "dora",
+            "--iface", self.topology.client_if, "--mac", mac, "--timeout", "30"]))
+        self.assertEqual(code, 0, output)
+        import json
+        [result] = json.loads(output)
+        self.assertIsNone(result["nak"], output)
+        # the OFFER carries the boot file; under this load the ACK may come
+        # after the client's own timeout, which says nothing about reloads
+        self.assertIsNotNone(result["offer"], output)
+        return result["offer"]["file"]
+
+    @defer.inlineCallbacks
+    def test_reloads_under_dhcp_load(self):
+        self.server.write(self.render(0))
+        self.server.start(popen=lambda argv, **kwargs: self.topology.server.spawn(argv, **kwargs))
+        transfers = Transfers(self, self.directory)
+        url = "tftp://10.95.0.1/first-stage.efi"
+        digest = hashlib.sha256(self.tftp_data).hexdigest()
+        for number in range(TFTP_WORKERS):
+            target = os.path.join(self.directory, f"tftp-{number}.bin")
+            transfers.loops.append(self._tftp_loop(transfers, url, target, digest))
+        started, lines, reloads = [], [], []
+        load = None
+        generation = 0
+        try:
+            load = self.perfdhcp(PERF_CLIENTS, started, lines)
+            yield deferLater(reactor, QUIET_SECONDS, lambda: None)
+            for number in range(RELOADS):
+                valid = number % 2 == 0
+                if valid:
+                    generation += 1
+                    self.server.write(self.render(generation))
+                else:
+                    mistake, named = INVALID[(number // 2) % len(INVALID)]
+                    self.server.write(mistake(self.render(generation)))
+                reloads.append(reactor.seconds())
+                result, line = yield self.server.reload()
+                self.assertEqual(result, "ok" if valid else "failed", f"reload {number}: {line}")
+                expected = generation if self.dhcp_reloads else 0
+                seen = yield self.boot_file(number)
+                self.assertEqual(seen, f"gen{expected}.efi", f"DHCP boot file after reload {number}")
+                if (number + 1) % (RELOADS // BURSTS) == 0:
+                    yield deferLater(reactor, QUIET_SECONDS, lambda: None)
+            self.assertFalse(load.called, "perfdhcp ended before the last reload")
+            started[0].signalProcess("INT")
+            stats = yield load
+        except BaseException:
+            for pid in self.topology.client.pids():  # perfdhcp and curl: ours, in our namespace
+                os.kill(pid, signal.SIGKILL)
+            yield transfers.stop()
+            if load is not None:
+                yield load.addErrback(lambda failure: None)
+            raise
+        yield transfers.stop()
+        log = self.server.log()
+        naks = len(re.findall(r"-> NAK", log))
+        near_sent, near_drops, quiet_sent, quiet_drops = split_drops(periodic(lines), reloads)
+        near_pct = 100.0 * near_drops / near_sent if near_sent else 0.0
+        quiet_pct = 100.0 * quiet_drops / quiet_sent if quiet_sent else 0.0
+        sys.stderr.write(f"\nDHCP reload under load: perfdhcp {stats}; seconds near a reload: "
+                         f"{near_drops}/{near_sent} dropped ({near_pct:.3f} %), far from any: "
+                         f"{quiet_drops}/{quiet_sent} ({quiet_pct:.3f} %); NAKs {naks}; "
+                         f"TFTP transfers {transfers.done['tftp']}, failed {len(transfers.failures)}\n")
+        self.assertEqual(transfers.failures, [], "\n".join(transfers.failures[:10]))
+        self.assertEqual(naks, 0)
+        self.assertGreater(stats["REQUEST-ACK"].get("received", 0), 0)
+        self.assertGreater(near_sent, 0)
+        self.assertGreater(quiet_sent, 0)
+        self.assertLessEqual(near_pct, quiet_pct + DROP_TOLERANCE_POINTS)
+
+    @defer.inlineCallbacks
+    def _tftp_loop(self, transfers, url, target, digest):
+        while transfers.running:
+            if os.path.exists(target):
+                os.remove(target)
+            transfers.in_flight["tftp"] += 1
+            try:
+                code, output = yield run(self.in_client(
+                    [CURL, "-sS", "--max-time", "60", "--tftp-blksize", "1468", "-o", target, url]))
+            finally:
+                transfers.in_flight["tftp"] -= 1
+            if code != 0:
+                transfers.failures.append(f"tftp: curl exit {code}: {output[-300:]!r}")
+                continue
+            with open(target, "rb") as handle:
+                data = handle.read()
+            if hashlib.sha256(data).hexdigest() != digest:
+                transfers.failures.append(f"tftp: got {len(data)} bytes, not the file")
+                continue
+            transfers.done["tftp"] += 1
+
+
+class DropSplitTests(unittest.TestCase):
+    """The arithmetic that attributes perfdhcp's drops to reloads or not."""
+
+    LINES = [(10.0, "sent: 1000/900; received: 900/890; drops: 100/10; rejected: 0/0"),
+             (11.0, "sent: 2000/1800; received: 1800/1790; drops: 200/20; rejected: 0/0"),
+             (12.0, "sent: 3000/2700; received: 2690/2680; drops: 350/40; rejected: 0/0"),
+             (13.0, "Rate: 900 4-way exchanges/second")]
+
+    def test_periodic(self):
+        self.assertEqual(periodic(self.LINES), [(10.0, 1900, 110), (11.0, 3800, 220),
+                                                (12.0, 5700, 390)])
+
+    def test_split(self):
+        points = periodic(self.LINES)
+        # a SIGHUP at 11.5: the second (11, 12] is near it, (10, 11] is not
+        self.assertEqual(split_drops(points, [11.5]), (1900, 170, 1900, 110))
+        # one at 8.5 is within NEAR before (10, 11], not before (11, 12]
+        self.assertEqual(split_drops(points, [8.5]), (1900, 110, 1900, 170))
+        self.assertEqual(split_drops(points, []), (0, 0, 3800, 280))
