@@ -18,6 +18,8 @@ import socket
 import struct
 from typing import List, Optional, Tuple
 
+from ownsocket import netifaces
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -49,7 +51,7 @@ def interface_address(name: str) -> Optional[ipaddress.IPv4Address]:
 def candidate_interfaces(names=()) -> List[Tuple[str, Optional[ipaddress.IPv4Address]]]:
     """The configured interfaces, or every interface, with their addresses."""
     if not names:
-        names = [name for _, name in socket.if_nameindex()]
+        names = netifaces.interface_names()
     return [(name, interface_address(name)) for name in names]
 
 
