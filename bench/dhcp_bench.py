@@ -147,7 +147,8 @@ def run_one(topology, server_name, rate, duration, clients, workdir, mode="singl
             os.remove(os.path.join(directory, name))
     argv = SERVERS[server_name](directory)
     env = dict(os.environ, PYTHONPATH=REPO, KEA_LOCKFILE_DIR=directory, KEA_PIDFILE_DIR=directory)
-    row = {"server": server_name, "rate": rate, "duration": duration, "error": None}
+    row = {"server": server_name, "rate": rate, "duration": duration, "error": None,
+           "directory": directory}
     console = open(os.path.join(directory, "console.txt"), "w")
     with console:
         server = topology.server.spawn(argv, cwd=directory, env=env, stdout=console,

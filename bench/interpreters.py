@@ -62,6 +62,16 @@ def check_interpreter(python):
     return None
 
 
+def handled(row):
+    """DISCOVERs and REQUESTs the server answered in the measured run (its
+    log has a line for each; warm-up MACs start 02:77, perfdhcp's 00:0c)."""
+    try:
+        with open(os.path.join(row["directory"], "ownsocket.log"), errors="replace") as handle:
+            return sum(1 for line in handle if " from 00:0c:" in line and " -> " in line)
+    except OSError:
+        return 0
+
+
 def version(python):
     return subprocess.run([python, "-c", "import sys; print(sys.version.split()[0], "
                            "sys.implementation.name)"], capture_output=True, text=True).stdout.strip()
@@ -109,10 +119,13 @@ def main(argv=None):
                     for name in servers:
                         row = dhcp_bench.run_one(topology, name, rate, args.duration, args.clients,
                                                  workdir, warmup=args.warmup)
+                        if name != "kea" and not row["error"]:
+                            row["handled"] = handled(row)
                         runs.setdefault((name, rate), []).append(row)
                         print(f"  {name} @ {rate}/s #{repeat + 1}: "
                               + (row["error"] or f"{row['acks_per_s']:.0f} ACK/s, "
-                                 f"CPU {row.get('cpu_s', 0):.1f} s, loss {row['loss_pct']:.1f} %"),
+                                 f"CPU {row.get('cpu_s', 0):.1f} s, loss {row['loss_pct']:.1f} %, "
+                                 f"answered {row.get('handled', '-')}"),
                               file=sys.stderr, flush=True)
     finally:
         if args.keep:
@@ -139,6 +152,14 @@ def main(argv=None):
             if ratios else "n/a")
         line += "; server CPU ms per ACK: " + ", ".join(
             f"{name} {statistics.median(values):.3f}" for name, values in cost.items() if values)
+        # Under overload ACK/s collapses faster than the server slows down
+        # (replies to stale DISCOVERs count as drops): CPU per answered
+        # packet is the interpreter's cost, whatever the machine's load.
+        per_packet = {name: [1e6 * r["cpu_s"] / r["handled"] for r in runs[(name, rate)]
+                             if not r["error"] and r.get("handled")] for name in ("cpython", "pypy")}
+        if all(per_packet.values()):
+            line += "; server CPU us per answered packet: " + ", ".join(
+                f"{name} {statistics.median(values):.0f}" for name, values in per_packet.items())
         print(line)
     return 0
 
