@@ -14,15 +14,16 @@ import socket
 
 SYS_CLASS_NET = "/sys/class/net"
 
+if_nameindex = getattr(socket, "if_nameindex", None)
+
 
 def interface_names(sys_class_net=SYS_CLASS_NET):
     """Every interface name, in kernel index order where it is known.
 
     @raise OSError: the platform can list no interfaces.
     """
-    nameindex = getattr(socket, "if_nameindex", None)
-    if nameindex is not None:
-        return [name for _, name in nameindex()]
+    if if_nameindex is not None:
+        return [name for _, name in if_nameindex()]
     return sorted(os.listdir(sys_class_net), key=lambda name: (_ifindex(sys_class_net, name), name))
 
 
