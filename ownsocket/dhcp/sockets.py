@@ -16,6 +16,7 @@ import errno
 import ipaddress
 import socket
 import struct
+import sys
 from typing import List, Optional, Tuple
 
 from ownsocket import netifaces
@@ -26,7 +27,10 @@ except ImportError:  # Windows
     fcntl = None
 
 SIOCGIFADDR = 0x8915
-SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", None)
+# PyPy's socket module lacks the constant although Linux has the option;
+# without it the fallback below binds the interface address, which never
+# sees a broadcast DISCOVER (only relayed, unicast requests).
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25 if sys.platform.startswith("linux") else None)
 
 
 class SocketError(Exception):
