@@ -14,9 +14,10 @@ import configparser
 import ipaddress
 import os
 import re
-import socket
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
+
+from ownsocket import netifaces
 
 IPv4 = ipaddress.IPv4Address
 
@@ -548,7 +549,7 @@ class AnyInterface:
 
 def _known_interfaces():
     try:
-        return {name for _, name in socket.if_nameindex()}
+        return set(netifaces.interface_names())
     except OSError:
         return None
 

@@ -367,17 +367,3 @@ class SocketTests(unittest.TestCase):
         self.addCleanup(first.close)
         second = open_interface_socket("lo", 16768, shared=True)
         second.close()
-
-
-class InterfaceNameTests(unittest.TestCase):
-    def test_without_if_nameindex_sys_class_net_is_read(self):
-        """PyPy has no socket.if_nameindex: the names come from /sys/class/net."""
-        import os
-        import socket
-        from ownsocket.dhcp import sockets
-        root = self.mktemp()
-        for name in ("eth0", "lo"):
-            os.makedirs(os.path.join(root, name))
-        self.patch(socket, "if_nameindex", None)
-        delattr(socket, "if_nameindex")
-        self.assertEqual(sockets.interface_names(root), ["eth0", "lo"])

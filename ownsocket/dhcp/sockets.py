@@ -13,11 +13,12 @@ address instead.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import struct
+import sys
 from typing import List, Optional, Tuple
 
+from ownsocket import netifaces
 from ownsocket.listening import bind_hint
 
 try:
@@ -26,7 +27,10 @@ except ImportError:  # Windows
     fcntl = None
 
 SIOCGIFADDR = 0x8915
-SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", None)
+# PyPy's socket module lacks the constant although Linux has the option;
+# without it the fallback below binds the interface address, which never
+# sees a broadcast DISCOVER (only relayed, unicast requests).
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25 if sys.platform.startswith("linux") else None)
 
 
 class SocketError(Exception):
@@ -48,25 +52,13 @@ def interface_address(name: str) -> Optional[ipaddress.IPv4Address]:
         probe.close()
 
 
-def interface_names(sys_class_net="/sys/class/net") -> List[str]:
-    """Every network interface's name.  PyPy's socket module has no
-    if_nameindex(); Linux lists the same names under /sys/class/net."""
-    nameindex = getattr(socket, "if_nameindex", None)
-    if nameindex is not None:
-        try:
-            return [name for _, name in nameindex()]
-        except OSError:
-            pass
-    try:
-        return sorted(os.listdir(sys_class_net))
-    except OSError:
-        return []
-
-
 def candidate_interfaces(names=()) -> List[Tuple[str, Optional[ipaddress.IPv4Address]]]:
     """The configured interfaces, or every interface, with their addresses."""
     if not names:
-        names = interface_names()
+        try:
+            names = netifaces.interface_names()
+        except OSError:
+            names = []  # no way to list interfaces here: nothing to serve
     return [(name, interface_address(name)) for name in names]
 
 
