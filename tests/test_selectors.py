@@ -116,6 +116,18 @@ class BuiltinTests(unittest.TestCase):
         ipxe.file_opened(ReadRequest("boot.ipxe", ("10.99.0.5", 2001), {}, client))
         self.assertIsNone(ipxe.select(client))
 
+    def test_ipxe_state_survives_a_reload(self):
+        """A reload builds a new selector: a machine that fetched its first
+        stage before it still gets the script after it."""
+        clock = Clock()
+        old = selectors.IpxeChainSelector("boot.ipxe", remember=60, clock=clock)
+        client = request(has_ipxe_options=True)
+        old.file_opened(ReadRequest("undionly.kpxe", ("10.99.0.5", 2000), {}, client))
+        new = selectors.IpxeChainSelector("boot.ipxe", remember=60, clock=clock)
+        self.assertIsNone(new.select(client))
+        new.inherit(old)
+        self.assertEqual(new.select(client).filename, "boot.ipxe")
+
 
 @implementer(IBootFileSelector)
 class Fixed:

@@ -174,6 +174,14 @@ class IpxeChainSelector:
     def _now(self) -> float:
         return self._clock.seconds()
 
+    def inherit(self, old: "IpxeChainSelector") -> None:
+        """
+        A reload builds a new selector; machines between their first stage
+        and their script must not forget where they are (they would load
+        the first stage once more).  Called by L{ownsocket.reload}.
+        """
+        self._fetched.update(old._fetched)
+
     def select(self, request: BootRequest) -> Optional[BootDecision]:
         if not request.is_ipxe or not self.script:
             return None
