@@ -196,10 +196,11 @@ class Dhcp6Server:
 
     # -- message types -----------------------------------------------------
 
-    def _solicit(self, exchange, source):
+    def _grant(self, exchange, now, bind):
+        """An address for each IA_NA the client asks for: bound for the
+        lease time (Request, rapid commit) or held while an offer is out
+        (Solicit).  Returns the IA_NA options of the answer."""
         message = exchange.message
-        now = self.clock.seconds()
-        commit = message.rapid_commit
         ias = []
         for ia in message.ia_na:
             address, why = self._choose(exchange, ia, now)
@@ -207,13 +208,22 @@ class Dhcp6Server:
                 ias.append(wire.ia_na(ia.iaid, 0, 0, status=(wire.NO_ADDRS_AVAIL, why)))
                 exchange.reason = why
                 continue
-            state, until = (BOUND, now + exchange.subnet.lease_time) if commit else (OFFERED, now + self.offer_hold)
+            if bind:
+                state, until = BOUND, now + exchange.subnet.lease_time
+                why = f"{why}; bound for {exchange.subnet.lease_time}s"
+            else:
+                state, until = OFFERED, now + self.offer_hold
             self.store.put(Lease6(message.client_id, ia.iaid, exchange.mac, address, state, until))
             exchange.addresses.append(address)
             exchange.reason = why
             ias.append(self._ia(exchange.subnet, ia.iaid, address))
         if not message.ia_na:
             exchange.reason = "no IA_NA asked for"
+        return ias
+
+    def _solicit(self, exchange, source):
+        commit = exchange.message.rapid_commit
+        ias = self._grant(exchange, self.clock.seconds(), bind=commit)
         if commit:
             exchange.reply_type = wire.REPLY
             exchange.reason += "; rapid commit"
@@ -226,22 +236,7 @@ class Dhcp6Server:
         return self._answer(exchange, source, ias + extra)
 
     def _request(self, exchange, source):
-        message = exchange.message
-        now = self.clock.seconds()
-        ias = []
-        for ia in message.ia_na:
-            address, why = self._choose(exchange, ia, now)
-            if address is None:
-                ias.append(wire.ia_na(ia.iaid, 0, 0, status=(wire.NO_ADDRS_AVAIL, why)))
-                exchange.reason = why
-                continue
-            self.store.put(Lease6(message.client_id, ia.iaid, exchange.mac, address, BOUND,
-                                  now + exchange.subnet.lease_time))
-            exchange.addresses.append(address)
-            exchange.reason = f"{why}; bound for {exchange.subnet.lease_time}s"
-            ias.append(self._ia(exchange.subnet, ia.iaid, address))
-        if not message.ia_na:
-            exchange.reason = "no IA_NA asked for"
+        ias = self._grant(exchange, self.clock.seconds(), bind=True)
         exchange.reply_type = wire.REPLY
         extra = [] if exchange.addresses else [wire.status_code(wire.NO_ADDRS_AVAIL, exchange.reason[:200])]
         return self._answer(exchange, source, ias + extra)
