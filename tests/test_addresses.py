@@ -1,5 +1,6 @@
 """The address owner: choices, the hint, and a store that someone else also writes."""
 
+import dataclasses
 import ipaddress
 
 from twisted.internet.task import Clock
@@ -104,6 +105,24 @@ class AddressesTests(unittest.TestCase):
         self.addresses.configure(self.config)
         self.assertEqual(self.addresses.counts()[("lab", "bound")], 1)
         self.assertNotIn(address, self.addresses.pool("lab").candidates(mac(2), 4))
+
+    def test_reconfigure_with_the_same_pool_keeps_its_hint(self):
+        """A reload that leaves a pool alone must not rebuild it (that held
+        the reactor long enough to drop packets); new settings still apply."""
+        address, _ = self.offer(mac(1))
+        self.bind(mac(1), address)
+        pool = self.addresses.pool("lab")
+        changed = dataclasses.replace(self.config, subnets=tuple(
+            dataclasses.replace(subnet, lease_time=99) for subnet in self.config.subnets))
+        self.addresses.configure(changed)
+        self.assertIs(self.addresses.pool("lab"), pool)
+        self.assertEqual(self.addresses.pool("lab").subnet.lease_time, 99)
+        self.assertEqual(self.addresses.counts()[("lab", "bound")], 1)
+        wider = configuration.load(text=CONFIG.replace("10.0.0.103", "10.0.0.110"),
+                                   known_interfaces={"eth0"})
+        self.addresses.configure(wider)
+        self.assertIsNot(self.addresses.pool("lab"), pool)
+        self.assertEqual(self.addresses.counts()[("lab", "bound")], 1)
 
     def test_resync_from_shared_store(self):
         self.successResultOf(self.store.claim(mac(50), "lab", [IP("10.0.0.100")], OFFERED, 60))

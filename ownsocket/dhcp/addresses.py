@@ -60,11 +60,27 @@ class Addresses:
         a subnet that is gone stay in the store until they lapse."""
         reserved = {host.address for host in config.hosts if host.address}
         self.subnets = {subnet.name: subnet for subnet in config.subnets}
-        self.pools: Dict[str, AddressPool] = {
-            subnet.name: AddressPool(subnet, reserved) for subnet in config.subnets}
-        now = self.clock.seconds()
-        for lease in self._leases.values():
-            self._mark(lease, now)
+        old_pools = getattr(self, "pools", {})
+        pools: Dict[str, AddressPool] = {}
+        rebuilt = False
+        for subnet in config.subnets:
+            pool = old_pools.get(subnet.name)
+            if (pool is not None and pool.subnet.network == subnet.network
+                    and pool.subnet.pools == subnet.pools and pool.reserved == reserved):
+                # A reload that leaves this pool as it was keeps its hint:
+                # rebuilding 64k addresses and re-marking every lease held
+                # the reactor for ~0.5 s, long enough for a boot storm's
+                # packets to overflow the socket (drops caused by reloads).
+                pool.subnet = subnet
+            else:
+                pool = AddressPool(subnet, reserved)
+                rebuilt = True
+            pools[subnet.name] = pool
+        self.pools = pools
+        if rebuilt:
+            now = self.clock.seconds()
+            for lease in self._leases.values():
+                self._mark(lease, now)
 
     def load(self):
         """Fill the hint from the store: a Deferred that fires when done.

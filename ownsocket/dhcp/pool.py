@@ -61,6 +61,11 @@ class AddressPool:
         return self.subnet.in_pool(address) and address not in self._reserved
 
     @property
+    def reserved(self) -> Set[IPv4]:
+        """The reserved addresses this pool was built without."""
+        return self._reserved
+
+    @property
     def free_count(self) -> int:
         return len(self._free) + len(self._lapsed)
 
