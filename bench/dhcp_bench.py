@@ -80,17 +80,21 @@ arch.7 = snponly.efi
             os.path.join(directory, "ownsocket.log"), "ownsocket", "--config", path]
 
 
-def kea_config(directory):
+def kea_config(directory, lease_database=None, pool=POOL):
+    """kea-dhcp4's argv for the bench subnet; leases in a memfile unless
+    another C{lease-database} is given (bench/pg_bench.py: PostgreSQL)."""
     path = os.path.join(directory, "kea.json")
+    if lease_database is None:
+        lease_database = {"type": "memfile", "persist": True, "lfc-interval": 0,
+                          "name": os.path.join(directory, "leases4.csv")}
     config = {"Dhcp4": {
         "interfaces-config": {"interfaces": ["srv0"], "dhcp-socket-type": "udp"},
-        "lease-database": {"type": "memfile", "persist": True, "lfc-interval": 0,
-                           "name": os.path.join(directory, "leases4.csv")},
+        "lease-database": lease_database,
         "valid-lifetime": 3600,
         "client-classes": [{"name": "uefi", "test": "option[93].hex == 0x0007",
                             "boot-file-name": "snponly.efi"}],
         "subnet4": [{"id": 1, "subnet": "10.80.0.0/16",
-                     "pools": [{"pool": f"{POOL[0]} - {POOL[1]}"}],
+                     "pools": [{"pool": f"{pool[0]} - {pool[1]}"}],
                      "option-data": [{"name": "routers", "data": SERVER_IP}]}],
         "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "stdout"}],
                      "severity": "WARN"}],

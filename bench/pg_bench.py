@@ -23,7 +23,6 @@ Needs root (namespaces).  Usage:
 """
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -39,7 +38,8 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 from tests import netns, pgcluster  # noqa: E402
-from dhcp_bench import PXE_OPTIONS, TWISTD, cpu_seconds, listening, parse_perfdhcp  # noqa: E402
+from dhcp_bench import (PXE_OPTIONS, TWISTD, cpu_seconds, kea_config, listening,  # noqa: E402
+                        parse_perfdhcp)
 
 SERVER_IP, RELAY_IP = "10.80.0.1", "10.80.0.2"
 POOL = ("10.80.1.0", "10.80.60.255")
@@ -73,23 +73,9 @@ arch.7 = snponly.efi
 
 
 def kea_argv(directory, cluster, dbname, pool):
-    path = os.path.join(directory, "kea.json")
-    config = {"Dhcp4": {
-        "interfaces-config": {"interfaces": ["srv0"], "dhcp-socket-type": "udp"},
-        "lease-database": {"type": "postgresql", "name": dbname, "host": cluster.socket_dir,
-                           "user": "kea", "password": "kea"},
-        "valid-lifetime": 3600,
-        "client-classes": [{"name": "uefi", "test": "option[93].hex == 0x0007",
-                            "boot-file-name": "snponly.efi"}],
-        "subnet4": [{"id": 1, "subnet": "10.80.0.0/16",
-                     "pools": [{"pool": f"{pool[0]} - {pool[1]}"}],
-                     "option-data": [{"name": "routers", "data": SERVER_IP}]}],
-        "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "stdout"}],
-                     "severity": "WARN"}],
-    }}
-    with open(path, "w") as handle:
-        json.dump(config, handle, indent=1)
-    return ["kea-dhcp4", "-c", path]
+    """The same Kea as bench/dhcp_bench.py, with its leases in PostgreSQL."""
+    return kea_config(directory, {"type": "postgresql", "name": dbname, "host": cluster.socket_dir,
+                                  "user": "kea", "password": "kea"}, pool)
 
 
 class Bench:
