@@ -119,7 +119,11 @@ class Runtime:
     @ivar admin: the admin listener service, or None.
     @ivar selectors: the names of the selectors in the chain, in order.
     @ivar reloads: how many reloads succeeded and failed, by result.
+    @ivar heap: the L{ownsocket.heap.Heap} policy once the server runs, or
+        None (tests, embedders): the reload freezes the new heap through it.
     """
+
+    heap = None
 
     def __init__(self, prepared: Prepared, reactor, events, config_path=None, recent=None):
         self.reactor = reactor
@@ -142,6 +146,21 @@ class Runtime:
         return [(name, service) for name, service in
                 (("dhcp", self.dhcp), ("dhcp6", self.dhcp6), ("tftp", self.tftp), ("http", self.http), ("admin", self.admin))
                 if service is not None]
+
+    def wants_dhcp6(self, config) -> bool:
+        """
+        Whether C{config} runs DHCPv6: a [subnet6:...], and the DHCP service
+        running (since start-up: [dhcp] enabled needs a restart) in server
+        mode.  The same rule as at start-up.
+        """
+        return bool(config.subnets6) and self.dhcp is not None and config.dhcp.mode == "server"
+
+    def make_dhcp6(self, prepared: Prepared):
+        """A new DHCPv6 service for C{prepared}, not started (a reload adds
+        the first [subnet6:...])."""
+        from ownsocket.dhcp6.service import Dhcp6Service
+        return Dhcp6Service(prepared.config, prepared.selector, self.reactor, recent=self.recent,
+                            events=self.events)
 
     def backend_for(self, name, prepared: Prepared):
         """The file backend service C{name} reads through, under C{prepared}."""

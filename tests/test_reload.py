@@ -9,12 +9,16 @@ and hash follow.  The end-to-end run under twistd is tests/test_reload_live.py.
 import os
 import signal
 
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from ownsocket.dhcp.service import DhcpService
+from ownsocket.dhcp6 import ra
 from ownsocket.events import KINDS, EventBus, EventList
+from ownsocket.heap import SWEEP_EVERY, Heap
 from ownsocket.reload import ReloadOnSignal, Reloader
 from ownsocket.runtime import Runtime, config_hash, prepare, read_config
 
@@ -336,3 +340,282 @@ def remembers(settings, context):
     selector = Remembers()
     directlyProvides(selector, IBootFileSelector)
     return selector
+
+
+class FakeCollector:
+    """The gc module's freeze/collect calls, recorded instead of done: a
+    test must not freeze the test runner's own heap."""
+
+    def __init__(self):
+        self.calls = []
+
+    def collect(self, generation=2):
+        self.calls.append(("collect", generation))
+        return 0
+
+    def freeze(self):
+        self.calls.append(("freeze",))
+
+    def unfreeze(self):
+        self.calls.append(("unfreeze",))
+
+
+class HeapTests(unittest.TestCase):
+
+    def setUp(self):
+        self.clock = Clock()
+        self.gc = FakeCollector()
+        self.heap = Heap(self.clock, self.gc)
+
+    def test_start_collects_everything_once_then_freezes(self):
+        self.heap.start()
+        self.assertEqual(self.gc.calls, [("collect", 2), ("freeze",)])
+
+    def test_settle_never_collects_the_old_generation(self):
+        self.heap.settle()
+        self.assertEqual(self.gc.calls, [("collect", 1), ("freeze",)])
+
+    def test_sweep_at_most_every_sweep_every(self):
+        self.heap.start()
+        del self.gc.calls[:]
+        self.clock.advance(SWEEP_EVERY - 1)
+        self.assertFalse(self.heap.sweep())
+        self.assertEqual(self.gc.calls, [])
+        self.clock.advance(1)
+        self.assertTrue(self.heap.sweep())
+        self.assertEqual(self.gc.calls, [("unfreeze",), ("collect", 2), ("freeze",)])
+        self.assertFalse(self.heap.sweep())
+
+
+class HeapAtReloadTests(unittest.TestCase):
+    """The reload freezes the new long-lived heap, and only after a swap."""
+
+    def setUp(self):
+        ReloadTests.setUp(self)
+        self.gc = FakeCollector()
+        self.runtime.heap = Heap(self.clock, self.gc)
+
+    write = ReloadTests.write
+
+    @defer.inlineCallbacks
+    def test_valid_reload_settles_invalid_does_not(self):
+        self.write(default="second.efi")
+        self.assertTrue((yield self.reloader.reload()))
+        self.assertEqual(self.gc.calls, [("collect", 1), ("freeze",)])
+        self.write(text="[tftp]\nmax_windowsize = 0\n")
+        self.assertFalse((yield self.reloader.reload()))
+        self.assertEqual(self.gc.calls, [("collect", 1), ("freeze",)])
+
+    def test_reload_on_signal_starts_the_heap_at_the_first_turn(self):
+        reactor = FakeReactor()
+        dhcp = DhcpService.__new__(DhcpService)
+        self.runtime.dhcp = dhcp
+        self.runtime.heap = None
+        service = ReloadOnSignal(self.reloader, reactor, heap=Heap(reactor, self.gc))
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(self.gc.calls, [])  # not inside startService
+        reactor.advance(0)
+        self.assertIs(self.runtime.heap, service.heap)
+        self.assertIs(dhcp.heap, service.heap)
+        self.assertEqual(self.gc.calls, [("collect", 2), ("freeze",)])
+
+    def test_stopped_before_the_first_turn_leaves_the_collector_alone(self):
+        reactor = FakeReactor()
+        self.runtime.heap = None
+        service = ReloadOnSignal(self.reloader, reactor, heap=Heap(reactor, self.gc))
+        service.startService()
+        service.stopService()
+        reactor.advance(1)
+        self.assertEqual(self.gc.calls, [])
+        self.assertIsNone(self.runtime.heap)
+
+
+class QuietSweepTests(unittest.TestCase):
+    """The DHCP service sweeps the heap only when no request came for QUIET s."""
+
+    class Store:
+        """A store without checkpoints (as PostgreSQL): the idle check still runs."""
+
+        def close(self):
+            return None
+
+    class Server:
+        last_activity = 0.0
+
+    def test_sweeps_only_when_quiet(self):
+        from ownsocket.dhcp import service as dhcp_service
+        clock = Clock()
+        gc = FakeCollector()
+        service = DhcpService.__new__(DhcpService)
+        service.reactor = clock
+        service.store = self.Store()
+        service.server = self.Server()
+        service.heap = Heap(clock, gc)
+        service.heap.start()
+        del gc.calls[:]
+        service._start_loops()
+        self.addCleanup(service._stop_loops)
+        for _ in range(int(SWEEP_EVERY) * 2 + 10):
+            clock.advance(dhcp_service.CHECKPOINT_POLL / 2)
+            service.server.last_activity = clock.seconds()  # requests twice a second
+        self.assertEqual(gc.calls, [])
+        clock.advance(dhcp_service.QUIET + dhcp_service.CHECKPOINT_POLL)
+        self.assertEqual(gc.calls, [("unfreeze",), ("collect", 2), ("freeze",)])
+
+
+class StubDhcp(Service):
+    """The running DHCPv4 service, as far as DHCPv6's start and stop care."""
+
+    def reconfigure(self, config, selector, backend):
+        return None
+
+
+class Dhcp6StartStopTests(unittest.TestCase):
+    """
+    A reload that adds the first [subnet6:...] starts DHCPv6 (socket and
+    Router Advertisements), one that removes the last stops it, as a start
+    with that file would.  Fake sockets here; tests/test_reload_dhcp6.py
+    does it with real clients in network namespaces.
+    """
+
+    SUBNET6 = "[subnet6:lab]\nnetwork = fd99::/64\npool = fd99::100-fd99::1ff\n"
+
+    def setUp(self):
+        from tests.test_dhcp6_service import FakeReactor as FakeReactor6
+        self.reactor = FakeReactor6()
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "site.ini")
+        self.write(default="first.efi")
+        config, text = read_config(self.path)
+        self.bus = EventBus(self.reactor)
+        self.seen = EventList()
+        self.bus.subscribe(self.seen)
+        self.runtime = Runtime(prepare(config, text, self.reactor), self.reactor, self.bus,
+                               config_path=self.path)
+        self.tree = MultiService()
+        self.runtime.dhcp = StubDhcp()
+        self.runtime.dhcp.setServiceParent(self.tree)
+        self.tree.privilegedStartService()
+        self.tree.startService()
+        self.addCleanup(self.tree.stopService)
+        self.sockets = []
+        self.refuse = None
+        self.runtime.make_dhcp6 = self.make_dhcp6
+        self.reloader = Reloader(self.runtime)
+        self.log = Log(self)
+
+    def make_dhcp6(self, prepared):
+        from ownsocket.dhcp6.leases import MemoryLeaseStore6
+        from ownsocket.dhcp6.service import Dhcp6Service
+        from tests.test_dhcp6_service import ADDRESSES, FakeSocket
+
+        def open_socket(name):
+            if self.refuse is not None:
+                raise self.refuse
+            sock = FakeSocket(name, "udp")
+            self.sockets.append(sock)
+            return sock
+
+        def open_ra(name):
+            sock = FakeSocket(name, "raw")
+            self.sockets.append(sock)
+            return sock
+
+        return Dhcp6Service(prepared.config, prepared.selector, self.reactor, events=self.bus,
+                            store_factory=MemoryLeaseStore6, addresses=lambda: ADDRESSES,
+                            open_socket=open_socket, open_ra=open_ra,
+                            mac_of=lambda name: "02:00:00:00:00:01", mtu_of=lambda name: 1500)
+
+    def write(self, subnet6=False, default="first.efi", mode="server"):
+        text = (f"[dhcp]\nmode = {mode}\nleases = {self.dir}/leases.sqlite\n"
+                f"[tftp]\nroot = {self.dir}\nport = 16969\n[boot]\ndefault = {default}\n")
+        if subnet6:
+            text += self.SUBNET6
+        with open(self.path, "w") as handle:
+            handle.write(text)
+
+    def in_tree(self):
+        return [service for service in self.tree if service.name == "dhcp6"]
+
+    @defer.inlineCallbacks
+    def test_first_subnet6_starts_and_last_one_gone_stops(self):
+        self.write(subnet6=True, default="second.efi")
+        self.assertTrue((yield self.reloader.reload()))
+        service = self.runtime.dhcp6
+        self.assertIsNotNone(service)
+        self.assertEqual(self.in_tree(), [service])
+        self.assertTrue(service.running)
+        self.assertIs(service.config, self.runtime.config)
+        self.assertEqual(sorted(service.ports), ["br0"])
+        self.assertEqual(sorted(service.advertisers), ["br0"])
+        udp, raw = self.sockets
+        self.assertEqual(len(raw.sent), 1)  # the first Router Advertisement, at once
+        self.assertEqual(raw.sent[0][0][0], ra.ROUTER_ADVERTISEMENT)
+        self.assertIn(("dhcp6", "dhcp6"), [(name, s.name) for name, s in self.runtime.services()])
+        self.assertTrue(any("DHCPv6 started" in line for line in self.log.lines()), self.log.lines())
+        # it answers a Solicit with the new config's boot file
+        from ownsocket.dhcp6 import wire
+        from tests.fixtures_loader import load_hex6
+        port = service.ports["br0"]
+        port.protocol.datagramReceived(load_hex6("ovmf_pxe6_solicit"), ("fe80::5054:ff:fe99:10", 546))
+        ((data, _),) = port.written
+        self.assertEqual(wire.parse_server_message(data).option(59), b"tftp://[fd99::1]/second.efi")
+
+        self.write(subnet6=False, default="third.efi")
+        self.assertTrue((yield self.reloader.reload()))
+        self.assertIsNone(self.runtime.dhcp6)
+        self.assertEqual(self.in_tree(), [])
+        self.assertFalse(service.running)
+        self.assertTrue(port.stopped)
+        self.assertTrue(raw.closed)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])  # no RA timer left
+        self.assertTrue(any("DHCPv6 and Router Advertisements stopped" in line
+                            for line in self.log.lines()), self.log.lines())
+
+        # and back again: a new service, new sockets
+        self.write(subnet6=True, default="fourth.efi")
+        self.assertTrue((yield self.reloader.reload()))
+        self.assertIsNot(self.runtime.dhcp6, service)
+        self.assertTrue(self.runtime.dhcp6.running)
+        self.assertEqual(len(self.sockets), 4)
+
+    @defer.inlineCallbacks
+    def test_running_dhcp6_is_reconfigured_not_restarted(self):
+        self.write(subnet6=True)
+        self.assertTrue((yield self.reloader.reload()))
+        service = self.runtime.dhcp6
+        self.write(subnet6=True, default="second.efi")
+        self.assertTrue((yield self.reloader.reload()))
+        self.assertIs(self.runtime.dhcp6, service)
+        self.assertIs(service.config, self.runtime.config)
+        self.assertEqual(len(self.sockets), 2)
+
+    @defer.inlineCallbacks
+    def test_cannot_open_port_547_fails_cleanly(self):
+        from ownsocket.dhcp.sockets import SocketError
+        self.refuse = SocketError("cannot open DHCPv6 UDP port 547 on interface br0: permission denied")
+        self.write(subnet6=True, default="second.efi")
+        self.assertFalse((yield self.reloader.reload()))
+        self.assertIsNone(self.runtime.dhcp6)
+        self.assertEqual(self.in_tree(), [])
+        self.assertEqual(self.runtime.config.boot.default, "second.efi")  # the rest is in force
+        [event] = [e for e in self.seen.events if (e.service, e.kind) == ("server", "reload")]
+        self.assertEqual(event.fields["result"], "failed")
+        self.assertIn("dhcp6: cannot start: cannot open DHCPv6 UDP port 547 on interface br0: "
+                      "permission denied", event.fields["error"])
+        # a later reload tries again
+        self.refuse = None
+        self.write(subnet6=True, default="third.efi")
+        self.assertTrue((yield self.reloader.reload()))
+        self.assertTrue(self.runtime.dhcp6.running)
+
+    @defer.inlineCallbacks
+    def test_no_dhcp_service_no_dhcp6(self):
+        self.runtime.dhcp.disownServiceParent()
+        self.runtime.dhcp = None  # [dhcp] enabled = false at start-up
+        self.write(subnet6=True)
+        self.assertTrue((yield self.reloader.reload()))
+        self.assertIsNone(self.runtime.dhcp6)
+        self.assertEqual(self.in_tree(), [])

@@ -52,6 +52,11 @@ sqlite_store = open_store  # the name older callers know
 class DhcpService(Service):
     log = Logger()
 
+    #: The process's L{ownsocket.heap.Heap} (set once the server runs), or
+    #: None: when set, a full garbage collection runs only while the network
+    #: is quiet, from the same idle check as the lease log checkpoint.
+    heap = None
+
     def __init__(self, config, selector, reactor, boot_file_size=None, recent=None,
                  store_factory=sqlite_store, interfaces=candidate_interfaces,
                  open_socket=open_interface_socket, events=None):
@@ -218,7 +223,7 @@ class DhcpService(Service):
             self._reclaims = task.LoopingCall(self._reclaim)
             self._reclaims.clock = self.reactor
             self._reclaims.start(RECLAIM_INTERVAL, now=False)
-        if self.store is not None and hasattr(self.store, "checkpoint"):
+        if self.store is not None:
             self._last_checkpoint = self.reactor.seconds()
             self._checkpoints = task.LoopingCall(self._maybe_checkpoint)
             self._checkpoints.clock = self.reactor
@@ -241,9 +246,14 @@ class DhcpService(Service):
 
     def _maybe_checkpoint(self):
         """Checkpoint the lease log when no request came for a while, or at
-        the latest every CHECKPOINT_MAX seconds even in a long storm."""
+        the latest every CHECKPOINT_MAX seconds even in a long storm; and
+        sweep the heap, only when quiet."""
         now = self.reactor.seconds()
         quiet = now - self.server.last_activity >= QUIET
+        if quiet and self.heap is not None:
+            self.heap.sweep()
+        if not hasattr(self.store, "checkpoint"):
+            return
         if quiet or now - self._last_checkpoint >= CHECKPOINT_MAX:
             try:
                 self.store.checkpoint()
