@@ -16,7 +16,8 @@ is cyclic garbage at the moment of a freeze would stay in the frozen set,
 so a freeze first collects the young generations (a few ms), and a full
 sweep of everything, frozen or not, runs only when the network has been
 quiet (L{sweep}, from the DHCP service's idle check), at most every
-L{SWEEP_EVERY} seconds.
+L{SWEEP_EVERY} seconds.  A storm without a quiet second settles every
+L{SETTLE_EVERY} seconds instead (L{tick}).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import gc as _gc
 
 #: The least time between two full sweeps, in seconds.
 SWEEP_EVERY = 60.0
+#: During a storm that never leaves a quiet second, how often what survived
+#: since the last freeze is frozen too, so that the lease hint a storm
+#: builds never makes a full collection long either.
+SETTLE_EVERY = 30.0
 
 
 class Heap:
@@ -40,13 +45,22 @@ class Heap:
         self._gc = collector
         self._clock = clock
         self._last_sweep = None
+        self._last_settle = None
 
     def start(self):
         """At start-up, before the first request: one full collection (no
         traffic yet, so it costs nothing), then freeze what is left."""
         self._gc.collect()
         self._gc.freeze()
-        self._last_sweep = self._clock.seconds()
+        self._last_sweep = self._last_settle = self._clock.seconds()
+
+    def tick(self, quiet):
+        """Once a second from the DHCP service: L{sweep} when the network
+        is C{quiet}, else L{settle} every L{SETTLE_EVERY} seconds."""
+        if quiet:
+            self.sweep()
+        elif self._last_settle is not None and self._clock.seconds() - self._last_settle >= SETTLE_EVERY:
+            self.settle()
 
     def settle(self):
         """After a swap: the new config, selectors and backends are the
@@ -55,6 +69,7 @@ class Heap:
         reload must not cause."""
         self._gc.collect(1)
         self._gc.freeze()
+        self._last_settle = self._clock.seconds()
 
     def sweep(self):
         """
@@ -67,7 +82,7 @@ class Heap:
         now = self._clock.seconds()
         if self._last_sweep is not None and now - self._last_sweep < SWEEP_EVERY:
             return False
-        self._last_sweep = now
+        self._last_sweep = self._last_settle = now
         self._gc.unfreeze()
         self._gc.collect()
         self._gc.freeze()

@@ -18,7 +18,7 @@ from twisted.trial import unittest
 from ownsocket.dhcp.service import DhcpService
 from ownsocket.dhcp6 import ra
 from ownsocket.events import KINDS, EventBus, EventList
-from ownsocket.heap import SWEEP_EVERY, Heap
+from ownsocket.heap import SETTLE_EVERY, SWEEP_EVERY, Heap
 from ownsocket.reload import ReloadOnSignal, Reloader
 from ownsocket.runtime import Runtime, config_hash, prepare, read_config
 
@@ -386,6 +386,14 @@ class HeapTests(unittest.TestCase):
         self.assertEqual(self.gc.calls, [("unfreeze",), ("collect", 2), ("freeze",)])
         self.assertFalse(self.heap.sweep())
 
+    def test_a_storm_settles_now_and_then_never_sweeps(self):
+        self.heap.start()
+        del self.gc.calls[:]
+        for _ in range(int(SETTLE_EVERY) * 3):
+            self.clock.advance(1)
+            self.heap.tick(quiet=False)
+        self.assertEqual(self.gc.calls, [("collect", 1), ("freeze",)] * 3)
+
 
 class HeapAtReloadTests(unittest.TestCase):
     """The reload freezes the new long-lived heap, and only after a swap."""
@@ -459,7 +467,9 @@ class QuietSweepTests(unittest.TestCase):
         for _ in range(int(SWEEP_EVERY) * 2 + 10):
             clock.advance(dhcp_service.CHECKPOINT_POLL / 2)
             service.server.last_activity = clock.seconds()  # requests twice a second
-        self.assertEqual(gc.calls, [])
+        self.assertNotIn(("unfreeze",), gc.calls)  # settled now and then, never swept
+        self.assertIn(("freeze",), gc.calls)
+        del gc.calls[:]
         clock.advance(dhcp_service.QUIET + dhcp_service.CHECKPOINT_POLL)
         self.assertEqual(gc.calls, [("unfreeze",), ("collect", 2), ("freeze",)])
 

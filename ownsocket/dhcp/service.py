@@ -54,7 +54,8 @@ class DhcpService(Service):
 
     #: The process's L{ownsocket.heap.Heap} (set once the server runs), or
     #: None: when set, a full garbage collection runs only while the network
-    #: is quiet, from the same idle check as the lease log checkpoint.
+    #: is quiet, from the same idle check as the lease log checkpoint (and a
+    #: storm freezes what it built now and then, see Heap.tick).
     heap = None
 
     def __init__(self, config, selector, reactor, boot_file_size=None, recent=None,
@@ -247,11 +248,11 @@ class DhcpService(Service):
     def _maybe_checkpoint(self):
         """Checkpoint the lease log when no request came for a while, or at
         the latest every CHECKPOINT_MAX seconds even in a long storm; and
-        sweep the heap, only when quiet."""
+        tend the heap (a full sweep only when quiet)."""
         now = self.reactor.seconds()
         quiet = now - self.server.last_activity >= QUIET
-        if quiet and self.heap is not None:
-            self.heap.sweep()
+        if self.heap is not None:
+            self.heap.tick(quiet)
         if not hasattr(self.store, "checkpoint"):
             return
         if quiet or now - self._last_checkpoint >= CHECKPOINT_MAX:
