@@ -115,7 +115,7 @@ class Reloader:
                                 "configuration is in force)", config_hash=prepared.config_hash)
         _log.info("reloaded {source} (sha256 {short}) on {trigger}: {subnets} subnet(s), "
                   "{subnets6} subnet6(s), {hosts} host(s), selectors {selectors}; read and built "
-                  "in {build_ms:.1f} ms, swapped in {swap_ms:.1f} ms ({cpu_ms:.1f} ms CPU)",
+                  "in {build_ms:.1f} ms, swapped in {swap_ms:.1f} ms ({cpu_ms:.1f} ms CPU in all)",
                   source=source, short=prepared.config_hash[:12], trigger=trigger,
                   subnets=len(config.subnets), subnets6=len(config.subnets6), hosts=len(config.hosts),
                   selectors=", ".join(runtime.selectors), build_ms=(built - started) * 1000,

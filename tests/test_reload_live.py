@@ -372,24 +372,35 @@ enabled = false
 
 PERF_RATE = 1000
 #: Reloads come in bursts with quiet gaps between, so drops near a reload
-#: can be compared with drops far from any, in the same run and load.
+#: can be compared with drops far from any, in the same run and load.  The
+#: quiet gaps run the same probe client as the bursts (see L{step}).
 BURSTS = 10
-QUIET_SECONDS = 5.0
+QUIET_SECONDS = 6.0
 #: A second of perfdhcp's report counts as "near a reload" when a SIGHUP
 #: came within it or up to this long before it (a lost packet is counted
 #: as a drop only after perfdhcp's own wait).
 NEAR = 2.0
+#: The kernel's drop counter of the server's DHCP socket is read at a
+#: SIGHUP and this long after the reload's log line (and around as long a
+#: window with no SIGHUP): a reactor stall shows there as a full buffer.
+WINDOW = 0.3
 #: perfdhcp's simulated clients: fewer than the pool's addresses, so no NAK
 #: or drop ever comes from an exhausted pool
 PERF_CLIENTS = 10000
 #: Near-reload seconds may drop this many percentage points more than quiet
-#: ones.  The issue asks for no drops caused by reloads (about 1 point of
-#: chance); on a quiet machine reloads still cost about 3 points (4.6 % near
-#: a reload against 1.4 % far from one, after the unchanged-pool fix; 5.6 %
-#: against 1.0 % before it), so that criterion is NOT met yet and issue 9
-#: stays open for it.  This bound only catches a reload that stalls DHCP
-#: outright; the measured figures are printed on every run.
-DROP_TOLERANCE_POINTS = 10.0
+#: ones: chance, on a shared machine.
+#:
+#: History: this was 10 for a while, because near-reload seconds dropped
+#: about 3 points more (4.6 % against 1.4 % on a quiet machine).  Measured
+#: cause: not the reload (read+build 1-17 ms and swap under 1 ms on the
+#: reactor, logged with each reload; kernel drops in the window around a
+#: SIGHUP no higher than in the same window without one) but the probe that
+#: checks the boot file after each reload, a Python process start (about
+#: 170 ms of CPU) that only near-reload seconds paid for: without any SIGHUP
+#: the seconds of those probes dropped 3x the quiet ones.  The quiet gaps now
+#: run the same probes.  Full garbage collections (60-560 ms) were the
+#: other stall; ownsocket.heap keeps them off the lease hint.
+DROP_TOLERANCE_POINTS = 1.0
 
 
 def periodic(lines):
@@ -413,6 +424,33 @@ def split_drops(points, reloads, near=NEAR):
         totals[base] += sent1 - sent0
         totals[base + 1] += drops1 - drops0
     return tuple(totals)
+
+
+def socket_drops(pid, ports=(67, 69)):
+    """{port: packets the kernel dropped on process C{pid}'s UDP sockets bound
+    to that port} (its network namespace's /proc/net/udp: a full receive
+    buffer, i.e. a reactor that did not read in time)."""
+    wanted = {f"{port:04X}": port for port in ports}
+    drops = dict.fromkeys(ports, 0)
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        with open(f"/proc/{pid}/net/udp") as handle:
+            next(handle)
+            for line in handle:
+                fields = line.split()
+                port = wanted.get(fields[1].rsplit(":", 1)[1])
+                if port is not None and fields[9] in inodes:
+                    drops[port] += int(fields[12])
+    except OSError:
+        pass
+    return drops
 
 
 def parse_perfdhcp(text):
@@ -443,10 +481,14 @@ class DhcpReloadTests(unittest.TestCase):
 
     Drops: perfdhcp reports every second; the seconds near a reload may
     drop at most DROP_TOLERANCE_POINTS more than the seconds far from any
-    (reloads come in BURSTS with quiet gaps), in the same run.  That bound
-    is loose on purpose for now: see DROP_TOLERANCE_POINTS.  The
-    scripted client that reads the boot file after each reload waits up to
-    30 s for its OFFER, as PXE firmware (4 + 8 + 16 s) would.
+    (reloads come in BURSTS with quiet gaps), in the same run.  Each reload
+    is followed by a probe (a scripted client that reads the boot file and
+    waits up to 30 s for its OFFER, as PXE firmware would); the quiet gaps
+    run the same probes without a SIGHUP (and check that the settings in
+    force stay), so the probes' own cost falls on both sides alike.  The
+    kernel's drop counter of the server's DHCP socket, read around each
+    SIGHUP and around as long a window without one, is printed with the
+    reactor time each reload took.
     """
 
     timeout = 900
@@ -545,12 +587,44 @@ enabled = false
             target = os.path.join(self.directory, f"tftp-{number}.bin")
             transfers.loops.append(self._tftp_loop(transfers, url, target, digest))
         started, lines, reloads = [], [], []
+        # kernel drops on the server's DHCP socket in the window from a
+        # SIGHUP to WINDOW after its reload line, and in as long a window
+        # with no SIGHUP (same probes around it): packets, seconds
+        windows = {"reload": [0, 0.0], "sham": [0, 0.0]}
+        pid = self.server.process.pid
         load = None
         generation = 0
+        probes = 0
+
+        @defer.inlineCallbacks
+        def step(kind, valid=None, number=None):
+            """One reload (or, for kind 'sham', the same without SIGHUP), then
+            the probe's boot file: the new settings, or the old ones kept."""
+            nonlocal probes
+            before, since = socket_drops(pid, (67,))[67], time.monotonic()
+            if kind == "reload":
+                reloads.append(reactor.seconds())
+                result, line = yield self.server.reload()
+                self.assertEqual(result, "ok" if valid else "failed", f"reload {number}: {line}")
+            yield deferLater(reactor, WINDOW, lambda: None)
+            windows[kind][0] += socket_drops(pid, (67,))[67] - before
+            windows[kind][1] += time.monotonic() - since
+            expected = generation if self.dhcp_reloads else 0
+            seen = yield self.boot_file(probes)
+            probes += 1
+            self.assertEqual(seen, f"gen{expected}.efi", f"DHCP boot file after {kind} {number}")
+
         try:
             load = self.perfdhcp(PERF_CLIENTS, started, lines)
-            yield deferLater(reactor, QUIET_SECONDS, lambda: None)
+            yield deferLater(reactor, 1.0, lambda: None)
             for number in range(RELOADS):
+                if number % (RELOADS // BURSTS) == 0:
+                    # the quiet seconds: the same probes at the same pace,
+                    # no SIGHUP (the probe is a Python process start: CPU
+                    # that near-reload seconds must not be the only ones to pay)
+                    until = reactor.seconds() + QUIET_SECONDS
+                    while reactor.seconds() < until:
+                        yield step("sham", number=number)
                 valid = number % 2 == 0
                 if valid:
                     generation += 1
@@ -558,14 +632,7 @@ enabled = false
                 else:
                     mistake, named = INVALID[(number // 2) % len(INVALID)]
                     self.server.write(mistake(self.render(generation)))
-                reloads.append(reactor.seconds())
-                result, line = yield self.server.reload()
-                self.assertEqual(result, "ok" if valid else "failed", f"reload {number}: {line}")
-                expected = generation if self.dhcp_reloads else 0
-                seen = yield self.boot_file(number)
-                self.assertEqual(seen, f"gen{expected}.efi", f"DHCP boot file after reload {number}")
-                if (number + 1) % (RELOADS // BURSTS) == 0:
-                    yield deferLater(reactor, QUIET_SECONDS, lambda: None)
+                yield step("reload", valid, number)
             self.assertFalse(load.called, "perfdhcp ended before the last reload")
             started[0].signalProcess("INT")
             stats = yield load
@@ -582,10 +649,18 @@ enabled = false
         near_sent, near_drops, quiet_sent, quiet_drops = split_drops(periodic(lines), reloads)
         near_pct = 100.0 * near_drops / near_sent if near_sent else 0.0
         quiet_pct = 100.0 * quiet_drops / quiet_sent if quiet_sent else 0.0
-        sys.stderr.write(f"\nDHCP reload under load: perfdhcp {stats}; seconds near a reload: "
-                         f"{near_drops}/{near_sent} dropped ({near_pct:.3f} %), far from any: "
-                         f"{quiet_drops}/{quiet_sent} ({quiet_pct:.3f} %); NAKs {naks}; "
-                         f"TFTP transfers {transfers.done['tftp']}, failed {len(transfers.failures)}\n")
+        held = [float(ms) for ms in re.findall(r"read and built in ([\d.]+) ms", log)]
+        swaps = [float(ms) for ms in re.findall(r"swapped in ([\d.]+) ms", log)]
+        rate = {kind: packets / seconds if seconds else 0.0 for kind, (packets, seconds) in windows.items()}
+        sys.stderr.write(
+            f"\nDHCP reload under load: perfdhcp {stats}; seconds near a reload: "
+            f"{near_drops}/{near_sent} dropped ({near_pct:.3f} %), far from any: "
+            f"{quiet_drops}/{quiet_sent} ({quiet_pct:.3f} %); kernel drops on :67 from SIGHUP to "
+            f"{WINDOW} s after: {windows['reload'][0]} in {windows['reload'][1]:.1f} s "
+            f"({rate['reload']:.1f}/s), same windows without SIGHUP: {windows['sham'][0]} in "
+            f"{windows['sham'][1]:.1f} s ({rate['sham']:.1f}/s); valid reloads held the reactor "
+            f"for read+build max {max(held, default=0):.1f} ms, swap max {max(swaps, default=0):.1f} ms; "
+            f"NAKs {naks}; TFTP transfers {transfers.done['tftp']}, failed {len(transfers.failures)}\n")
         self.assertEqual(transfers.failures, [], "\n".join(transfers.failures[:10]))
         self.assertNotRegex(log, r"tftp peer=\S+ file=\S+ result=(?!ok)")
         self.assertEqual(naks, 0)
