@@ -387,6 +387,9 @@ WINDOW = 0.3
 #: perfdhcp's simulated clients: fewer than the pool's addresses, so no NAK
 #: or drop ever comes from an exhausted pool
 PERF_CLIENTS = 10000
+#: The first seconds, while every simulated client makes its first lease
+#: (dearer than the renewals after), count neither as near nor as far.
+WARMUP = PERF_CLIENTS / PERF_RATE
 #: Near-reload seconds may drop this many percentage points more than quiet
 #: ones: chance, on a shared machine.
 #:
@@ -417,10 +420,13 @@ def periodic(lines):
     return points
 
 
-def split_drops(points, reloads, near=NEAR):
-    """(near sent, near drops, quiet sent, quiet drops) over perfdhcp's seconds."""
+def split_drops(points, reloads, near=NEAR, since=None):
+    """(near sent, near drops, quiet sent, quiet drops) over perfdhcp's
+    seconds, those that start before C{since} left out."""
     totals = [0, 0, 0, 0]
     for (start, sent0, drops0), (end, sent1, drops1) in zip(points, points[1:]):
+        if since is not None and start < since:
+            continue
         close = any(start - near < when <= end for when in reloads)
         base = 0 if close else 2
         totals[base] += sent1 - sent0
@@ -597,6 +603,7 @@ enabled = false
         load = None
         generation = 0
         probes = 0
+        measured_from = float("inf")
 
         @defer.inlineCallbacks
         def step(kind, valid=None, number=None):
@@ -609,8 +616,9 @@ enabled = false
                 result, line = yield self.server.reload()
                 self.assertEqual(result, "ok" if valid else "failed", f"reload {number}: {line}")
             yield deferLater(reactor, WINDOW, lambda: None)
-            windows[kind][0] += socket_drops(pid, (67,))[67] - before
-            windows[kind][1] += time.monotonic() - since
+            if reactor.seconds() >= measured_from:
+                windows[kind][0] += socket_drops(pid, (67,))[67] - before
+                windows[kind][1] += time.monotonic() - since
             expected = generation if self.dhcp_reloads else 0
             seen = yield self.boot_file(probes)
             probes += 1
@@ -618,7 +626,9 @@ enabled = false
 
         try:
             load = self.perfdhcp(PERF_CLIENTS, started, lines)
-            yield deferLater(reactor, 1.0, lambda: None)
+            measured_from = reactor.seconds() + WARMUP
+            while reactor.seconds() < measured_from:
+                yield step("sham")
             for number in range(RELOADS):
                 if number % (RELOADS // BURSTS) == 0:
                     # the quiet seconds: the same probes at the same pace,
@@ -648,7 +658,8 @@ enabled = false
         yield transfers.stop()
         log = self.server.log()
         naks = len(re.findall(r"-> NAK", log))
-        near_sent, near_drops, quiet_sent, quiet_drops = split_drops(periodic(lines), reloads)
+        near_sent, near_drops, quiet_sent, quiet_drops = split_drops(periodic(lines), reloads,
+                                                                    since=measured_from)
         near_pct = 100.0 * near_drops / near_sent if near_sent else 0.0
         quiet_pct = 100.0 * quiet_drops / quiet_sent if quiet_sent else 0.0
         held = [float(ms) for ms in re.findall(r"read and built in ([\d.]+) ms", log)]
@@ -715,3 +726,6 @@ class DropSplitTests(unittest.TestCase):
         # one at 8.5 is within NEAR before (10, 11], not before (11, 12]
         self.assertEqual(split_drops(points, [8.5]), (1900, 110, 1900, 170))
         self.assertEqual(split_drops(points, []), (0, 0, 3800, 280))
+        # the warm-up seconds count on neither side
+        self.assertEqual(split_drops(points, [11.5], since=10.5), (1900, 170, 0, 0))
+        self.assertEqual(split_drops(points, [], since=11.0), (0, 0, 1900, 170))
