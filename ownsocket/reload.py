@@ -158,7 +158,8 @@ class Reloader:
                 waits.append((name, result))
         runtime._adopt(prepared)
         if runtime.heap is not None:
-            runtime.heap.settle()
+            # the next turn: the sockets are read between the swap and this
+            runtime.reactor.callLater(0, runtime.heap.settle)
         return waits
 
     def _start_or_stop_dhcp6(self, prepared):

@@ -409,9 +409,12 @@ class HeapAtReloadTests(unittest.TestCase):
     def test_valid_reload_settles_invalid_does_not(self):
         self.write(default="second.efi")
         self.assertTrue((yield self.reloader.reload()))
+        self.assertEqual(self.gc.calls, [])  # not in the swap's own turn
+        self.clock.advance(0)
         self.assertEqual(self.gc.calls, [("collect", 1), ("freeze",)])
         self.write(text="[tftp]\nmax_windowsize = 0\n")
         self.assertFalse((yield self.reloader.reload()))
+        self.clock.advance(0)
         self.assertEqual(self.gc.calls, [("collect", 1), ("freeze",)])
 
     def test_reload_on_signal_starts_the_heap_at_the_first_turn(self):
