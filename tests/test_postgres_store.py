@@ -154,12 +154,30 @@ class SeveralServersTests(PostgresTestCase):
 
     @defer.inlineCallbacks
     def test_behind_refuses_offers_not_bindings(self):
+        """Every connection busy: an offer that waited too long is dropped
+        unsent, a new one beyond the room is refused at once, a binding
+        always waits for its turn."""
+        from twisted.internet import task
+        from ownsocket.dhcp import pgstore
         from ownsocket.dhcp.leases import LeaseStoreBusy
-        self.store._in_flight = self.store._backlog  # as if that many transactions were queued
-        yield self.assertFailure(self.store.claim(ONE, "lab", [A], OFFERED, 30), LeaseStoreBusy)
-        bound = self.store.claim(TWO, "lab", [B], BOUND, 600)
-        self.store._in_flight = 0
+        store = self.store
+        yield store.all_leases()
+        store._in_flight = store._connections  # as if every connection were busy
+        late = store.claim(ONE, "lab", [A], OFFERED, 30)
+        yield task.deferLater(reactor, 0, lambda: None)  # flushed: it waits for a connection
+        self.assertEqual(len(store._waiting), 1)
+        room, store._offer_room = store._offer_room, store._offers_waiting
+        yield self.assertFailure(store.claim(TWO, "lab", [B], OFFERED, 30), LeaseStoreBusy)
+        bound = store.claim(TWO, "lab", [B], BOUND, 600)
+        yield task.deferLater(reactor, 0, lambda: None)
+        store._offer_room = room
+        self.patch(pgstore, "OFFER_WAIT", -1.0)  # the offer has waited too long now
+        store._in_flight = 0
+        store._dispatch()
+        yield self.assertFailure(late, LeaseStoreBusy)
         self.assertEqual((yield bound).address, B)
+        self.assertEqual(store._offers_waiting, 0)
+        self.assertIsNone((yield store.lookup(ONE, "lab")))  # the late offer never reached the database
 
     @defer.inlineCallbacks
     def test_one_outage_one_line_however_many_connections(self):
@@ -172,6 +190,7 @@ class SeveralServersTests(PostgresTestCase):
         observer = lambda event: lines.append(formatEvent(event))
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.store = self.open(pool_size=4)
         yield self.store.all_leases()  # the schema exists
         # Fill the pool: four transactions held at once by a lock this test
         # holds, so each needs a connection of its own.

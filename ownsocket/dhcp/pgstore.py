@@ -68,11 +68,15 @@ RECLAIM_LOCK = 0x6F776E736F636B74
 
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 
-#: Transactions waiting for a connection, per connection, beyond which new
-#: offers are refused (bindings always queue): when the database falls
-#: behind, late offers only make every exchange late (perfdhcp at 5,000/s
-#: on a loaded machine got no exchange through at all without this).
-BACKLOG_PER_CONNECTION = 2
+#: When every connection is busy, offers waiting for the next one beyond
+#: this many are refused at once (bindings always wait), and an offer that
+#: has waited longer than OFFER_WAIT seconds is dropped unsent: when the
+#: database falls behind, late offers only make every exchange late
+#: (without this, perfdhcp at 5,000/s got almost no exchange through).
+OFFERS_WAITING_MAX = 256
+OFFER_WAIT = 0.5
+#: Statements at most in one transaction (batches that wait are merged).
+MAX_TRANSACTION = 1024
 DEADLOCK_RETRIES = 5
 
 _MIGRATIONS = {
@@ -165,6 +169,19 @@ END $$;
 
 _COLUMNS = "host(address), mac, state, extract(epoch FROM expires)::float8, hostname, subnet"
 
+#: Every claim of one transaction in one statement: one row of arrays per
+#: claim, each passed to ownsocket_claim() in order (the claims are sorted
+#: by client), so a batch of a few hundred clients costs one round trip and
+#: one statement to parse and plan instead of a few hundred.  A claim that
+#: got nothing has no row; C{n} says whose each row is.
+_CLAIM_BATCH = (
+    "SELECT u.n, host(r.address), r.mac, r.state, extract(epoch FROM r.expires)::float8, r.hostname, r.subnet"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[]) WITH ORDINALITY AS u(mac, subnet, candidates, state, seconds, hostname,"
+    " lo, hi, excluded, n)"
+    " CROSS JOIN LATERAL ownsocket_claim(u.mac, u.subnet, u.candidates::inet[], u.state,"
+    " u.seconds::float8, u.hostname, %s, u.lo::bigint[], u.hi::bigint[], u.excluded::inet[]) AS r")
+
 
 def _lease(row) -> Lease:
     address, mac, state, expires, hostname, subnet = row
@@ -213,7 +230,7 @@ class PostgresLeaseStore:
     log = Logger()
     shared = True
 
-    def __init__(self, dsn, clock, pool_size=4, server_name=None, connect_timeout=5):
+    def __init__(self, dsn, clock, pool_size=2, server_name=None, connect_timeout=5):
         import psycopg  # noqa: F401  (fail at start-up, not at the first packet)
         self.dsn = dsn
         self.description = describe(dsn)
@@ -221,8 +238,13 @@ class PostgresLeaseStore:
         self.server_name = server_name or socket.gethostname()
         self.connect_timeout = connect_timeout
         self._threads = ThreadPool(minthreads=0, maxthreads=pool_size, name="ownsocket-leases")
+        self._connections = pool_size
         self._in_flight = 0
-        self._backlog = pool_size * (1 + BACKLOG_PER_CONNECTION)
+        # (when, work) of batches that wait for a free connection
+        self._waiting = deque()
+        self._offers_waiting = 0
+        self._offer_room = OFFERS_WAITING_MAX
+        self._drained = []  # close() waits for these
         self._threads.start()
         self._idle = deque()
         self._idle_lock = threading.Lock()
@@ -267,14 +289,15 @@ class PostgresLeaseStore:
         lo = hi = excluded = None
         if own is not None:
             ranges, excluded = own
-            lo = [int(first) for first, _ in ranges]
-            hi = [int(last) for _, last in ranges]
-        # Arrays as literals: cheaper to send than psycopg's list adaptation.
-        return self._submit(
-            f"SELECT {_COLUMNS} FROM ownsocket_claim(%s, %s, %s::inet[], %s, %s, %s, %s,"
-            " %s::bigint[], %s::bigint[], %s::inet[])",
-            (mac, subnet, _array(candidates), state, seconds, hostname, self.server_name,
-             _array(lo), _array(hi), _array(excluded)), _one, durable=state != OFFERED, key=mac)
+            lo = _array([int(first) for first, _ in ranges])
+            hi = _array([int(last) for _, last in ranges])
+            excluded = _array(excluded)
+        # Not a statement of its own: every claim of a transaction goes in
+        # one set-based statement (L{_CLAIM_BATCH}), so its parameters are
+        # kept as text, one array element each.
+        return self._submit(None, (mac, subnet, _array(candidates), state,
+                                   None if seconds is None else repr(float(seconds)), hostname, lo, hi,
+                                   excluded), _one, durable=state != OFFERED, key=mac)
 
     def release(self, mac, address):
         return self._submit("DELETE FROM ownsocket_leases WHERE address = %s AND mac = %s",
@@ -317,8 +340,13 @@ class PostgresLeaseStore:
             return defer.fail(LeaseStoreError("the lease store is closed"))
         if self._down and self.reactor.seconds() < self._retry_at:
             return defer.fail(LeaseStoreUnavailable(f"lease database unreachable ({self.description})"))
-        if not durable and self._in_flight >= self._backlog:
-            return defer.fail(LeaseStoreBusy("lease database busy"))
+        if statement is None and not durable:  # an offer
+            if self._offers_waiting >= self._offer_room and self._in_flight >= self._connections:
+                # Behind: every connection is busy and enough offers wait
+                # for the next one already.  An offer that waits longer
+                # only makes its exchange (and every one after it) late.
+                return defer.fail(LeaseStoreBusy("lease database busy"))
+            self._offers_waiting += 1
         self._queue.append((key, statement, parameters, read, durable, d))
         if not self._in_batch and self._flush_call is None:
             # Everything asked in this reactor turn goes in one transaction.
@@ -326,13 +354,54 @@ class PostgresLeaseStore:
         return d
 
     def _flush(self):
+        """End of a batch: its work waits for a free connection, and
+        everything that waits when one is free goes in one transaction
+        (so under load transactions grow instead of queueing up)."""
         if self._flush_call is not None:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
-        work, self._queue = self._queue, []
-        if not work:
-            return
+        if self._queue:
+            self._waiting.append((self.reactor.seconds(), self._queue))
+            self._queue = []
+        self._dispatch()
+
+    def _dispatch(self):
+        self._send_waiting()
+        if self._drained and not self._waiting and not self._in_flight:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+
+    def _send_waiting(self):
+        while self._waiting and self._in_flight < self._connections:
+            now = self.reactor.seconds()
+            if self._down and now < self._retry_at:
+                waiting, self._waiting = self._waiting, deque()
+                self._offers_waiting = 0
+                error = LeaseStoreUnavailable(f"lease database unreachable ({self.description})")
+                for _, work in waiting:
+                    for item in work:
+                        item[-1].errback(error)
+                return
+            work = []
+            while self._waiting and len(work) < MAX_TRANSACTION:
+                queued, batch = self._waiting.popleft()
+                late = now - queued > OFFER_WAIT
+                for item in batch:
+                    if item[1] is None and not item[4]:  # an offer
+                        self._offers_waiting -= 1
+                        if late:
+                            # It waited too long: its client has given up
+                            # on this exchange, so the database is spared it.
+                            item[-1].errback(LeaseStoreBusy("lease database busy"))
+                            continue
+                    work.append(item)
+            if not work:
+                continue
+            self._send(work)
+
+    def _send(self, work):
         # Claims in client order: two servers that see the same clients in
         # one batch (one segment) then take their per-client locks in the
         # same order and cannot deadlock on them.
@@ -343,6 +412,7 @@ class PostgresLeaseStore:
         d.addBoth(self._landed)
         d.addCallbacks(self._done, self._failed, callbackArgs=(work, self._sent),
                        errbackArgs=(work, self._sent))
+        d.addBoth(lambda _: self._dispatch())
 
     def _landed(self, result):
         self._in_flight -= 1
@@ -431,22 +501,37 @@ class PostgresLeaseStore:
         self._give_back(connection, generation)
         return results
 
-    @staticmethod
-    def _run(connection, work):
-        """One transaction, its statements pipelined.  A transaction with
-        no binding in it (offers, look-ups) does not wait for its WAL flush:
-        an offer lost in a database crash only makes the client ask again;
-        bindings, releases and quarantines always do."""
+    def _run(self, connection, work):
+        """One transaction: the other statements pipelined, then every claim
+        in one statement.  A transaction with no binding in it (offers,
+        look-ups) does not wait for its WAL flush: an offer lost in a
+        database crash only makes the client ask again; bindings, releases
+        and quarantines always do."""
+        others = [item for item in work if item[1] is not None]
+        claims = [item for item in work if item[1] is None]
         cursors = []
+        rows = ()
         with connection.transaction():
             with connection.pipeline():
                 if not any(item[4] for item in work):
                     connection.execute("SET LOCAL synchronous_commit TO off")
-                for _, statement, parameters, _, _, _ in work:
+                for _, statement, parameters, _, _, _ in others:
                     cursor = connection.cursor()
                     cursor.execute(statement, parameters)
                     cursors.append(cursor)
-        return [read(cursor) for cursor, (_, _, _, read, _, _) in zip(cursors, work)]
+                if claims:
+                    columns = [list(column) for column in zip(*(item[2] for item in claims))]
+                    claim_cursor = connection.cursor()
+                    claim_cursor.execute(_CLAIM_BATCH, (*columns, self.server_name))
+            if claims:
+                rows = claim_cursor.fetchall()
+        results = {id(item): read(cursor) for cursor, item in zip(cursors, others) for read in (item[3],)}
+        leases = [None] * len(claims)
+        for n, *row in rows:
+            leases[n - 1] = _lease(row)
+        for item, lease in zip(claims, leases):
+            results[id(item)] = lease
+        return [results[id(item)] for item in work]
 
     def _connection(self):
         """A pooled connection, or a new one: (connection, its generation)."""
@@ -498,6 +583,9 @@ class PostgresLeaseStore:
         """Finish what was asked, then close every connection."""
         self._flush()
         self._closed = True
+        drained = defer.Deferred()
+        self._drained.append(drained)
+        self._dispatch()
 
         def shut():
             with self._idle_lock:
@@ -505,9 +593,9 @@ class PostgresLeaseStore:
             for connection in idle:
                 connection.close()
 
-        d = threads.deferToThreadPool(self.reactor, self._threads, shut)
-        d.addBoth(lambda _: self._threads.stop())
-        return d
+        drained.addCallback(lambda _: threads.deferToThreadPool(self.reactor, self._threads, shut))
+        drained.addBoth(lambda _: self._threads.stop())
+        return drained
 
 
 def migrate(connection):
