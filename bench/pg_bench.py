@@ -183,14 +183,23 @@ def acked_twice(directories):
     return sum(1 for macs in acked.values() if len(macs) > 1)
 
 
-def run(bench, kind, rate, duration, clients):
+def run(bench, kind, rate, duration, clients, profile=False):
     count = 3 if kind == "ownsocket-pg3" else 1
     row = {"server": kind, "rate": rate, "error": None}
     processes = []
     try:
         processes, directories, dbname = bench.start(kind, count)
         cpu = [cpu_seconds(p.pid) for p in processes]
+        spies = []
+        if profile and kind != "kea-pg" and shutil.which("py-spy"):
+            for process, directory in zip(processes, directories):
+                spies.append(subprocess.Popen(
+                    ["py-spy", "record", "--nonblocking", "--threads", "-d", str(duration), "-r", "200",
+                     "-f", "raw", "-o", os.path.join(directory, f"profile-{rate}.txt"), "-p", str(process.pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         totals = bench.load(count, rate, duration, clients)
+        for spy in spies:
+            spy.wait(timeout=60)
         row["cpu_s"] = sum(cpu_seconds(p.pid) - c for p, c in zip(processes, cpu))
         time.sleep(0.5)
         row.update(totals, acks_per_s=totals["acks"] / duration,
@@ -243,10 +252,12 @@ def memory(bench, leases=100_000, rate=1000, duration=10):
 
 def _fill_pg(count):
     # hand the schema to ownsocket's own migration first: rows go in after
-    from ownsocket.dhcp.pgstore import _MIGRATIONS
-    return ("SET ROLE ownsocket;" + _MIGRATIONS[1] + "CREATE TABLE ownsocket_schema (version integer NOT NULL);"
-            "INSERT INTO ownsocket_schema VALUES (1);"
-            "INSERT INTO ownsocket_leases (address, mac, subnet, state, expires)"
+    from ownsocket.dhcp.pgstore import _MIGRATIONS, SCHEMA_VERSION
+    steps = range(1, SCHEMA_VERSION + 1)
+    return ("SET ROLE ownsocket;" + "".join(_MIGRATIONS[step] for step in steps)
+            + "CREATE TABLE ownsocket_schema (version integer NOT NULL);"
+            + "".join(f"INSERT INTO ownsocket_schema VALUES ({step});" for step in steps)
+            + "INSERT INTO ownsocket_leases (address, mac, subnet, state, expires)"
             f" SELECT '10.80.1.0'::inet + i, 'aa:' || lpad(to_hex(i), 14, '0'), 'bench', 'bound',"
             f" now() + interval '1 hour' FROM generate_series(0, {count - 1}) AS i;")
 
@@ -297,6 +308,8 @@ def main(argv=None):
     parser.add_argument("--servers", default="ownsocket-pg1,ownsocket-pg3,ownsocket-sqlite,kea-pg")
     parser.add_argument("--memory", action="store_true", help="also: 100,000 leases, peak RSS under load")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy each ownsocket server under load (raw stacks kept with --keep)")
     args = parser.parse_args(argv)
     ok, reason = netns.available()
     if not ok:
@@ -319,7 +332,7 @@ def main(argv=None):
             bench = Bench(lab, cluster, workdir)
             for rate in [int(r) for r in args.rates.split(",")]:
                 for kind in filter(None, args.servers.split(",")):
-                    row = run(bench, kind, rate, args.duration, args.clients)
+                    row = run(bench, kind, rate, args.duration, args.clients, args.profile)
                     print(f"  {kind} @ {rate}/s: " + (row["error"] or
                           f"{row['acks_per_s']:.0f} ACK/s, loss {row['loss_pct']:.1f} %, "
                           f"duplicates {row['duplicates']}"), file=sys.stderr, flush=True)

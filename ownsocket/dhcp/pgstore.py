@@ -61,7 +61,7 @@ from ownsocket.ratelimit import RateLimitedLog
 IPv4 = ipaddress.IPv4Address
 
 #: The schema's version; ownsocket_schema holds the version a database has.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: pg_advisory_xact_lock key for reclaiming (ASCII "ownsockt").
 RECLAIM_LOCK = 0x6F776E736F636B74
@@ -71,12 +71,17 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 #: When every connection is busy, offers waiting for the next one beyond
 #: this many are refused at once (bindings always wait), and an offer that
 #: has waited longer than OFFER_WAIT seconds is dropped unsent: when the
-#: database falls behind, late offers only make every exchange late
-#: (without this, perfdhcp at 5,000/s got almost no exchange through).
+#: database (or this server) falls behind, late offers only make every
+#: exchange late (without this, perfdhcp at 5,000/s got almost no exchange
+#: through).
 OFFERS_WAITING_MAX = 256
 OFFER_WAIT = 0.5
-#: Statements at most in one transaction (batches that wait are merged).
-MAX_TRANSACTION = 1024
+#: New offers are also refused while the last transaction took longer than
+#: this from send to answer, or one in flight has been out that long.
+OFFER_LAG = 0.3
+#: Statements at most in one transaction (batches that wait are merged): the
+#: replies of one transaction are built in one reactor turn.
+MAX_TRANSACTION = 512
 DEADLOCK_RETRIES = 5
 
 _MIGRATIONS = {
@@ -153,6 +158,87 @@ BEGIN
         IF FOUND THEN
             DELETE FROM ownsocket_leases
                 WHERE mac = p_mac AND subnet = p_subnet AND address <> candidate;
+            RETURN NEXT claimed;
+            RETURN;
+        END IF;
+        SELECT * INTO current FROM ownsocket_leases WHERE address = candidate;
+        IF FOUND AND current.mac = p_mac THEN
+            RETURN NEXT current;  -- the client's own live binding, kept
+            RETURN;
+        END IF;
+    END LOOP;
+    RETURN;
+END $$;
+""",
+    # The same rules with fewer statements per claim: the client's one row is
+    # read once, up front (a request for the address it was just offered
+    # needs no second look at that row), and the client's old row is deleted
+    # only when it has one elsewhere.
+    2: """
+CREATE OR REPLACE FUNCTION ownsocket_claim(p_mac text, p_subnet text, p_candidates inet[], p_state text,
+                                           p_seconds double precision, p_hostname text, p_server text,
+                                           p_own_lo bigint[], p_own_hi bigint[], p_own_not inet[])
+RETURNS SETOF ownsocket_leases
+LANGUAGE plpgsql AS $$
+DECLARE
+    candidate inet;
+    key integer;
+    mine ownsocket_leases;
+    current ownsocket_leases;
+    claimed ownsocket_leases;
+    until timestamptz := CASE WHEN p_seconds IS NULL THEN 'infinity'::timestamptz
+                              ELSE now() + make_interval(secs => p_seconds) END;
+BEGIN
+    -- One claim per client at a time, until COMMIT: this is what keeps the
+    -- one-row-per-client rule true between servers.
+    PERFORM pg_advisory_xact_lock(28535, hashtext(p_subnet || ' ' || p_mac));
+    -- The client's row in this subnet (one at most: the unique constraint).
+    SELECT * INTO mine FROM ownsocket_leases WHERE subnet = p_subnet AND mac = p_mac;
+    -- Its live offer or binding first, if it is still within the pool
+    -- (ranges p_own_lo..p_own_hi, not one of p_own_not).
+    IF p_own_lo IS NOT NULL AND mine.address IS NOT NULL
+       AND (mine.state = 'bound' OR mine.expires > now())
+       AND mine.address <> ALL (COALESCE(p_own_not, '{}'))
+       AND EXISTS (SELECT 1 FROM unnest(p_own_lo, p_own_hi) AS r(lo, hi)
+                   WHERE mine.address - '0.0.0.0'::inet BETWEEN r.lo AND r.hi) THEN
+        p_candidates := array_prepend(mine.address, array_remove(p_candidates, mine.address));
+    END IF;
+    FOREACH candidate IN ARRAY p_candidates LOOP
+        -- Whoever claims an address holds its lock until COMMIT.  An offer
+        -- does not wait: an address that is someone else's, or that another
+        -- server is claiming right now, is passed over; a binding waits.
+        -- (Only a hint: the INSERT below decides on the row as it is.)
+        IF candidate = mine.address THEN
+            current := mine;
+        ELSE
+            SELECT * INTO current FROM ownsocket_leases WHERE address = candidate;
+        END IF;
+        CONTINUE WHEN current.address IS NOT NULL AND current.expires > now()
+                      AND current.mac IS DISTINCT FROM p_mac AND p_state = 'offered';
+        key := ((candidate - '0.0.0.0'::inet) - 2147483648)::integer;
+        IF p_state = 'offered' THEN
+            CONTINUE WHEN NOT pg_try_advisory_xact_lock(28536, key);
+        ELSE
+            PERFORM pg_advisory_xact_lock(28536, key);
+        END IF;
+        -- The compare-and-set: a new row, or a row that lapsed or is this
+        -- client's own (but an offer never downgrades a live binding).  A
+        -- binding waits for a row another server is changing, then re-checks.
+        INSERT INTO ownsocket_leases AS l (address, mac, subnet, state, expires, hostname, server)
+            VALUES (candidate, p_mac, p_subnet, p_state, until, p_hostname, p_server)
+            ON CONFLICT (address) DO UPDATE
+                SET mac = EXCLUDED.mac, subnet = EXCLUDED.subnet, state = EXCLUDED.state,
+                    expires = EXCLUDED.expires, server = EXCLUDED.server,
+                    hostname = COALESCE(EXCLUDED.hostname,
+                                        CASE WHEN l.mac = EXCLUDED.mac THEN l.hostname END)
+                WHERE (l.expires <= now() OR l.mac = EXCLUDED.mac)
+                  AND NOT (EXCLUDED.state = 'offered' AND l.state = 'bound'
+                           AND l.mac = EXCLUDED.mac AND l.expires > now())
+            RETURNING * INTO claimed;
+        IF FOUND THEN
+            IF mine.address IS NOT NULL AND mine.address <> candidate THEN
+                DELETE FROM ownsocket_leases WHERE address = mine.address AND mac = p_mac;
+            END IF;
             RETURN NEXT claimed;
             RETURN;
         END IF;
@@ -244,6 +330,9 @@ class PostgresLeaseStore:
         self._waiting = deque()
         self._offers_waiting = 0
         self._offer_room = OFFERS_WAITING_MAX
+        self._sent_at = deque()  # when each transaction in flight was sent
+        self._lag = 0.0  # how long the last one took, send to answer
+        self._landed_at = 0.0
         self._drained = []  # close() waits for these
         self._threads.start()
         self._idle = deque()
@@ -341,10 +430,7 @@ class PostgresLeaseStore:
         if self._down and self.reactor.seconds() < self._retry_at:
             return defer.fail(LeaseStoreUnavailable(f"lease database unreachable ({self.description})"))
         if statement is None and not durable:  # an offer
-            if self._offers_waiting >= self._offer_room and self._in_flight >= self._connections:
-                # Behind: every connection is busy and enough offers wait
-                # for the next one already.  An offer that waits longer
-                # only makes its exchange (and every one after it) late.
+            if self._behind():
                 return defer.fail(LeaseStoreBusy("lease database busy"))
             self._offers_waiting += 1
         self._queue.append((key, statement, parameters, read, durable, d))
@@ -352,6 +438,25 @@ class PostgresLeaseStore:
             # Everything asked in this reactor turn goes in one transaction.
             self._flush_call = self.reactor.callLater(0, self._flush)
         return d
+
+    def _behind(self):
+        """
+        Whether a new offer would come too late to matter.  Offers are what
+        a server can refuse (the client asks again; its REQUEST, which
+        completes an exchange, always goes through), and refusing them early
+        is what keeps goodput up under overload: every offer let in is paid
+        for again in reply CPU, and late ones are all lost.  Behind means:
+        enough offers already wait for a busy connection, or the last
+        transaction took longer than OFFER_LAG from send to answer (database
+        time, thread hand-off and this reactor's own lag together), or one
+        in flight has been out that long.
+        """
+        if self._in_flight >= self._connections and self._offers_waiting >= self._offer_room:
+            return True
+        now = self.reactor.seconds()
+        if self._lag > OFFER_LAG and now - self._landed_at < OFFER_LAG:
+            return True
+        return bool(self._sent_at) and now - self._sent_at[0] > OFFER_LAG
 
     def _flush(self):
         """End of a batch: its work waits for a free connection, and
@@ -408,14 +513,19 @@ class PostgresLeaseStore:
         work.sort(key=lambda item: item[0])
         self._in_flight += 1
         self._sent += 1
+        sent_at = self.reactor.seconds()
+        self._sent_at.append(sent_at)
         d = threads.deferToThreadPool(self.reactor, self._threads, self._transact, work)
-        d.addBoth(self._landed)
+        d.addBoth(self._landed, sent_at)
         d.addCallbacks(self._done, self._failed, callbackArgs=(work, self._sent),
                        errbackArgs=(work, self._sent))
         d.addBoth(lambda _: self._dispatch())
 
-    def _landed(self, result):
+    def _landed(self, result, sent_at):
         self._in_flight -= 1
+        self._sent_at.remove(sent_at)
+        self._landed_at = self.reactor.seconds()
+        self._lag = self._landed_at - sent_at
         return result
 
     def _done(self, results, work, number):
