@@ -170,6 +170,22 @@ class Bench:
                                 dbname=dbname)[0][0]
 
 
+def server_metrics(bench, count):
+    """What the servers say they did (their /metrics on 127.0.0.1:9067 in
+    each namespace): replies sent and requests dropped, by kind."""
+    found = {}
+    for n in range(count):
+        try:
+            text = bench.pairs[n][0].run(["curl", "-s", "--max-time", "10", "http://127.0.0.1:9067/metrics"],
+                                         timeout=20).stdout
+        except Exception:
+            continue
+        for name, labels, value in re.findall(r'^ownsocket_dhcp_(sent|dropped)_total\{([^}]*)\} (\S+)$', text, re.M):
+            key = name + ":" + ",".join(v for _, v in re.findall(r'(\w+)="([^"]*)"', labels) if v != "dhcp")
+            found[key] = found.get(key, 0) + int(float(value))
+    return found
+
+
 def acked_twice(directories):
     """Addresses some server log shows ACKed to two different clients."""
     acked = {}
@@ -200,6 +216,8 @@ def run(bench, kind, rate, duration, clients, profile=False):
         totals = bench.load(count, rate, duration, clients)
         for spy in spies:
             spy.wait(timeout=60)
+        if kind != "kea-pg":
+            row["metrics"] = server_metrics(bench, count)
         row["cpu_s"] = sum(cpu_seconds(p.pid) - c for p, c in zip(processes, cpu))
         time.sleep(0.5)
         row.update(totals, acks_per_s=totals["acks"] / duration,
@@ -335,7 +353,8 @@ def main(argv=None):
                     row = run(bench, kind, rate, args.duration, args.clients, args.profile)
                     print(f"  {kind} @ {rate}/s: " + (row["error"] or
                           f"{row['acks_per_s']:.0f} ACK/s, loss {row['loss_pct']:.1f} %, "
-                          f"duplicates {row['duplicates']}"), file=sys.stderr, flush=True)
+                          f"duplicates {row['duplicates']}, CPU {row['cpu_s']:.1f} s "
+                          f"{row.get('metrics', '')}"), file=sys.stderr, flush=True)
                     rows.append(row)
             if args.memory:
                 mem = memory(bench)

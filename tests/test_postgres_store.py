@@ -155,8 +155,8 @@ class SeveralServersTests(PostgresTestCase):
     @defer.inlineCallbacks
     def test_behind_refuses_offers_not_bindings(self):
         """Every connection busy: an offer that waited too long is dropped
-        unsent, a new one beyond the room is refused at once, a binding
-        always waits for its turn."""
+        unsent; with the window of offers out full a new one is refused at
+        once; a binding always waits for its turn."""
         from twisted.internet import task
         from ownsocket.dhcp import pgstore
         from ownsocket.dhcp.leases import LeaseStoreBusy
@@ -165,18 +165,19 @@ class SeveralServersTests(PostgresTestCase):
         store._in_flight = store._connections  # as if every connection were busy
         late = store.claim(ONE, "lab", [A], OFFERED, 30)
         yield task.deferLater(reactor, 0, lambda: None)  # flushed: it waits for a connection
-        self.assertEqual(len(store._waiting), 1)
-        room, store._offer_room = store._offer_room, store._offers_waiting
+        self.assertEqual((len(store._waiting), store._offers_out), (1, 1))
+        self.patch(pgstore, "OFFERS_OUT_MAX", 1)  # the window is full
+        self.assertTrue(store.behind())
         yield self.assertFailure(store.claim(TWO, "lab", [B], OFFERED, 30), LeaseStoreBusy)
         bound = store.claim(TWO, "lab", [B], BOUND, 600)
         yield task.deferLater(reactor, 0, lambda: None)
-        store._offer_room = room
         self.patch(pgstore, "OFFER_WAIT", -1.0)  # the offer has waited too long now
         store._in_flight = 0
         store._dispatch()
         yield self.assertFailure(late, LeaseStoreBusy)
         self.assertEqual((yield bound).address, B)
-        self.assertEqual(store._offers_waiting, 0)
+        self.assertEqual(store._offers_out, 0)
+        self.assertFalse(store.behind())
         self.assertIsNone((yield store.lookup(ONE, "lab")))  # the late offer never reached the database
 
     @defer.inlineCallbacks
