@@ -125,6 +125,23 @@ class SeveralServersTests(PostgresTestCase):
         self.assertEqual((yield other.lookup(ONE, "lab")).address, A)
 
     @defer.inlineCallbacks
+    def test_changes_made_by_another_server_are_seen_soon(self):
+        """changed_since() brings what other servers claimed, renewed or
+        declined after the mark (on the database's clock), not older rows."""
+        other = self.open(server_name="b")
+        yield other.claim(TWO, "lab", [B], BOUND, 600)
+        nothing, mark = yield self.store.changed_since()
+        self.assertEqual(nothing, [])
+        self.cluster.sql("UPDATE ownsocket_leases SET changed = now() - interval '1 hour'", dbname=self.dbname)
+        yield other.claim(ONE, "lab", [A], OFFERED, 30)
+        leases, later = yield self.store.changed_since(mark)
+        self.assertEqual([(lease.mac, lease.address, lease.state) for lease in leases], [(ONE, A, OFFERED)])
+        self.assertGreaterEqual(later, mark)
+        yield other.decline(ONE, A, 60)
+        leases, _ = yield self.store.changed_since(later)
+        self.assertEqual([(lease.mac, lease.address, lease.state) for lease in leases], [(None, A, "declined")])
+
+    @defer.inlineCallbacks
     def test_reclaim_one_server_at_a_time(self):
         import psycopg
         yield self.store.claim(ONE, "lab", [A], OFFERED, -1)

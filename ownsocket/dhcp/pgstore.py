@@ -68,6 +68,11 @@ RECLAIM_LOCK = 0x6F776E736F636B74
 
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 
+#: changed_since() looks this many seconds further back than its mark:
+#: a row's change time is its transaction's start, which may be earlier than
+#: its commit.
+CHANGES_OVERLAP = 5.0
+
 #: Offers at most between claim and answer.  This window is what keeps
 #: goodput up under overload: every offer let in costs a reply later, and an
 #: offer that reaches its client after the client gave up (perfdhcp: 1 s) is
@@ -177,8 +182,10 @@ END $$;
     # The same rules with fewer statements per claim: the client's one row is
     # read once, up front (a request for the address it was just offered
     # needs no second look at that row), and the client's old row is deleted
-    # only when it has one elsewhere.
+    # only when it has one elsewhere.  Rows carry when they last changed, so
+    # a server can read what the others did lately (L{changed_since}).
     2: """
+ALTER TABLE ownsocket_leases ADD COLUMN changed timestamptz NOT NULL DEFAULT now();
 CREATE OR REPLACE FUNCTION ownsocket_claim(p_mac text, p_subnet text, p_candidates inet[], p_state text,
                                            p_seconds double precision, p_hostname text, p_server text,
                                            p_own_lo bigint[], p_own_hi bigint[], p_own_not inet[])
@@ -232,7 +239,7 @@ BEGIN
             VALUES (candidate, p_mac, p_subnet, p_state, until, p_hostname, p_server)
             ON CONFLICT (address) DO UPDATE
                 SET mac = EXCLUDED.mac, subnet = EXCLUDED.subnet, state = EXCLUDED.state,
-                    expires = EXCLUDED.expires, server = EXCLUDED.server,
+                    expires = EXCLUDED.expires, server = EXCLUDED.server, changed = now(),
                     hostname = COALESCE(EXCLUDED.hostname,
                                         CASE WHEN l.mac = EXCLUDED.mac THEN l.hostname END)
                 WHERE (l.expires <= now() OR l.mac = EXCLUDED.mac)
@@ -291,6 +298,11 @@ def _one(cursor):
 
 def _all(cursor):
     return [_lease(row) for row in cursor.fetchall()]
+
+
+def _changes(cursor):
+    rows = cursor.fetchall()
+    return [_lease(row[1:]) for row in rows if row[1] is not None], rows[0][0]
 
 
 def _changed(cursor):
@@ -404,9 +416,27 @@ class PostgresLeaseStore:
     def decline(self, mac, address, seconds):
         return self._submit(
             "UPDATE ownsocket_leases SET mac = NULL, state = 'declined', hostname = NULL,"
-            " expires = now() + make_interval(secs => %s)"
+            " expires = now() + make_interval(secs => %s), changed = now()"
             f" WHERE address = %s AND mac = %s RETURNING {_COLUMNS}", (seconds, str(address), mac), _one,
             durable=True)
+
+    def changed_since(self, mark=None):
+        """
+        Rows claimed, renewed or declined (by any server) since C{mark}:
+        a Deferred of (leases, next mark).  Cheap enough to ask every few
+        seconds (no index is kept for it: a scan of 100,000 rows), so a
+        server's hint and address counts need not wait for the next full
+        read of L{all_leases} to see what other servers did.  Deleted rows
+        (releases, reclaimed offers) are not seen: the next full read
+        brings those.  C{mark} is on the database's clock, set back by
+        CHANGES_OVERLAP, so a transaction that committed late is not
+        missed; a row may be seen twice.  No mark: nothing, and the mark
+        for now.
+        """
+        return self._submit(
+            f"SELECT m.mark, {_COLUMNS} FROM (SELECT extract(epoch FROM now())::float8 - %s AS mark) AS m"
+            " LEFT JOIN ownsocket_leases ON %s::float8 IS NOT NULL AND changed >= to_timestamp(%s::float8)",
+            (CHANGES_OVERLAP, mark, mark), _changes)
 
     def reclaim(self):
         """One server at a time (the others skip this round): how many went."""
