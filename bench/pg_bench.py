@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -302,19 +303,32 @@ def _peak_rss(pid):
 
 
 def table(rows):
-    kea = {row["rate"]: row for row in rows if row["server"] == "kea-pg" and not row["error"]}
-    lines = ["| rate/s | server | DISCOVER | ACK | ACK/s | loss % | duplicates | CPU s | vs Kea-PG |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """Medians over the repetitions; the ratio to Kea is the median of each
+    repetition's ratio (both ran minutes apart at most, on the same machine)."""
+    groups = {}
     for row in rows:
-        if row["error"]:
-            lines.append(f"| {row['rate']} | {row['server']} | error: {row['error'].splitlines()[0][:100]} |")
+        groups.setdefault((row["rate"], row["server"]), []).append(row)
+    kea = {(row["rate"], row.get("repetition", 0)): row for row in rows
+           if row["server"] == "kea-pg" and not row["error"]}
+    lines = ["| rate/s | server | runs | DISCOVER | ACK | ACK/s | loss % | duplicates | CPU s | vs Kea-PG |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (rate, server), group in groups.items():
+        good = [row for row in group if not row["error"]]
+        if not good:
+            lines.append(f"| {rate} | {server} | {len(group)} | error: {group[0]['error'].splitlines()[0][:100]} |")
             continue
-        ratio = ""
-        if row["server"] != "kea-pg" and row["rate"] in kea and kea[row["rate"]]["acks_per_s"]:
-            ratio = f"{row['acks_per_s'] / kea[row['rate']]['acks_per_s']:.2f}x"
-        lines.append(f"| {row['rate']} | {row['server']} | {row['discovers']} | {row['acks']} | "
-                     f"{row['acks_per_s']:.0f} | {row['loss_pct']:.1f} | {row['duplicates']} | "
-                     f"{row['cpu_s']:.1f} | {ratio} |")
+        ratios = []
+        for row in good:
+            reference = kea.get((rate, row.get("repetition", 0)))
+            if server != "kea-pg" and reference and reference["acks_per_s"]:
+                ratios.append(row["acks_per_s"] / reference["acks_per_s"])
+        ratio = f"{median(ratios):.2f}x" if ratios else ""
+        if len(ratios) > 1:
+            ratio += " (" + ", ".join(f"{r:.2f}" for r in ratios) + ")"
+        pick = lambda key: median([row[key] for row in good])
+        lines.append(f"| {rate} | {server} | {len(good)} | {pick('discovers'):.0f} | {pick('acks'):.0f} | "
+                     f"{pick('acks_per_s'):.0f} | {pick('loss_pct'):.1f} | {max(row['duplicates'] for row in good)} | "
+                     f"{pick('cpu_s'):.1f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -325,6 +339,8 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, default=10000)
     parser.add_argument("--servers", default="ownsocket-pg1,ownsocket-pg3,ownsocket-sqlite,kea-pg")
     parser.add_argument("--memory", action="store_true", help="also: 100,000 leases, peak RSS under load")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run everything this many times, taking turns; the table shows medians")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy each ownsocket server under load (raw stacks kept with --keep)")
@@ -348,14 +364,17 @@ def main(argv=None):
         cluster.start()
         with netns.Lab() as lab:
             bench = Bench(lab, cluster, workdir)
-            for rate in [int(r) for r in args.rates.split(",")]:
-                for kind in filter(None, args.servers.split(",")):
-                    row = run(bench, kind, rate, args.duration, args.clients, args.profile)
-                    print(f"  {kind} @ {rate}/s: " + (row["error"] or
-                          f"{row['acks_per_s']:.0f} ACK/s, loss {row['loss_pct']:.1f} %, "
-                          f"duplicates {row['duplicates']}, CPU {row['cpu_s']:.1f} s "
-                          f"{row.get('metrics', '')}"), file=sys.stderr, flush=True)
-                    rows.append(row)
+            for repetition in range(args.repeat):
+                for rate in [int(r) for r in args.rates.split(",")]:
+                    for kind in filter(None, args.servers.split(",")):
+                        row = run(bench, kind, rate, args.duration, args.clients, args.profile)
+                        row["repetition"] = repetition
+                        metrics = {key: value for key, value in row.get("metrics", {}).items() if value}
+                        print(f"  [{repetition + 1}] {kind} @ {rate}/s: " + (row["error"] or
+                              f"{row['acks_per_s']:.0f} ACK/s, loss {row['loss_pct']:.1f} %, "
+                              f"duplicates {row['duplicates']}, CPU {row['cpu_s']:.1f} s {metrics}"),
+                              file=sys.stderr, flush=True)
+                        rows.append(row)
             if args.memory:
                 mem = memory(bench)
     finally:
