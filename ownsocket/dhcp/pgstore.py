@@ -348,7 +348,11 @@ class PostgresLeaseStore:
         self._sent_at = deque()  # when each transaction in flight was sent
         self._lag = 0.0  # how long the last one took, send to answer
         self._landed_at = 0.0
+        self._connects = 0  # connections made so far
+        #: seconds; None: offers are never refused for lag (only the window)
+        self.offer_lag = OFFER_LAG
         self._drained = []  # close() waits for these
+        self._refused = []  # offers refused in this batch (failed when it ends)
         self._threads.start()
         self._idle = deque()
         self._idle_lock = threading.Lock()
@@ -391,7 +395,12 @@ class PostgresLeaseStore:
 
     def claim(self, mac, subnet, candidates: Sequence[IPv4], state, seconds, hostname=None, own=None):
         if state == OFFERED and self.behind():
-            return defer.fail(LeaseStoreBusy("lease database busy"))
+            # Refused when the batch ends, not at once: a caller's "busy"
+            # path (overload, clients retry) is its asynchronous one.
+            d = defer.Deferred()
+            self._refused.append(d)
+            self._flush_soon()
+            return d
         lo = hi = excluded = None
         if own is not None:
             ranges, excluded = own
@@ -468,10 +477,13 @@ class PostgresLeaseStore:
             self._offers_out += 1
             d.addBoth(self._offer_back)
         self._queue.append((key, statement, parameters, read, durable, d))
+        self._flush_soon()
+        return d
+
+    def _flush_soon(self):
         if not self._in_batch and self._flush_call is None:
             # Everything asked in this reactor turn goes in one transaction.
             self._flush_call = self.reactor.callLater(0, self._flush)
-        return d
 
     def behind(self):
         """
@@ -489,10 +501,13 @@ class PostgresLeaseStore:
         """
         if self._offers_out >= OFFERS_OUT_MAX:
             return True
+        lag = self.offer_lag
+        if lag is None:
+            return False
         now = self.reactor.seconds()
-        if self._lag > OFFER_LAG and now - self._landed_at < OFFER_LAG:
+        if self._lag > lag and now - self._landed_at < lag:
             return True
-        return bool(self._sent_at) and now - self._sent_at[0] > OFFER_LAG
+        return bool(self._sent_at) and now - self._sent_at[0] > lag
 
     def _offer_back(self, result):
         self._offers_out -= 1
@@ -509,6 +524,10 @@ class PostgresLeaseStore:
         if self._queue:
             self._waiting.append((self.reactor.seconds(), self._queue))
             self._queue = []
+        if self._refused:
+            refused, self._refused = self._refused, []
+            for d in refused:
+                d.errback(LeaseStoreBusy("lease database busy"))
         self._dispatch()
 
     def _dispatch(self):
@@ -553,16 +572,18 @@ class PostgresLeaseStore:
         sent_at = self.reactor.seconds()
         self._sent_at.append(sent_at)
         d = threads.deferToThreadPool(self.reactor, self._threads, self._transact, work)
-        d.addBoth(self._landed, sent_at)
+        d.addBoth(self._landed, sent_at, self._connects)
         d.addCallbacks(self._done, self._failed, callbackArgs=(work, self._sent),
                        errbackArgs=(work, self._sent))
         d.addBoth(lambda _: self._dispatch())
 
-    def _landed(self, result, sent_at):
+    def _landed(self, result, sent_at, connects):
         self._in_flight -= 1
         self._sent_at.remove(sent_at)
-        self._landed_at = self.reactor.seconds()
-        self._lag = self._landed_at - sent_at
+        if connects == self._connects:
+            # (one that had to connect first says nothing about lag)
+            self._landed_at = self.reactor.seconds()
+            self._lag = self._landed_at - sent_at
         return result
 
     def _done(self, results, work, number):
@@ -689,6 +710,7 @@ class PostgresLeaseStore:
                 if not connection.closed:
                     return connection, self._generation
             generation = self._generation
+        self._connects += 1  # (a plain int: read on the reactor thread, only compared)
         connection = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout,
                                      application_name="ownsocket", autocommit=True)
         if not self._migrated:
