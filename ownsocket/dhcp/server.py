@@ -56,7 +56,16 @@ def arch_label(arches):
 
 def arch_text(arches):
     """The architectures as the log lines show them: C{7 EFI x64,0 x86 BIOS}."""
-    return ",".join(f"{a} {ARCH_NAMES.get(a, 'unknown')}" for a in arches) or "-"
+    text = _ARCH_TEXTS.get(arches)
+    if text is None:
+        text = ",".join(f"{a} {ARCH_NAMES.get(a, 'unknown')}" for a in arches) or "-"
+        if len(_ARCH_TEXTS) > 1024:
+            _ARCH_TEXTS.clear()
+        _ARCH_TEXTS[arches] = text
+    return text
+
+
+_ARCH_TEXTS = {}
 
 
 def message_name(message):
@@ -554,11 +563,10 @@ class DhcpServer:
         if exchange.reply_type is not None or exchange.answered:
             decision = exchange.decision
             name = wire.MESSAGE_NAMES[exchange.reply_type].lower() if exchange.reply_type else "bootp"
+            address = str(exchange.address) if exchange.address else None
             self.events.publish(
-                "dhcp", "sent", mac=message.mac,
-                peer=str(exchange.address) if exchange.address else None,
-                message=name, xid=message.xid,
-                address=str(exchange.address) if exchange.address else None,
+                "dhcp", "sent", mac=message.mac, peer=address, message=name, xid=message.xid,
+                address=address,
                 file=decision.filename if decision else None,
                 selector=decision.selector if decision and decision.filename else None,
                 arch=arch_label(message.arch_types),
