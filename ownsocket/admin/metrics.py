@@ -67,14 +67,20 @@ class Vocabulary:
     def __init__(self, known=(), limit=0):
         self.known = frozenset(known)
         self.limit = limit
+        self._words = {}  # text seen -> label, for the fixed vocabularies
         self.learned = set()
 
     def __call__(self, value) -> str:
         if value is None or value == "":
             return NONE
         if self.known:
-            word = _word(value)
-            return word if word in self.known else OTHER
+            word = self._words.get(value)
+            if word is None:
+                word = _word(value)
+                word = word if word in self.known else OTHER
+                if len(self._words) < 1024 and isinstance(value, str):
+                    self._words[value] = word
+            return word
         name = str(value)
         if name in self.learned:
             return name
@@ -188,16 +194,16 @@ class Metrics:
         """One more, counted in a plain dict and handed to prometheus_client
         at the next collection (L{flush}): its C{inc} takes a lock each time,
         and the DHCP path counts about ten things per exchange."""
-        child = self._child(metric, *labels)
+        key = (metric, labels)
         pending = self._pending
-        pending[child] = pending.get(child, 0) + 1
+        pending[key] = pending.get(key, 0) + 1
 
     def flush(self):
         """Hand the pending counts over (on the reactor thread, which is the
         only one that counts)."""
         pending, self._pending = self._pending, {}
-        for child, amount in pending.items():
-            child.inc(amount)
+        for (metric, labels), amount in pending.items():
+            self._child(metric, *labels).inc(amount)
 
     # -- the observer -----------------------------------------------------
 

@@ -104,6 +104,8 @@ class Exchange:
     reply_type: Optional[int] = None
     address: Optional[IPv4] = None
     decision: Optional[BootDecision] = None
+    #: what the selectors saw (a generated boot file's size depends on it)
+    boot_request: Optional[BootRequest] = None
     reason: str = ""
     answered: bool = False  # a BOOTP reply has no reply_type
     #: why no reply went out, as an event reason (None: nothing to report)
@@ -128,8 +130,9 @@ class DhcpServer:
     @param store: an L{ILeaseStore}.
     @param selector: an L{IBootFileSelector} (usually a chain).
     @param clock: anything with C{seconds()}; the reactor in production.
-    @param boot_file_size: callable(name) -> size in bytes or None, for
-        option 13; None disables the option.
+    @param boot_file_size: callable(name, boot_request) -> size in bytes or
+        None, for option 13 (L{ownsocket.filechain.FileSizes}); None disables
+        the option.
     @param recent: a L{RecentRequests} that TFTP/HTTP backends read.
     """
 
@@ -459,7 +462,7 @@ class DhcpServer:
         request = self.boot_request(exchange.message, exchange.arrival, exchange.server_id)
 
         def finish(decision):
-            exchange.decision = decision
+            exchange.decision, exchange.boot_request = decision, request
             if exchange.address is not None and self.recent is not None:
                 self.recent.remember(exchange.address, request)
             replies = build()
@@ -503,7 +506,7 @@ class DhcpServer:
         next_server = ((decision.next_server if decision else None) or
                        (host.next_server if host else None) or subnet.next_server or
                        exchange.server_id)
-        add_boot_fields(reply, message, decision, next_server, self.boot_file_size)
+        add_boot_fields(reply, message, decision, next_server, self.boot_file_size, exchange.boot_request)
         echo_options(message, reply)
         host_address, port = self._destination(message, reply)
         return Outgoing(wire.build(reply), host_address, port)
