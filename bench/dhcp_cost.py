@@ -54,7 +54,7 @@ enabled = {admin}
 
 [subnet:bench]
 network = 10.80.0.0/16
-pool = 10.80.1.0-10.80.60.255
+pool = 10.80.1.0-10.80.250.255
 router = 10.80.0.1
 lease_time = 3600
 

@@ -10,6 +10,7 @@ store keeps the bindings and the selector chooses the boot file.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 import time
@@ -172,6 +173,7 @@ class DhcpServer:
         self.selector = selector
         self.hosts = {host.mac: host for host in config.hosts}
         self.reserved_by_address = {host.address: host for host in config.hosts if host.address}
+        self._per_subnet = {}  # id(subnet) -> (subnet, its encoded options)
 
     @property
     def pools(self):
@@ -482,20 +484,13 @@ class DhcpServer:
             reply.ciaddr = message.ciaddr
         else:
             reply.yiaddr = exchange.address
+        options = reply.options
         if not bootp:
-            reply.add(wire.OPT_MESSAGE_TYPE, bytes((reply.message_type,)))
-            reply.add(wire.OPT_SERVER_ID, exchange.server_id.packed)
+            options.append((wire.OPT_MESSAGE_TYPE, bytes((reply.message_type,))))
+            options.append((wire.OPT_SERVER_ID, exchange.server_id.packed))
             if lease_time is not None:
-                reply.add(wire.OPT_LEASE_TIME, struct.pack("!I", lease_time))
-                reply.add(wire.OPT_RENEWAL, struct.pack("!I", lease_time // 2))
-                reply.add(wire.OPT_REBINDING, struct.pack("!I", lease_time * 7 // 8))
-        reply.add(wire.OPT_SUBNET_MASK, subnet.network.netmask.packed)
-        if subnet.routers:
-            reply.add(wire.OPT_ROUTER, wire.address_bytes(subnet.routers))
-        if subnet.dns:
-            reply.add(wire.OPT_DNS, wire.address_bytes(subnet.dns))
-        if subnet.domain:
-            reply.add(wire.OPT_DOMAIN, subnet.domain.encode("ascii", "replace"))
+                options += _lease_options(lease_time)
+        options += self._subnet_options(subnet)
         if host is not None and host.hostname:
             reply.add(wire.OPT_HOSTNAME, host.hostname.encode("ascii", "replace"))
         if wire.OPT_IPXE in message.options and not bootp:
@@ -510,6 +505,21 @@ class DhcpServer:
         echo_options(message, reply)
         host_address, port = self._destination(message, reply)
         return Outgoing(wire.build(reply), host_address, port)
+
+    def _subnet_options(self, subnet):
+        """Options 1, 3, 6 and 15 of a subnet, encoded once per config (the
+        cache goes with the config on reload)."""
+        cached = self._per_subnet.get(id(subnet))
+        if cached is None or cached[0] is not subnet:
+            options = [(wire.OPT_SUBNET_MASK, subnet.network.netmask.packed)]
+            if subnet.routers:
+                options.append((wire.OPT_ROUTER, wire.address_bytes(subnet.routers)))
+            if subnet.dns:
+                options.append((wire.OPT_DNS, wire.address_bytes(subnet.dns)))
+            if subnet.domain:
+                options.append((wire.OPT_DOMAIN, subnet.domain.encode("ascii", "replace")))
+            cached = self._per_subnet[id(subnet)] = (subnet, tuple(options))
+        return cached[1]
 
     def _nak(self, exchange, reason):
         message = exchange.message
@@ -599,6 +609,14 @@ def _settled(result):
         result.addErrback(lambda _: None)
         value.raiseException()
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def _lease_options(lease_time):
+    """Options 51, 58 and 59 (RFC 2131 T1 = 1/2, T2 = 7/8 of the lease)."""
+    return ((wire.OPT_LEASE_TIME, struct.pack("!I", lease_time)),
+            (wire.OPT_RENEWAL, struct.pack("!I", lease_time // 2)),
+            (wire.OPT_REBINDING, struct.pack("!I", lease_time * 7 // 8)))
 
 
 def _text(value):
