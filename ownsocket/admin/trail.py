@@ -27,7 +27,6 @@ bounded too.
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 from collections import OrderedDict, deque
 from typing import Optional
 
@@ -232,7 +231,7 @@ def _bounded(event):
     names come from the client; DHCP options cannot exceed 255 bytes)."""
     fields = event.fields
     if any(isinstance(v, str) and len(v) > MAX_TEXT for v in fields.values()):
-        return replace(event, fields={k: _plain(v) for k, v in fields.items()})
+        return event._replace(fields={k: _plain(v) for k, v in fields.items()})
     return event
 
 
