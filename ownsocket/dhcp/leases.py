@@ -433,6 +433,10 @@ class SqliteLeaseStore:
             self.log.error("lease database {path}: cannot re-read after a rollback: {error}",
                            path=self.path, error=error)
 
+    def behind(self) -> bool:
+        """Never: SQLite answers at once (see L{ILeaseStore.behind})."""
+        return False
+
     # -- housekeeping --------------------------------------------------------
 
     def close(self):
