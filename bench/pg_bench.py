@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -170,6 +171,22 @@ class Bench:
                                 dbname=dbname)[0][0]
 
 
+def server_metrics(bench, count):
+    """What the servers say they did (their /metrics on 127.0.0.1:9067 in
+    each namespace): replies sent and requests dropped, by kind."""
+    found = {}
+    for n in range(count):
+        try:
+            text = bench.pairs[n][0].run(["curl", "-s", "--max-time", "10", "http://127.0.0.1:9067/metrics"],
+                                         timeout=20).stdout
+        except Exception:
+            continue
+        for name, labels, value in re.findall(r'^ownsocket_dhcp_(sent|dropped)_total\{([^}]*)\} (\S+)$', text, re.M):
+            key = name + ":" + ",".join(v for _, v in re.findall(r'(\w+)="([^"]*)"', labels) if v != "dhcp")
+            found[key] = found.get(key, 0) + int(float(value))
+    return found
+
+
 def acked_twice(directories):
     """Addresses some server log shows ACKed to two different clients."""
     acked = {}
@@ -183,14 +200,25 @@ def acked_twice(directories):
     return sum(1 for macs in acked.values() if len(macs) > 1)
 
 
-def run(bench, kind, rate, duration, clients):
+def run(bench, kind, rate, duration, clients, profile=False):
     count = 3 if kind == "ownsocket-pg3" else 1
     row = {"server": kind, "rate": rate, "error": None}
     processes = []
     try:
         processes, directories, dbname = bench.start(kind, count)
         cpu = [cpu_seconds(p.pid) for p in processes]
+        spies = []
+        if profile and kind != "kea-pg" and shutil.which("py-spy"):
+            for process, directory in zip(processes, directories):
+                spies.append(subprocess.Popen(
+                    ["py-spy", "record", "--nonblocking", "--threads", "-d", str(duration), "-r", "200",
+                     "-f", "raw", "-o", os.path.join(directory, f"profile-{rate}.txt"), "-p", str(process.pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         totals = bench.load(count, rate, duration, clients)
+        for spy in spies:
+            spy.wait(timeout=60)
+        if kind != "kea-pg":
+            row["metrics"] = server_metrics(bench, count)
         row["cpu_s"] = sum(cpu_seconds(p.pid) - c for p, c in zip(processes, cpu))
         time.sleep(0.5)
         row.update(totals, acks_per_s=totals["acks"] / duration,
@@ -227,12 +255,14 @@ def memory(bench, leases=100_000, rate=1000, duration=10):
                 deadline = time.monotonic() + 60
                 while not listening(bench.pairs[0][0]) and time.monotonic() < deadline:
                     time.sleep(0.2)
-                time.sleep(2)
             else:
                 processes, _, _ = bench.start(kind, 1, pool=BIG_POOL, dsn_hook=fill)
-                time.sleep(3)
+            # the PostgreSQL store reads its leases after the port is open:
+            # load only once the server counts them all
+            loaded = wait_loaded(bench, leases)
             totals = bench.load(1, rate, duration, 20000)
-            results[kind] = {"peak_rss_mib": _peak_rss(processes[0].pid) / 1024, "acks": totals["acks"]}
+            results[kind] = {"peak_rss_mib": _peak_rss(processes[0].pid) / 1024, "acks": totals["acks"],
+                             "loaded_s": loaded}
         except Exception as error:
             results[kind] = {"error": str(error)[:300]}
         finally:
@@ -241,12 +271,31 @@ def memory(bench, leases=100_000, rate=1000, duration=10):
     return results
 
 
+def wait_loaded(bench, leases, timeout=90):
+    """Seconds until the server's /metrics count C{leases} bound addresses
+    (None if they never did)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            text = bench.pairs[0][0].run(["curl", "-s", "--max-time", "5", "http://127.0.0.1:9067/metrics"],
+                                         timeout=10, check=False).stdout
+        except Exception:
+            text = ""
+        found = re.search(r'^ownsocket_dhcp_addresses\{[^}]*state="bound"[^}]*\} (\S+)$', text, re.M)
+        if found and float(found.group(1)) >= leases:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    return None
+
+
 def _fill_pg(count):
     # hand the schema to ownsocket's own migration first: rows go in after
-    from ownsocket.dhcp.pgstore import _MIGRATIONS
-    return ("SET ROLE ownsocket;" + _MIGRATIONS[1] + "CREATE TABLE ownsocket_schema (version integer NOT NULL);"
-            "INSERT INTO ownsocket_schema VALUES (1);"
-            "INSERT INTO ownsocket_leases (address, mac, subnet, state, expires)"
+    from ownsocket.dhcp.pgstore import _MIGRATIONS, SCHEMA_VERSION
+    steps = range(1, SCHEMA_VERSION + 1)
+    return ("SET ROLE ownsocket;" + "".join(_MIGRATIONS[step] for step in steps)
+            + "CREATE TABLE ownsocket_schema (version integer NOT NULL);"
+            + "".join(f"INSERT INTO ownsocket_schema VALUES ({step});" for step in steps)
+            + "INSERT INTO ownsocket_leases (address, mac, subnet, state, expires)"
             f" SELECT '10.80.1.0'::inet + i, 'aa:' || lpad(to_hex(i), 14, '0'), 'bench', 'bound',"
             f" now() + interval '1 hour' FROM generate_series(0, {count - 1}) AS i;")
 
@@ -273,19 +322,32 @@ def _peak_rss(pid):
 
 
 def table(rows):
-    kea = {row["rate"]: row for row in rows if row["server"] == "kea-pg" and not row["error"]}
-    lines = ["| rate/s | server | DISCOVER | ACK | ACK/s | loss % | duplicates | CPU s | vs Kea-PG |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """Medians over the repetitions; the ratio to Kea is the median of each
+    repetition's ratio (both ran minutes apart at most, on the same machine)."""
+    groups = {}
     for row in rows:
-        if row["error"]:
-            lines.append(f"| {row['rate']} | {row['server']} | error: {row['error'].splitlines()[0][:100]} |")
+        groups.setdefault((row["rate"], row["server"]), []).append(row)
+    kea = {(row["rate"], row.get("repetition", 0)): row for row in rows
+           if row["server"] == "kea-pg" and not row["error"]}
+    lines = ["| rate/s | server | runs | DISCOVER | ACK | ACK/s | loss % | duplicates | CPU s | vs Kea-PG |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (rate, server), group in groups.items():
+        good = [row for row in group if not row["error"]]
+        if not good:
+            lines.append(f"| {rate} | {server} | {len(group)} | error: {group[0]['error'].splitlines()[0][:100]} |")
             continue
-        ratio = ""
-        if row["server"] != "kea-pg" and row["rate"] in kea and kea[row["rate"]]["acks_per_s"]:
-            ratio = f"{row['acks_per_s'] / kea[row['rate']]['acks_per_s']:.2f}x"
-        lines.append(f"| {row['rate']} | {row['server']} | {row['discovers']} | {row['acks']} | "
-                     f"{row['acks_per_s']:.0f} | {row['loss_pct']:.1f} | {row['duplicates']} | "
-                     f"{row['cpu_s']:.1f} | {ratio} |")
+        ratios = []
+        for row in good:
+            reference = kea.get((rate, row.get("repetition", 0)))
+            if server != "kea-pg" and reference and reference["acks_per_s"]:
+                ratios.append(row["acks_per_s"] / reference["acks_per_s"])
+        ratio = f"{median(ratios):.2f}x" if ratios else ""
+        if len(ratios) > 1:
+            ratio += " (" + ", ".join(f"{r:.2f}" for r in ratios) + ")"
+        pick = lambda key: median([row[key] for row in good])
+        lines.append(f"| {rate} | {server} | {len(good)} | {pick('discovers'):.0f} | {pick('acks'):.0f} | "
+                     f"{pick('acks_per_s'):.0f} | {pick('loss_pct'):.1f} | {max(row['duplicates'] for row in good)} | "
+                     f"{pick('cpu_s'):.1f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -296,7 +358,11 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, default=10000)
     parser.add_argument("--servers", default="ownsocket-pg1,ownsocket-pg3,ownsocket-sqlite,kea-pg")
     parser.add_argument("--memory", action="store_true", help="also: 100,000 leases, peak RSS under load")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run everything this many times, taking turns; the table shows medians")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy each ownsocket server under load (raw stacks kept with --keep)")
     args = parser.parse_args(argv)
     ok, reason = netns.available()
     if not ok:
@@ -317,13 +383,17 @@ def main(argv=None):
         cluster.start()
         with netns.Lab() as lab:
             bench = Bench(lab, cluster, workdir)
-            for rate in [int(r) for r in args.rates.split(",")]:
-                for kind in filter(None, args.servers.split(",")):
-                    row = run(bench, kind, rate, args.duration, args.clients)
-                    print(f"  {kind} @ {rate}/s: " + (row["error"] or
-                          f"{row['acks_per_s']:.0f} ACK/s, loss {row['loss_pct']:.1f} %, "
-                          f"duplicates {row['duplicates']}"), file=sys.stderr, flush=True)
-                    rows.append(row)
+            for repetition in range(args.repeat):
+                for rate in [int(r) for r in args.rates.split(",")]:
+                    for kind in filter(None, args.servers.split(",")):
+                        row = run(bench, kind, rate, args.duration, args.clients, args.profile)
+                        row["repetition"] = repetition
+                        metrics = {key: value for key, value in row.get("metrics", {}).items() if value}
+                        print(f"  [{repetition + 1}] {kind} @ {rate}/s: " + (row["error"] or
+                              f"{row['acks_per_s']:.0f} ACK/s, loss {row['loss_pct']:.1f} %, "
+                              f"duplicates {row['duplicates']}, CPU {row['cpu_s']:.1f} s {metrics}"),
+                              file=sys.stderr, flush=True)
+                        rows.append(row)
             if args.memory:
                 mem = memory(bench)
     finally:
@@ -341,7 +411,9 @@ def main(argv=None):
         print("\n100,000 leases in the store, one server at 1,000/s for 10 s:")
         for kind, result in mem.items():
             print(f"  {kind}: " + (result.get("error") or
-                                   f"peak RSS {result['peak_rss_mib']:.0f} MiB, {result['acks']} ACKs"))
+                                   f"peak RSS {result['peak_rss_mib']:.0f} MiB, {result['acks']} ACKs "
+                                   f"(leases loaded {result['loaded_s'] if result['loaded_s'] is None else round(result['loaded_s'], 1)} s "
+                                   f"after the port opened)"))
     return 0
 
 

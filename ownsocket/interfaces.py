@@ -144,6 +144,15 @@ class ILeaseStore(Interface):
         """A context manager: the changes made inside it are one transaction
         whose Deferreds fire after its commit (group commit)."""
 
+    def behind():
+        """
+        True while a new offer would come too late to matter (a shared
+        database lagging under load): the DHCP protocol then drops
+        DISCOVERs before spending anything on them, as it does when the
+        socket brings more than it can answer.  Bindings are never refused.
+        A store that answers at once always says False.
+        """
+
     def close():
         """Release connections and files; may return a Deferred."""
 

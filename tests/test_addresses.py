@@ -128,3 +128,40 @@ class AddressesTests(unittest.TestCase):
         self.successResultOf(self.store.claim(mac(50), "lab", [IP("10.0.0.100")], OFFERED, 60))
         self.successResultOf(self.addresses.load())
         self.assertEqual(self.addresses.counts()[("lab", "offered")], 1)
+
+    def test_changes_of_a_shared_store_between_full_refreshes(self):
+        """A shared store that can list its recent changes: the hint and
+        the counts learn another server's bindings at the next reclaim
+        round, without a full read of every row."""
+        from twisted.internet import defer
+        other = []  # rows "another server" wrote, as changed_since returns them
+        calls = []
+
+        class Shared:
+            shared = True
+
+            def __init__(self, inner):
+                self.inner = inner
+
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+
+            def changed_since(self, mark):
+                calls.append(mark)
+                rows, other[:] = (list(other) if mark is not None else []), []
+                return defer.succeed((rows, (mark or 0) + 1))
+
+            def all_leases(self):
+                calls.append("all")
+                return self.inner.all_leases()
+
+        addresses = Addresses(self.config, Shared(self.store), self.clock)
+        self.successResultOf(addresses.load())
+        self.successResultOf(addresses.reclaim(refresh=False))  # first look: a mark, no rows
+        self.assertEqual(addresses.counts()[("lab", "bound")], 0)
+        elsewhere = self.successResultOf(self.store.claim(mac(60), "lab", [IP("10.0.0.102")], BOUND, 600))
+        other.append(elsewhere)
+        self.successResultOf(addresses.reclaim(refresh=False))
+        self.assertEqual(addresses.counts()[("lab", "bound")], 1)
+        self.assertNotIn(IP("10.0.0.102"), addresses.pool("lab").candidates(mac(61), 4))
+        self.assertEqual(calls, ["all", None, 1])

@@ -139,6 +139,24 @@ class BatchTests(ProtocolTestCase):
         shed = [e for e in self.events if "overloaded" in e.get("log_format", "")]
         self.assertEqual(shed[0]["count"], 20)
 
+    def test_discovers_shed_while_the_store_is_behind(self):
+        """A shared store that lags (pgstore.behind()) gets no offers to
+        refuse: DISCOVERs go before any work, REQUESTs are still answered."""
+        request = self.discover_then_request("52:54:00:00:06:01")
+        self.transport.written.clear()
+        self.protocol.server.store.behind = lambda: True
+        for i in range(5):
+            self.protocol.datagramReceived(packets.ovmf_pxe_discover(mac=f"52:54:00:00:06:{i + 2:02x}"),
+                                           ("0.0.0.0", 68))
+        self.protocol.datagramReceived(request, ("0.0.0.0", 68))
+        self.clock.advance(0)
+        self.assertEqual([packets.parse_reply(data)["type"] for data, _ in self.transport.written], [5])
+        shed = [e for e in self.events if "overloaded" in e.get("log_format", "")]
+        self.assertEqual(shed[0]["count"], 5)
+        self.protocol.server.store.behind = lambda: False
+        self.receive(packets.ovmf_pxe_discover(mac="52:54:00:00:06:09"))
+        self.assertEqual(packets.parse_reply(self.transport.written[-1][0])["type"], 2)
+
     def test_no_reply_when_commit_fails(self):
         request = self.discover_then_request("52:54:00:00:05:01")
         self.transport.written.clear()

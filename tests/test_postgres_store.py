@@ -62,6 +62,9 @@ class PostgresTestCase(unittest.TestCase):
     def open(self, **kwargs):
         from ownsocket.dhcp.pgstore import PostgresLeaseStore
         store = PostgresLeaseStore(self.dsn, reactor, **kwargs)
+        # A loaded test machine may take longer than OFFER_LAG for any
+        # transaction; refusing offers for it is tested on its own.
+        store.offer_lag = None
         self.addCleanup(store.close)
         return store
 
@@ -78,7 +81,7 @@ class SeveralServersTests(PostgresTestCase):
     def test_schema_has_a_version_and_constraints(self):
         yield self.store.all_leases()
         rows = self.cluster.sql("SELECT version FROM ownsocket_schema", dbname=self.dbname)
-        self.assertEqual(rows, [(1,)])
+        self.assertEqual(sorted(rows), [(1,), (2,)])
         db = self.dbname
         from psycopg import errors
         import psycopg
@@ -125,6 +128,23 @@ class SeveralServersTests(PostgresTestCase):
         self.assertEqual((yield other.lookup(ONE, "lab")).address, A)
 
     @defer.inlineCallbacks
+    def test_changes_made_by_another_server_are_seen_soon(self):
+        """changed_since() brings what other servers claimed, renewed or
+        declined after the mark (on the database's clock), not older rows."""
+        other = self.open(server_name="b")
+        yield other.claim(TWO, "lab", [B], BOUND, 600)
+        nothing, mark = yield self.store.changed_since()
+        self.assertEqual(nothing, [])
+        self.cluster.sql("UPDATE ownsocket_leases SET changed = now() - interval '1 hour'", dbname=self.dbname)
+        yield other.claim(ONE, "lab", [A], OFFERED, 30)
+        leases, later = yield self.store.changed_since(mark)
+        self.assertEqual([(lease.mac, lease.address, lease.state) for lease in leases], [(ONE, A, OFFERED)])
+        self.assertGreaterEqual(later, mark)
+        yield other.decline(ONE, A, 60)
+        leases, _ = yield self.store.changed_since(later)
+        self.assertEqual([(lease.mac, lease.address, lease.state) for lease in leases], [(None, A, "declined")])
+
+    @defer.inlineCallbacks
     def test_reclaim_one_server_at_a_time(self):
         import psycopg
         yield self.store.claim(ONE, "lab", [A], OFFERED, -1)
@@ -154,12 +174,47 @@ class SeveralServersTests(PostgresTestCase):
 
     @defer.inlineCallbacks
     def test_behind_refuses_offers_not_bindings(self):
+        """Every connection busy: an offer that waited too long is dropped
+        unsent; with the window of offers out full a new one is refused at
+        once; a binding always waits for its turn."""
+        from twisted.internet import task
+        from ownsocket.dhcp import pgstore
         from ownsocket.dhcp.leases import LeaseStoreBusy
-        self.store._in_flight = self.store._backlog  # as if that many transactions were queued
-        yield self.assertFailure(self.store.claim(ONE, "lab", [A], OFFERED, 30), LeaseStoreBusy)
-        bound = self.store.claim(TWO, "lab", [B], BOUND, 600)
-        self.store._in_flight = 0
+        store = self.store
+        yield store.all_leases()
+        store._in_flight = store._connections  # as if every connection were busy
+        late = store.claim(ONE, "lab", [A], OFFERED, 30)
+        yield task.deferLater(reactor, 0, lambda: None)  # flushed: it waits for a connection
+        self.assertEqual((len(store._waiting), store._offers_out), (1, 1))
+        self.patch(pgstore, "OFFERS_OUT_MAX", 1)  # the window is full
+        self.assertTrue(store.behind())
+        yield self.assertFailure(store.claim(TWO, "lab", [B], OFFERED, 30), LeaseStoreBusy)
+        bound = store.claim(TWO, "lab", [B], BOUND, 600)
+        yield task.deferLater(reactor, 0, lambda: None)
+        self.patch(pgstore, "OFFER_WAIT", -1.0)  # the offer has waited too long now
+        store._in_flight = 0
+        store._dispatch()
+        yield self.assertFailure(late, LeaseStoreBusy)
         self.assertEqual((yield bound).address, B)
+        self.assertEqual(store._offers_out, 0)
+        self.assertFalse(store.behind())
+        self.assertIsNone((yield store.lookup(ONE, "lab")))  # the late offer never reached the database
+
+    @defer.inlineCallbacks
+    def test_slow_answers_refuse_offers_for_a_while(self):
+        """The last transaction took too long from send to answer (the
+        database or this server is behind): offers are refused, bindings
+        are not; once that is past, offers are taken again."""
+        from ownsocket.dhcp import pgstore
+        from ownsocket.dhcp.leases import LeaseStoreBusy
+        store = self.store
+        store.offer_lag = pgstore.OFFER_LAG
+        yield store.all_leases()
+        store._lag, store._landed_at = pgstore.OFFER_LAG * 2, reactor.seconds()
+        yield self.assertFailure(store.claim(ONE, "lab", [A], OFFERED, 30), LeaseStoreBusy)
+        self.assertEqual((yield store.claim(TWO, "lab", [B], BOUND, 600)).address, B)
+        store._lag, store._landed_at = pgstore.OFFER_LAG * 2, reactor.seconds() - 10
+        self.assertEqual((yield store.claim(ONE, "lab", [A], OFFERED, 30)).address, A)
 
     @defer.inlineCallbacks
     def test_one_outage_one_line_however_many_connections(self):
@@ -172,6 +227,7 @@ class SeveralServersTests(PostgresTestCase):
         observer = lambda event: lines.append(formatEvent(event))
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.store = self.open(pool_size=4)
         yield self.store.all_leases()  # the schema exists
         # Fill the pool: four transactions held at once by a lock this test
         # holds, so each needs a connection of its own.

@@ -51,6 +51,8 @@ class Addresses:
         self.clock = clock
         self._leases: Dict[IPv4, Lease] = {}  # what we last saw of each address
         self._expiries: List[Tuple[float, int, IPv4]] = []
+        #: where the last look at a shared store's changes ended (its clock)
+        self._changes_mark = None
         self.configure(config)
 
     # -- configuration and the hint ------------------------------------------
@@ -299,13 +301,28 @@ class Addresses:
                 pool.freed(address, lapsed=lease.state == BOUND)
 
     def reclaim(self, refresh=True):
-        """Delete lapsed offers and quarantines from the store; with a shared
-        store and C{refresh}, also refresh the hint from it."""
+        """Delete lapsed offers and quarantines from the store.  With a
+        shared store, also learn what other servers did: every row when
+        C{refresh} (deletions are seen only so), else just the rows changed
+        since the last look, where the store can say (C{changed_since}), so
+        the hint and the address counts lag by one reclaim round, not by a
+        full refresh."""
         d = self.store.reclaim()
-        if refresh and getattr(self.store, "shared", False):
+        if not getattr(self.store, "shared", False):
+            return d
+        if refresh:
             d.addCallback(lambda _: self.store.all_leases())
             d.addCallback(self.resync)
+        elif getattr(self.store, "changed_since", None) is not None:
+            d.addCallback(lambda _: self.store.changed_since(self._changes_mark))
+            d.addCallback(self._changed)
         return d
+
+    def _changed(self, result):
+        leases, self._changes_mark = result
+        for lease in leases:
+            self._see(lease)
+        return len(leases)
 
     # -- the hint ----------------------------------------------------------------
 

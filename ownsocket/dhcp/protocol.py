@@ -66,9 +66,16 @@ class DhcpProtocol(DatagramProtocol):
             if message is not None:
                 (starting if message.message_type == wire.DISCOVER else finishing).append((message, addr))
         room = max(self.discover_budget - len(finishing), 0)
+        why = "REQUESTs first"
+        behind = getattr(getattr(self.server, "store", None), "behind", None)
+        if starting and behind is not None and behind():
+            # A shared store that is behind would refuse these offers after
+            # all the work of answering them (pgstore.behind()): shed them
+            # first, as the socket's own overload does.
+            room, why = 0, "the lease database is behind"
         if len(starting) > room:
             self._shed_log("overloaded: {count} DISCOVERs dropped in one batch of {size} on {interface} "
-                           "(REQUESTs first; clients retry)",
+                           "({why}; clients retry)", why=why,
                            count=len(starting) - room, size=len(batch), interface=self.arrival.interface or "?")
             if self.events.active:
                 for message, addr in starting[room:]:
