@@ -44,12 +44,16 @@ class Heap:
     def __init__(self, clock, collector=_gc):
         self._gc = collector
         self._clock = clock
+        # PyPy's collector is incremental and has no freeze: nothing to do there
+        self.active = all(hasattr(collector, name) for name in ("freeze", "unfreeze", "collect"))
         self._last_sweep = None
         self._last_settle = None
 
     def start(self):
         """At start-up, before the first request: one full collection (no
         traffic yet, so it costs nothing), then freeze what is left."""
+        if not self.active:
+            return
         self._gc.collect()
         self._gc.freeze()
         self._last_sweep = self._last_settle = self._clock.seconds()
@@ -57,6 +61,8 @@ class Heap:
     def tick(self, quiet):
         """Once a second from the DHCP service: L{sweep} when the network
         is C{quiet}, else L{settle} every L{SETTLE_EVERY} seconds."""
+        if not self.active:
+            return
         if quiet:
             self.sweep()
         elif self._last_settle is not None and self._clock.seconds() - self._last_settle >= SETTLE_EVERY:
@@ -67,6 +73,8 @@ class Heap:
         long-lived heap from now on.  Collect the young generations only,
         then freeze; never a full collection here, that is the stall a
         reload must not cause."""
+        if not self.active:
+            return
         self._gc.collect(1)
         self._gc.freeze()
         self._last_settle = self._clock.seconds()
@@ -80,7 +88,7 @@ class Heap:
         @return: True if it swept.
         """
         now = self._clock.seconds()
-        if self._last_sweep is not None and now - self._last_sweep < SWEEP_EVERY:
+        if not self.active or (self._last_sweep is not None and now - self._last_sweep < SWEEP_EVERY):
             return False
         self._last_sweep = self._last_settle = now
         self._gc.unfreeze()

@@ -395,6 +395,32 @@ class HeapTests(unittest.TestCase):
         self.assertEqual(self.gc.calls, [("collect", 1), ("freeze",)] * 3)
 
 
+class NoFreeze:
+    """A collector without freeze (PyPy's)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def collect(self, generation=2):
+        self.calls.append(("collect", generation))
+
+
+class HeapWithoutFreezeTests(unittest.TestCase):
+
+    def test_everything_is_a_no_op(self):
+        clock = Clock()
+        gc = NoFreeze()
+        heap = Heap(clock, gc)
+        self.assertFalse(heap.active)
+        heap.start()
+        heap.settle()
+        clock.advance(SWEEP_EVERY + SETTLE_EVERY)
+        self.assertFalse(heap.sweep())
+        heap.tick(quiet=True)
+        heap.tick(quiet=False)
+        self.assertEqual(gc.calls, [])
+
+
 class HeapAtReloadTests(unittest.TestCase):
     """The reload freezes the new long-lived heap, and only after a swap."""
 
