@@ -17,6 +17,16 @@ marker (the same flow as tests/test_boot_e2e.py):
   fleet      the four machines bios1 (SeaBIOS iPXE), pxe1 (OVMF PXE, iPXE),
              sb1 (Secure Boot) and arm1 (arm64) started at once on one bridge;
              the time is the last of the four markers
+  pxe6       IPv6 only: OVMF PXEv6 (fw_cfg IPv4PXESupport=no) -> DHCPv6 with
+             option 59 tftp://[fd99::1]/snponly.efi -> iPXE over IPv6 (its
+             own RA-triggered DHCPv6) -> boot.ipxe -> marker (FIRMWARE-FACTS
+             §8a, the flow of tests/test_boot6_e2e.py)
+  http6      IPv6 only: OVMF (IPv4Support=no) PXEv6 answered without a file,
+             then HTTPv6 -> http://[fd99::1]/snponly.efi -> iPXE -> marker
+  pxe6-dual, http6-dual
+             the same on a dual-stack link: the server also serves DHCPv4
+             there, so iPXE's DHCPv4 ends at once instead of timing out
+             (15 s of dnsmasq's 27.5 s IPv6-only run, FIRMWARE-FACTS §8a)
 
 For the GRUB scenarios ownsocket renders /grub/grub.cfg and boot.ipxe per
 machine from templates (tests.lab.fleet_config).  dnsmasq cannot generate
@@ -38,6 +48,14 @@ iPXE ROM from the chained iPXE, so its BIOS guest gets boot.ipxe straight
 from the ROM and never loads undionly.kpxe (one iPXE stage fewer than
 ownsocket's stateful flow; ``--servers ...,ownsocket-stateless`` adds
 ownsocket with ``[selector:ipxe] mode = stateless``, the same shortcut).
+
+For the IPv6 scenarios each server sends its own Router Advertisements
+(ownsocket from its [subnet6]; dnsmasq with ``enable-ra``) and no other RA
+sender runs.  dnsmasq gets FIRMWARE-FACTS §8f's configuration
+(``dhcp-authoritative`` for preference 255, ``option6:bootfile-url``, its
+``PX,HTTPClient`` work-around for the vendor class) and, on the dual-stack
+link, the usual DHCPv4 iPXE set-up as above; python's http.server serves
+its HTTPv6 files.
 
 By default a Router Advertisement sender runs on the bridge, which ends
 iPXE's ~13 s IPv6 autoconfiguration wait per iPXE stage (the same for both
@@ -75,6 +93,10 @@ SCENARIOS = {
     "uefi-http": (lab.uefi_http, "efi"),
 }
 GRUB_SCENARIOS = ("uefi-sb", "arm64", "fleet")
+#: IPv6 scenarios: the OVMF flow (FIRMWARE-FACTS 8, lab.ovmf_ipv6_guest) and
+#: whether the link is dual stack.
+IPV6_SCENARIOS = {"pxe6": ("pxe6", False), "http6": ("http6", False),
+                  "pxe6-dual": ("pxe6", True), "http6-dual": ("http6", True)}
 SERVERS = ("ownsocket", "dnsmasq", "ownsocket-stateless")
 FLEET = {
     "bios1": lab.FleetHost("bios1", "52:54:00:99:01:01", "10.99.0.11"),
@@ -173,6 +195,57 @@ def one_boot(scenario, server, args, keep_root):
     return seconds, files, workdir
 
 
+def one_boot6(scenario, server, args, keep_root):
+    """
+    One IPv6 boot (see IPV6_SCENARIOS); returns what L{one_boot} returns.
+    The namespace, guest and server configs are tests/lab's, the same as
+    tests/test_boot6_e2e.py uses.
+    """
+    flow, dual_stack = IPV6_SCENARIOS[scenario]
+    workdir = tempfile.mkdtemp(prefix="boot-%s-%s-" % (scenario, server), dir=keep_root)
+    os.chmod(workdir, 0o755)
+    root = os.path.join(workdir, "tftpboot")
+    marker = lab.write_boot_root(root, uuid.uuid4().hex[:8])["efi"]
+    serial = os.path.join(workdir, "serial.log")
+    udp = (69, 547) + ((67,) if dual_stack else ())
+    tcp = (80,) if flow == "http6" else ()
+    with lab.NetNamespace() as ns:
+        ns.add_ipv6()
+        cap = ns.capture(pcap=os.path.join(workdir, "bridge.pcap")) if args.pcap else None
+        if server.startswith("ownsocket"):
+            log = os.path.join(workdir, "ownsocket.log")
+            cfg = lab.ownsocket6_config(os.path.join(workdir, "ownsocket.ini"), workdir, root, flow,
+                                        dual_stack=dual_stack)
+            watch = [ns.start(lab.ownsocket_argv(cfg, log), name="ownsocket", env=lab.ownsocket_env(),
+                              log=os.path.join(workdir, "ownsocket.out"), cwd=workdir)]
+            pattern = re.compile(r"tftp peer=\S+ file=marker-efi\.ipxe result=ok")
+        else:
+            log = os.path.join(workdir, "dnsmasq.log")
+            watch = [ns.start(lab.dnsmasq6_boot_argv(workdir, root, flow, dual_stack=dual_stack),
+                              name="dnsmasq", log=log)]
+            if flow == "http6":
+                watch.append(ns.start([sys.executable, "-m", "http.server", "--bind", lab.SERVER6,
+                                       "--directory", root, "80"], name="http.server",
+                                      log=os.path.join(workdir, "http.log")))
+            pattern = re.compile(r"dnsmasq-tftp\[\d+\]: sent \S*/marker-efi\.ipxe to")
+        if not lab.wait_until(lambda: lab.listening(ns, udp=udp, tcp=tcp), 30, interval=0.3, watch=watch):
+            raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(watch[0].log)[-3000:]))
+        vm = ns.start_guest(lab.ovmf_ipv6_guest(flow), serial_log=serial, log=os.path.join(workdir, "qemu.log"))
+        seconds, server_ok = lab.wait_for_boot(vm, serial, marker, lambda: pattern.search(lab.read_text(log)),
+                                               args.timeout, watch=watch)
+        if cap is not None:
+            cap.stop()
+    files = fetched_files(server, workdir)
+    if seconds is None or not server_ok:
+        tail = "\n".join(lab.console_text(lab.read_text(serial)).splitlines()[-15:])
+        print("  !! %s/%s: no boot (marker %s, server log %s); files %s; serial tail:\n%s\n  (kept in %s)"
+              % (scenario, server, seconds, server_ok, files, tail, workdir), flush=True)
+        return None, files, workdir
+    if not keep_root and not args.pcap:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return seconds, files, workdir
+
+
 def dnsmasq_grub_argv(interface, workdir, tftp_root):
     """dnsmasq for the shim/GRUB/iPXE fleet flows (see the module docstring)."""
     argv = lab.dnsmasq_base_argv(interface, workdir) + [
@@ -216,6 +289,7 @@ def one_grub_boot(scenario, server, args, keep_root):
     root = os.path.join(workdir, "tftpboot")
     markers = lab.write_grub_root(root, uuid.uuid4().hex[:8], list(FLEET), arm64="arm1" in hosts)
     with lab.NetNamespace(taps=len(hosts)) as ns:
+        cap = ns.capture(pcap=os.path.join(workdir, "bridge.pcap")) if args.pcap else None
         if not args.no_ra:
             ns.start_router_advertiser(log=os.path.join(workdir, "ra.log"))
         if server.startswith("ownsocket"):
@@ -263,6 +337,8 @@ def one_grub_boot(scenario, server, args, keep_root):
 
         lab.wait_until(check, args.timeout, interval=0.1, watch=[proc])
         check()
+        if cap is not None:
+            cap.stop()
     files = fetched_files(server, workdir)
     times = {host: done.get(host) for host in hosts}
     if len(done) < len(hosts):
@@ -273,7 +349,7 @@ def one_grub_boot(scenario, server, args, keep_root):
                       flush=True)
         print("  (kept in %s)" % workdir, flush=True)
         return times, files, workdir
-    if not keep_root:
+    if not keep_root and not args.pcap:
         shutil.rmtree(workdir, ignore_errors=True)
     return times, files, workdir
 
@@ -282,19 +358,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one run per scenario and server")
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario and server (median shown)")
-    ap.add_argument("--scenarios", default=",".join(list(SCENARIOS) + list(GRUB_SCENARIOS)),
-                    help="comma separated: %s" % ", ".join(list(SCENARIOS) + list(GRUB_SCENARIOS)))
+    every = list(SCENARIOS) + list(GRUB_SCENARIOS) + list(IPV6_SCENARIOS)
+    ap.add_argument("--scenarios", default=",".join(every), help="comma separated: %s" % ", ".join(every))
     ap.add_argument("--servers", default="ownsocket,dnsmasq", help="comma separated: %s" % ", ".join(SERVERS))
     ap.add_argument("--no-ra", action="store_true",
                     help="no IPv6 Router Advertisement on the bridge (iPXE then waits ~13 s per stage)")
     ap.add_argument("--timeout", type=float, default=150, help="seconds per boot before giving up")
     ap.add_argument("--keep", help="keep every run's logs, configs and serial consoles under this folder")
+    ap.add_argument("--pcap", action="store_true",
+                    help="capture the bridge of each run to bridge.pcap in its folder (kept; see --keep); "
+                         "costs CPU, so not for the figures")
     args = ap.parse_args()
     runs = 1 if args.quick else args.runs
     scenarios = [s for s in args.scenarios.split(",") if s]
     servers = [s for s in args.servers.split(",") if s]
     for s in scenarios:
-        if s not in SCENARIOS and s not in GRUB_SCENARIOS:
+        if s not in every:
             ap.error("unknown scenario %s" % s)
     for s in servers:
         if s not in SERVERS:
@@ -341,6 +420,9 @@ def main():
                             results.setdefault(("%s:%s" % (scenario, host), server), []).append((value, []))
                     shown = ", ".join("%s %s" % (h, "%.1f" % v if v is not None else "FAIL")
                                       for h, v in times.items()) if len(times) > 1 else " -> ".join(files)
+                elif scenario in IPV6_SCENARIOS:
+                    seconds, files, _ = one_boot6(scenario, server, args, args.keep)
+                    shown = " -> ".join(files)
                 else:
                     seconds, files, _ = one_boot(scenario, server, args, args.keep)
                     shown = " -> ".join(files)
