@@ -142,6 +142,20 @@ def fetched_files(server, workdir):
     return out
 
 
+def network_seconds(cap, mac, seconds, wall_start):
+    """
+    Seconds from the guest's first frame on the bridge to its marker: the
+    part of the boot that a server can change.  Under TCG on a shared
+    machine the firmware's own start-up before its first packet varies by
+    seconds from run to run, the same for both servers; this leaves it out.
+    None without a capture or a marker.
+    """
+    if cap is None or seconds is None:
+        return None
+    first = min((p.time for p in cap.snapshot() if p.src_mac == mac.lower()), default=None)
+    return None if first is None else seconds - (first - wall_start)
+
+
 def one_boot(scenario, server, args, keep_root):
     """Boot once; return (seconds to the marker or None, fetched files, workdir)."""
     spec_factory, platform = SCENARIOS[scenario]
@@ -151,6 +165,7 @@ def one_boot(scenario, server, args, keep_root):
     markers = lab.write_boot_root(root, uuid.uuid4().hex[:8])
     serial = os.path.join(workdir, "serial.log")
     with lab.NetNamespace() as ns:
+        cap = ns.capture(pcap=os.path.join(workdir, "bridge.pcap")) if args.pcap else None
         if not args.no_ra:
             ns.start_router_advertiser(log=os.path.join(workdir, "ra.log"))
         if server.startswith("ownsocket"):
@@ -181,18 +196,22 @@ def one_boot(scenario, server, args, keep_root):
                               interval=0.3, watch=watch):
             raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(watch[0].log)[-3000:]))
         vm = ns.start_guest(spec_factory(), serial_log=serial, log=os.path.join(workdir, "qemu.log"))
+        wall_start = time.time() - vm.elapsed()
         seconds, server_ok = lab.wait_for_boot(
             vm, serial, markers[platform], lambda: pattern.search(lab.read_text(server_log)),
             args.timeout, watch=watch)
+        if cap is not None:
+            cap.stop()
+        net = network_seconds(cap, lab.DEFAULT_MAC, seconds, wall_start)
     files = fetched_files(server, workdir)
     if seconds is None or not server_ok:
         tail = "\n".join(lab.console_text(lab.read_text(serial)).splitlines()[-15:])
         print("  !! %s/%s: no boot (marker %s, server log %s); files %s; serial tail:\n%s\n  (kept in %s)"
               % (scenario, server, seconds, server_ok, files, tail, workdir), flush=True)
-        return None, files, workdir
-    if not keep_root:
+        return None, files, workdir, None
+    if not keep_root and not args.pcap:
         shutil.rmtree(workdir, ignore_errors=True)
-    return seconds, files, workdir
+    return seconds, files, workdir, net
 
 
 def one_boot6(scenario, server, args, keep_root):
@@ -231,19 +250,21 @@ def one_boot6(scenario, server, args, keep_root):
         if not lab.wait_until(lambda: lab.listening(ns, udp=udp, tcp=tcp), 30, interval=0.3, watch=watch):
             raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(watch[0].log)[-3000:]))
         vm = ns.start_guest(lab.ovmf_ipv6_guest(flow), serial_log=serial, log=os.path.join(workdir, "qemu.log"))
+        wall_start = time.time() - vm.elapsed()
         seconds, server_ok = lab.wait_for_boot(vm, serial, marker, lambda: pattern.search(lab.read_text(log)),
                                                args.timeout, watch=watch)
         if cap is not None:
             cap.stop()
+        net = network_seconds(cap, lab.DEFAULT_MAC, seconds, wall_start)
     files = fetched_files(server, workdir)
     if seconds is None or not server_ok:
         tail = "\n".join(lab.console_text(lab.read_text(serial)).splitlines()[-15:])
         print("  !! %s/%s: no boot (marker %s, server log %s); files %s; serial tail:\n%s\n  (kept in %s)"
               % (scenario, server, seconds, server_ok, files, tail, workdir), flush=True)
-        return None, files, workdir
+        return None, files, workdir, None
     if not keep_root and not args.pcap:
         shutil.rmtree(workdir, ignore_errors=True)
-    return seconds, files, workdir
+    return seconds, files, workdir, net
 
 
 def dnsmasq_grub_argv(interface, workdir, tftp_root):
@@ -312,7 +333,7 @@ def one_grub_boot(scenario, server, args, keep_root):
                     re.escape(MARKER_FILE[host]), re.escape(FLEET[host].address)))
         if not lab.wait_until(lambda: lab.listening(ns, udp=(67, 69)), 30, interval=0.3, watch=[proc]):
             raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(proc.log)[-3000:]))
-        guests = {}
+        guests, starts = {}, {}
         for tap, host in zip(ns.taps, hosts):
             if host == "bios1":
                 spec = lab.bios_ipxe()
@@ -325,6 +346,7 @@ def one_grub_boot(scenario, server, args, keep_root):
             serial = os.path.join(workdir, "serial-%s.log" % host)
             guests[host] = (ns.start_guest(spec, tap=tap, mac=FLEET[host].mac, serial_log=serial,
                                            log=os.path.join(workdir, "qemu-%s.log" % host)), serial)
+            starts[host] = time.time() - guests[host][0].elapsed()
         done = {}
 
         def check():
@@ -341,6 +363,7 @@ def one_grub_boot(scenario, server, args, keep_root):
             cap.stop()
     files = fetched_files(server, workdir)
     times = {host: done.get(host) for host in hosts}
+    net = {host: network_seconds(cap, FLEET[host].mac, done.get(host), starts[host]) for host in hosts}
     if len(done) < len(hosts):
         for host in hosts:
             if host not in done:
@@ -348,10 +371,10 @@ def one_grub_boot(scenario, server, args, keep_root):
                 print("  !! %s/%s: %s reached no marker; serial tail:\n%s" % (scenario, server, host, tail),
                       flush=True)
         print("  (kept in %s)" % workdir, flush=True)
-        return times, files, workdir
+        return times, files, workdir, net
     if not keep_root and not args.pcap:
         shutil.rmtree(workdir, ignore_errors=True)
-    return times, files, workdir
+    return times, files, workdir, net
 
 
 def main():
@@ -366,8 +389,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=150, help="seconds per boot before giving up")
     ap.add_argument("--keep", help="keep every run's logs, configs and serial consoles under this folder")
     ap.add_argument("--pcap", action="store_true",
-                    help="capture the bridge of each run to bridge.pcap in its folder (kept; see --keep); "
-                         "costs CPU, so not for the figures")
+                    help="capture the bridge of each run to bridge.pcap in its folder (kept; see --keep) "
+                         "and also report the seconds from the guest's first packet to its marker")
     args = ap.parse_args()
     runs = 1 if args.quick else args.runs
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -404,68 +427,79 @@ def main():
     print("boot bench: %s, %d run(s) each, %s, load average %s" % (
         time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), runs,
         "no Router Advertisement (iPXE waits ~13 s for IPv6 per stage)" if args.no_ra
-        else "Router Advertisement on the bridge", " ".join(open("/proc/loadavg").read().split()[:3])))
+        else "Router Advertisement on the bridge (IPv6 scenarios: only the servers' own)",
+        " ".join(open("/proc/loadavg").read().split()[:3])))
     print("  %s; %s; TCG" % (version(["dnsmasq", "--version"]), version([lab.QEMU, "--version"])))
     results = {}
     for run in range(runs):
         for scenario in scenarios:
             for server in servers:
                 if scenario in GRUB_SCENARIOS:
-                    times, files, _ = one_grub_boot(scenario, server, args, args.keep)
+                    times, files, _, nets = one_grub_boot(scenario, server, args, args.keep)
                     # The scenario's time is its slowest machine's (the fleet is
                     # done when the last one is).
                     seconds = None if None in times.values() else max(times.values())
+                    net = None if None in nets.values() else max(nets.values())
                     for host, value in times.items():
                         if len(times) > 1:
-                            results.setdefault(("%s:%s" % (scenario, host), server), []).append((value, []))
+                            results.setdefault(("%s:%s" % (scenario, host), server), []).append(
+                                (value, [], nets[host]))
                     shown = ", ".join("%s %s" % (h, "%.1f" % v if v is not None else "FAIL")
                                       for h, v in times.items()) if len(times) > 1 else " -> ".join(files)
                 elif scenario in IPV6_SCENARIOS:
-                    seconds, files, _ = one_boot6(scenario, server, args, args.keep)
+                    seconds, files, _, net = one_boot6(scenario, server, args, args.keep)
                     shown = " -> ".join(files)
                 else:
-                    seconds, files, _ = one_boot(scenario, server, args, args.keep)
+                    seconds, files, _, net = one_boot(scenario, server, args, args.keep)
                     shown = " -> ".join(files)
-                results.setdefault((scenario, server), []).append((seconds, files))
-                print("  run %d %-9s %-19s %s  %s" % (run + 1, scenario, server,
-                                                       "%6.1f s" % seconds if seconds is not None else "  FAIL  ",
-                                                       shown), flush=True)
+                results.setdefault((scenario, server), []).append((seconds, files, net))
+                print("  run %d %-10s %-19s %s%s  %s" % (
+                    run + 1, scenario, server, "%6.1f s" % seconds if seconds is not None else "  FAIL  ",
+                    " (%.1f s from its first packet)" % net if net is not None else "", shown), flush=True)
 
-    def median(key):
-        times = [s for s, _ in results.get(key, []) if s is not None]
+    def median(key, field=0):
+        times = [r[field] for r in results.get(key, []) if r[field] is not None]
         if len(times) < len(results.get(key, [])) or not times:
             return None
         return statistics.median(times)
 
-    print()
-    header = "| scenario  | " + " | ".join("%s (s)" % s for s in servers)
-    if "ownsocket" in servers and "dnsmasq" in servers:
-        header += " | ownsocket/dnsmasq"
-    print(header + " |")
-    print("|" + "---|" * (header.count("|")))
     rows = []
     for scenario in scenarios:
         rows.append(scenario)
         if scenario == "fleet":
             rows += ["fleet:%s" % host for host in GRUB_GUESTS["fleet"]]
-    for scenario in rows:
-        cells = []
-        for server in servers:
-            m = median((scenario, server))
-            cells.append("FAIL" if m is None else "%.1f" % m)
-        row = "| %-11s | " % scenario + " | ".join(cells)
+
+    def table(field):
+        print()
+        header = "| scenario   | " + " | ".join("%s (s)" % s for s in servers)
         if "ownsocket" in servers and "dnsmasq" in servers:
-            a, b = median((scenario, "ownsocket")), median((scenario, "dnsmasq"))
-            row += " | " + ("%.2f" % (a / b) if a and b else "-")
-        print(row + " |")
+            header += " | ownsocket/dnsmasq"
+        print(header + " |")
+        print("|" + "---|" * header.count("|"))
+        for scenario in rows:
+            cells = []
+            for server in servers:
+                m = median((scenario, server), field)
+                cells.append("FAIL" if m is None else "%.1f" % m)
+            row = "| %-10s | " % scenario + " | ".join(cells)
+            if "ownsocket" in servers and "dnsmasq" in servers:
+                a, b = median((scenario, "ownsocket"), field), median((scenario, "dnsmasq"), field)
+                row += " | " + ("%.2f" % (a / b) if a and b else "-")
+            print(row + " |")
+
+    table(0)
     print("\nseconds = median over %d run(s), from QEMU start to the marker line on the serial console "
           "(fleet: the last of the four; fleet:HOST each machine)." % runs)
+    if args.pcap:
+        table(2)
+        print("\nseconds = median over %d run(s), from the guest's first packet on the bridge to the marker "
+              "(the firmware's start-up before it, which a server cannot change, left out)." % runs)
     print("files each server sent (last run):")
     for scenario in scenarios:
         for server in servers:
             runs_ = results.get((scenario, server), [])
             if runs_:
-                print("  %-9s %-19s %s" % (scenario, server, " -> ".join(runs_[-1][1])))
+                print("  %-10s %-19s %s" % (scenario, server, " -> ".join(runs_[-1][1])))
 
 
 if __name__ == "__main__":
