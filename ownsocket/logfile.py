@@ -25,7 +25,6 @@ import os
 import re
 import signal
 
-from twisted.logger import textFileLogObserver
 from twisted.python.logfile import LogFile
 
 DEFAULT_PATH = "ownsocket.log"
@@ -90,4 +89,5 @@ def observer(environ=None):
             from twisted.internet import reactor
             reactor.callFromThread(log.rotate)
         signal.signal(signal.SIGUSR1, rotate)
-    return textFileLogObserver(log)
+    from ownsocket.logformat import TextObserver, _reactor_call_later
+    return TextObserver(log, _reactor_call_later)

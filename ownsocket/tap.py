@@ -13,7 +13,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ownsocket import __version__
+from ownsocket import __version__, logformat
 from ownsocket import config as configuration
 from ownsocket.boot.recent import RecentRequests
 from ownsocket.dhcp.leases import LeaseStoreError
@@ -136,7 +136,8 @@ def makeService(options, reactor=None, admin_factory=make_admin):
         if runtime.admin is not None:
             runtime.admin.setServiceParent(services)
     ReloadOnSignal(Reloader(runtime), reactor).setServiceParent(services)
-    return StartupGuard(services, runtime)
+    # twistd's own options (-n, --logfile, --logger...), when run by twistd
+    return StartupGuard(services, runtime, twistd_options=getattr(options, "parent", None))
 
 
 class StartupGuard(MultiService):
@@ -146,10 +147,17 @@ class StartupGuard(MultiService):
 
     log = Logger()
 
-    def __init__(self, inner, runtime):
+    def __init__(self, inner, runtime, twistd_options=None):
         MultiService.__init__(self)
         inner.setServiceParent(self)
         self.runtime = runtime
+        self.twistd_options = twistd_options
+
+    def setServiceParent(self, parent):
+        # twistd hands us its application here, before it starts logging:
+        # the one moment to offer it the faster text observer (logformat).
+        logformat.install(parent, self.twistd_options)
+        MultiService.setServiceParent(self, parent)
 
     def startService(self):
         runtime = self.runtime

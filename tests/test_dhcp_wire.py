@@ -171,3 +171,27 @@ class BuildTests(unittest.TestCase):
         self.assertLessEqual(parsed["size"], 576 - 28)
         self.assertIn(53, parsed["options"])
         self.assertIn(54, parsed["options"])
+
+    def test_header_matches_dhcppython(self):
+        """Our one-struct header is what dhcppython's DHCPPacket encodes for
+        the same fields (the header used to be built through it)."""
+        from dhcppython import options as dhcp_options
+        from dhcppython import packet as dhcp_packet
+        rng = random.Random(7)
+        for _ in range(200):
+            mac = ":".join(f"{rng.randrange(256):02x}" for _ in range(6))
+            relayed = rng.random() < 0.5
+            request = wire.parse(packets.request(
+                mac=mac, xid=rng.randrange(1 << 32), flags=rng.choice((0, 0x8000)),
+                giaddr=str(ipaddress.IPv4Address(rng.randrange(1, 1 << 32))) if relayed else "0.0.0.0"))
+            fields = {name: ipaddress.IPv4Address(rng.randrange(1 << 32))
+                      for name in ("ciaddr", "yiaddr", "siaddr")}
+            sname = bytes(rng.randrange(1, 128) for _ in range(rng.randrange(70)))
+            file = bytes(rng.randrange(1, 128) for _ in range(rng.randrange(140)))
+            ours = wire.build(wire.Reply(request=request, message_type=wire.OFFER, sname=sname,
+                                         file=file, **fields))
+            theirs = dhcp_packet.DHCPPacket(
+                op="BOOTREPLY", htype="ETHERNET", hlen=6, hops=0, xid=request.xid, secs=0,
+                flags=request.flags, giaddr=request.giaddr, chaddr=request.mac, sname=sname[:63],
+                file=file[:127], options=dhcp_options.OptionList(), **fields).asbytes
+            self.assertEqual(ours[:wire.HEADER_SIZE + 4], theirs[:wire.HEADER_SIZE + 4])

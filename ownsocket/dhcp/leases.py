@@ -79,6 +79,8 @@ class LeaseStoreBusy(LeaseStoreError):
 
 _COLUMNS = "address, mac, state, expires, hostname, subnet"
 
+_UPSERT = f"INSERT OR REPLACE INTO leases ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
     address  TEXT PRIMARY KEY,
@@ -252,14 +254,17 @@ class SqliteLeaseStore:
             lease = Lease(mac, address, state, expires, keep, subnet)
             others = [old for old in self._of(mac, subnet) if old.address != address]
             durable = [old for old in others if old.state != OFFERED]
-            if state != OFFERED or durable:
+            if durable:
                 with self._transaction():
                     for old in durable:
                         self._db.execute("DELETE FROM leases WHERE address = ?", (str(old.address),))
                     if state != OFFERED:
-                        self._db.execute(
-                            f"INSERT OR REPLACE INTO leases ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                            (str(address), mac, state, expires, keep, subnet))
+                        self._db.execute(_UPSERT, (str(address), mac, state, expires, keep, subnet))
+            elif state != OFFERED:
+                # One statement is atomic on its own (inside a batch too: a
+                # failing statement undoes only itself), so the usual ACK
+                # pays for no savepoint.
+                self._db.execute(_UPSERT, (str(address), mac, state, expires, keep, subnet))
             for old in others:
                 self._drop(old)
             if current is not None:
