@@ -69,7 +69,7 @@ class Wire(unittest.TestCase):
         """EDK2 times DAD with the advertised Retrans Timer (ra docstring)."""
         data = ra.build_ra(ra.advertisement_for(SUBNETS, None, None))
         self.assertEqual(struct.unpack("!II", data[8:16]), (0, ra.RETRANS_TIMER_MS))
-        self.assertEqual(ra.RETRANS_TIMER_MS, 250)
+        self.assertEqual(ra.RETRANS_TIMER_MS, 500)
 
     def test_quiet_subnets_get_no_ra(self):
         self.assertIsNone(ra.advertisement_for(SUBNETS[1:], None, None))

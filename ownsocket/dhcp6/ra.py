@@ -18,12 +18,15 @@ false}.  Nothing is sent on a link no [subnet6:...] names.
 
 Two things make the firmware faster, both seen in bench/boot_bench.py's
 pcaps and both from reading EDK2:
-  - The RA's Retrans Timer is 250 ms, not "unspecified" (1 s).  EDK2's Ip6Dxe
+  - The RA's Retrans Timer is 500 ms, not "unspecified" (1 s).  EDK2's Ip6Dxe
     adopts it (Ip6ProcessRouterAdvertise) and times Duplicate Address
     Detection with it, so DAD of the address DHCPv6 just gave (PXE's and
-    HTTP boot's, each before the first TFTP/TCP packet) takes ~0.3 s
-    instead of ~1 s.  Other hosts on the link also retransmit Neighbor
-    Solicitations every 250 ms, which on one Ethernet segment is harmless.
+    HTTP boot's, each before the first TFTP/TCP packet) takes ~0.5 s
+    instead of ~1-1.7 s.  Not less: with 250 ms OVMF missed ownsocket's
+    first OACK to its TFTP size probe in 2 of 5 PXEv6 boots (a 1 s
+    retransmission each), with 500 ms in none of 4.  Other hosts on the
+    link also retransmit Neighbor Solicitations every 500 ms, which on one
+    Ethernet segment is harmless.
   - Right before a DHCPv6 Reply that carries a boot URL goes out, the client
     gets an RA unicast to its link-local address (and once more 0.5 s
     later: L{RouterAdvertiser.nudge}).  PXE and HTTP boot look for a default
@@ -61,7 +64,7 @@ INTERVAL = (3.0, 4.0)
 #: Multicast answers to solicitations from "::" (OVMF) at most this often.
 MULTICAST_ANSWER_GAP = 0.5
 #: The Retrans Timer advertised (ms): EDK2 times DAD with it (module docstring).
-RETRANS_TIMER_MS = 250
+RETRANS_TIMER_MS = 500
 #: A booting client gets a second unicast RA this long after the first.
 NUDGE_AGAIN = 0.5
 
