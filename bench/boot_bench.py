@@ -142,17 +142,32 @@ def fetched_files(server, workdir):
     return out
 
 
+def asks_for_configuration(packet):
+    """A DHCPv4 or DHCPv6 client message, or an ICMPv6 Router Solicitation:
+    the guest's first question to the network (IPv6 without extension
+    headers, as these messages are sent)."""
+    if packet.ethertype == 0x0800:
+        return packet.dport == 67
+    frame = packet.frame
+    if packet.ethertype != 0x86DD or len(frame) < 58:
+        return False
+    if frame[20] == 58:  # ICMPv6
+        return frame[54] == 133
+    return frame[20] == 17 and frame[56:58] == b"\x02\x23"  # UDP to 547
+
+
 def network_seconds(cap, mac, seconds, wall_start):
     """
-    Seconds from the guest's first frame on the bridge to its marker: the
-    part of the boot that a server can change.  Under TCG on a shared
-    machine the firmware's own start-up before its first packet varies by
-    seconds from run to run, the same for both servers; this leaves it out.
-    None without a capture or a marker.
+    Seconds from the guest's first DHCP/DHCPv6 message or Router
+    Solicitation to its marker: the part of the boot that a server can
+    change.  Under TCG on a shared machine the firmware's start-up before
+    that varies by seconds from run to run, the same for both servers;
+    this leaves it out.  None without a capture or a marker.
     """
     if cap is None or seconds is None:
         return None
-    first = min((p.time for p in cap.snapshot() if p.src_mac == mac.lower()), default=None)
+    first = min((p.time for p in cap.snapshot() if p.src_mac == mac.lower() and asks_for_configuration(p)),
+                default=None)
     return None if first is None else seconds - (first - wall_start)
 
 
@@ -390,7 +405,8 @@ def main():
     ap.add_argument("--keep", help="keep every run's logs, configs and serial consoles under this folder")
     ap.add_argument("--pcap", action="store_true",
                     help="capture the bridge of each run to bridge.pcap in its folder (kept; see --keep) "
-                         "and also report the seconds from the guest's first packet to its marker")
+                         "and also report the seconds from the guest's first DHCP/DHCPv6 message or Router "
+                         "Solicitation to its marker")
     args = ap.parse_args()
     runs = 1 if args.quick else args.runs
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -455,7 +471,7 @@ def main():
                 results.setdefault((scenario, server), []).append((seconds, files, net))
                 print("  run %d %-10s %-19s %s%s  %s" % (
                     run + 1, scenario, server, "%6.1f s" % seconds if seconds is not None else "  FAIL  ",
-                    " (%.1f s from its first packet)" % net if net is not None else "", shown), flush=True)
+                    " (%.1f s from its first DHCP/RS)" % net if net is not None else "", shown), flush=True)
 
     def median(key, field=0):
         times = [r[field] for r in results.get(key, []) if r[field] is not None]
@@ -492,8 +508,9 @@ def main():
           "(fleet: the last of the four; fleet:HOST each machine)." % runs)
     if args.pcap:
         table(2)
-        print("\nseconds = median over %d run(s), from the guest's first packet on the bridge to the marker "
-              "(the firmware's start-up before it, which a server cannot change, left out)." % runs)
+        print("\nseconds = median over %d run(s), from the guest's first DHCP/DHCPv6 message or Router "
+              "Solicitation on the bridge to the marker (the firmware's start-up before it, which a "
+              "server cannot change, left out)." % runs)
     print("files each server sent (last run):")
     for scenario in scenarios:
         for server in servers:
