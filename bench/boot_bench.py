@@ -68,6 +68,14 @@ ipxe, ipxe-qemu and dnsmasq.  Usage:
     sudo python3 bench/boot_bench.py            # 3 runs each, median
     sudo python3 bench/boot_bench.py --quick    # 1 run each
     sudo python3 bench/boot_bench.py --runs 3 --scenarios bios --no-ra --keep /tmp/bb
+    sudo python3 bench/boot_bench.py --runs 2 --pcap --scenarios pxe6,http6,pxe6-dual,http6-dual
+
+``--pcap`` keeps a capture of each run's bridge and adds a table of the
+seconds from the guest's first DHCP/DHCPv6 message or Router Solicitation
+to its marker (the firmware's start-up before it varies by seconds under
+TCG on a busy machine, whatever the server).  The IPv6 scenarios always
+run ownsocket's stateful iPXE selector (``ownsocket-stateless`` is the same
+there).
 """
 
 import argparse
