@@ -103,7 +103,11 @@ def _selector(config, clock):
 
 SERVER = configuration.load(text=SERVER_CONFIG, known_interfaces={"eth0", "eth1"})
 PROXY = configuration.load(text=PROXY_CONFIG, known_interfaces={"br0"})
-SIZES = {"snponly.efi": 1_000_000, "undionly.kpxe": 70_000}.get
+_SIZE_TABLE = {"snponly.efi": 1_000_000, "undionly.kpxe": 70_000}
+
+
+def SIZES(name, boot_request=None):
+    return _SIZE_TABLE.get(name)
 
 ARRIVALS = [
     ("dhcp", Arrival("eth0", IP("10.0.0.1"))),

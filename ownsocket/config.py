@@ -250,12 +250,6 @@ class Config:
                 return dict(items)
         return {}
 
-    def host_for_mac(self, mac: str) -> Optional[HostConfig]:
-        for host in self.hosts:
-            if host.mac == mac:
-                return host
-        return None
-
 
 # ---------------------------------------------------------------------------
 # Value parsers: each takes the raw string and returns a value or raises

@@ -7,7 +7,8 @@ their subscribers, so adding a view never touches the wire or policy code,
 and a test can subscribe a list and assert exactly what a service did.
 
 Publishing must stay cheap: the DHCP hot path pays for every line it adds.
-So an event is one small frozen object, and a service checks
+So an event is one small immutable tuple (a NamedTuple is built four times
+faster than a frozen dataclass), and a service checks
 L{EventBus.active} before it builds one.
 
 The contract (service, kind, and the keys of C{fields}) is listed in
@@ -16,8 +17,8 @@ L{KINDS}; publishers use those names and subscribers may rely on them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple
 
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
@@ -35,8 +36,7 @@ class IEventObserver(Interface):
         """
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """
     One thing that happened to one client.
 
@@ -57,7 +57,7 @@ class Event:
     kind: str
     mac: str | None = None
     peer: str | None = None
-    fields: Mapping[str, Any] = field(default_factory=dict)
+    fields: Mapping[str, Any] = MappingProxyType({})
 
 
 # service -> kind -> the keys its fields carry (documentation and a test

@@ -9,11 +9,15 @@ its first stage).
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ownsocket.interfaces import FileNotFound, IFileBackend
+from ownsocket.files import ReadRequest
+from ownsocket.interfaces import BackendError, FileNotFound, IFileBackend
 
 
 @implementer(IFileBackend)
@@ -47,3 +51,89 @@ class BackendChain:
                 observer.file_opened(request)
             except Exception:
                 self.log.failure("transfer observer {observer!r} failed", observer=observer)
+
+    def size_of(self, request):
+        """
+        (size in bytes or None, whether it is the same for every client) of
+        what L{get_reader} would serve: for DHCP option 13, so a generated
+        file gets its size too.
+
+        Observers are not told (nothing was fetched: the stateful iPXE
+        selector must not think the first stage was), and a backend that
+        answers later is not waited for (a DHCP reply cannot wait).
+        """
+        for backend in self.backends:
+            sized = getattr(backend, "size", None)
+            if sized is not None:
+                try:
+                    return sized(request), True
+                except FileNotFound as error:
+                    if getattr(error, "final", False):
+                        return None, False
+                    continue
+                except BackendError:
+                    return None, False
+            outcome = []
+            d = defer.maybeDeferred(backend.get_reader, request)
+            d.addBoth(outcome.append)
+            if not outcome:
+                d.addCallback(_finish)  # it answers later: close what it opens then
+                return None, False
+            result = outcome[0]
+            if isinstance(result, Failure):
+                if result.check(FileNotFound) and not getattr(result.value, "final", False):
+                    continue
+                return None, False
+            size = getattr(result, "size", None)
+            _finish(result)
+            return size, False
+        return None, False
+
+
+def _finish(reader):
+    finish = getattr(reader, "finish", None)
+    if finish is not None:
+        try:
+            finish()
+        except Exception:
+            BackendChain.log.failure("closing a reader opened for its size failed")
+
+
+class FileSizes:
+    """
+    Option 13 for the DHCP and proxyDHCP replies: the size of the boot file
+    as TFTP will serve it, asked of the same backend chain TFTP reads
+    through (C{backend()} gives the one in force: a reload brings a new
+    one).  A size that is the same for every client (a file under the root)
+    is remembered for C{ttl} seconds: a boot storm asks for the same two or
+    three files thousands of times a second, and resolving a path safely is
+    not free.
+    """
+
+    def __init__(self, backend, clock, ttl=5.0):
+        self.backend = backend
+        self.clock = clock
+        self.ttl = ttl
+        self._chain = None
+        self._remembered = {}
+
+    def __call__(self, name, boot_request=None) -> Optional[int]:
+        chain = self.backend()
+        if chain is None:
+            return None
+        if chain is not self._chain:
+            self._chain, self._remembered = chain, {}
+        now = self.clock.seconds()
+        hit = self._remembered.get(name)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            size, shared = chain.size_of(ReadRequest(name, ("0.0.0.0", 68), {}, boot_request))
+        except Exception:
+            BackendChain.log.failure("boot file size of {name!r} failed", name=name)
+            return None
+        if shared:
+            if len(self._remembered) > 4096:
+                self._remembered.clear()
+            self._remembered[name] = (now + self.ttl, size)
+        return size

@@ -217,3 +217,16 @@ class FilesystemBackend:
             return defer.succeed(open_file(self.resolve(request.path)))
         except BackendError:
             return defer.fail()
+
+    def size(self, request: ReadRequest) -> int:
+        """What C{get_reader} would serve, in bytes, without opening it (for
+        DHCP option 13); the same for every client, so callers may keep it
+        a while.  Raises what C{get_reader} would fail with."""
+        path = self.resolve(request.path)
+        try:
+            info = os.stat(path)
+        except OSError:
+            raise FileNotFound(request.path) from None
+        if not stat.S_ISREG(info.st_mode):
+            raise FileNotFound(request.path)  # as open_file: only regular files are served
+        return info.st_size

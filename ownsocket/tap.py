@@ -21,8 +21,7 @@ from ownsocket.dhcp.service import DhcpService
 from ownsocket.dhcp.sockets import SocketError
 from ownsocket.dhcp6.leases import LeaseStoreError as LeaseStoreError6
 from ownsocket.events import EventBus
-from ownsocket.files import resolve
-from ownsocket.interfaces import BackendError
+from ownsocket.filechain import FileSizes
 from ownsocket.http import HTTPService
 from ownsocket.reload import ReloadOnSignal, Reloader
 from ownsocket.runtime import Runtime, build_backend, build_selector, prepare, read_config  # noqa: F401
@@ -42,34 +41,6 @@ class Options(usage.Options):
 def fail(message):
     """End start-up with one line and a non-zero exit, never a traceback."""
     raise SystemExit(f"ownsocket: {message}")
-
-
-def boot_file_size_function(tftp, clock, ttl=5.0):
-    """
-    Option 13 wants the size of the boot file as TFTP will serve it.
-
-    Resolving the name safely (realpath and all) for every reply was a fifth
-    of the DHCP time under load; a boot storm asks for the same two or three
-    files thousands of times, so sizes are remembered for a few seconds.
-    """
-    root = os.path.abspath(tftp.root)
-    cache = {}
-
-    def size(name):
-        now = clock.seconds()
-        hit = cache.get(name)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        try:
-            value = os.stat(resolve(root, name, tftp.case_insensitive)).st_size
-        except (OSError, BackendError):
-            value = None
-        if len(cache) > 4096:
-            cache.clear()
-        cache[name] = (now + ttl, value)
-        return value
-
-    return size
 
 
 def make_admin(runtime):
@@ -113,7 +84,8 @@ def makeService(options, reactor=None, admin_factory=make_admin):
     runtime = Runtime(prepared, reactor, events, config_path=path, recent=recent)
     if config.dhcp.enabled:
         runtime.dhcp = DhcpService(config, prepared.selector, reactor,
-                                   boot_file_size=boot_file_size_function(config.tftp, reactor),
+                                   # option 13 from the TFTP backend chain in force
+                                   boot_file_size=FileSizes(lambda: runtime.prepared.tftp_backend, reactor),
                                    recent=recent, events=events)
         runtime.dhcp.setServiceParent(services)
     ipv6 = bool(config.subnets6) and config.dhcp.enabled and config.dhcp.mode == "server"

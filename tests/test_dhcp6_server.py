@@ -417,5 +417,45 @@ class Stores(unittest.TestCase):
         self.assertEqual(list(SqliteLeaseStore6(path).all_leases()), [])
 
     def test_path(self):
-        self.assertEqual(sqlite_path_for("/var/lib/ownsocket/leases.sqlite"), "/var/lib/ownsocket/leases-v6.sqlite")
-        self.assertEqual(sqlite_path_for("leases.db"), "leases.db-v6")
+        self.assertEqual(sqlite_path_for("/var/lib/ownsocket/leases.sqlite"), "/var/lib/ownsocket/leases.sqlite")
+
+    def test_one_file_with_the_dhcpv4_leases(self):
+        """Both tables in one file, each store reading its own."""
+        import ipaddress as ip4
+        from ownsocket.dhcp.leases import SqliteLeaseStore
+        from ownsocket.dhcp6.leases import Lease6
+        path = self.mktemp() + ".sqlite"
+        v4 = SqliteLeaseStore(path)
+        v6 = SqliteLeaseStore6(sqlite_path_for(path))
+        v4.claim("52:54:00:99:00:10", "lab", [ip4.IPv4Address("10.0.0.5")], "bound", 1000)
+        v6.put(Lease6(b"\x00\x04" + bytes(16), 5, "52:54:00:99:00:10", IPv6("fd99::105"), "bound", 5000.0))
+        v4.close()
+        v6.close()
+        again4, again6 = SqliteLeaseStore(path), SqliteLeaseStore6(path)
+        self.assertEqual([lease.address for lease in self.successResultOf(again4.all_leases())],
+                         [ip4.IPv4Address("10.0.0.5")])
+        self.assertEqual([lease.address for lease in again6.all_leases()], [IPv6("fd99::105")])
+        again4.close()
+        again6.close()
+
+    def test_bindings_of_the_old_separate_file_are_imported_once(self):
+        from ownsocket.dhcp6.leases import Lease6
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "leases.sqlite")
+        old = os.path.join(directory, "leases-v6.sqlite")
+        earlier = SqliteLeaseStore6(old, legacy="")  # as the previous version wrote it
+        earlier.put(Lease6(b"\x00\x04" + bytes(16), 5, "52:54:00:99:00:10", IPv6("fd99::105"), "bound", 5000.0))
+        earlier.put(Lease6(b"\x00\x04" + bytes(16), 6, "52:54:00:99:00:11", IPv6("fd99::106"), "bound", 5000.0))
+        earlier.close()
+        current = SqliteLeaseStore6(path, legacy="")  # a binding already in the new place
+        current.put(Lease6(b"\x00\x04" + bytes(16), 7, "52:54:00:99:00:12", IPv6("fd99::107"), "bound", 6000.0))
+        current.close()
+        store = SqliteLeaseStore6(path)
+        self.assertEqual(store.imported, 2)
+        self.assertEqual(sorted(lease.address for lease in store.all_leases()),
+                         [IPv6("fd99::105"), IPv6("fd99::106"), IPv6("fd99::107")])
+        store.close()
+        self.assertFalse(os.path.exists(old))
+        self.assertTrue(os.path.exists(old + ".imported"))
+        self.assertEqual(SqliteLeaseStore6(path).imported, 0)

@@ -70,7 +70,7 @@ class ServerTestCase(unittest.TestCase):
         self.store = SqliteLeaseStore(self.db, clock=self.clock)
         self.addCleanup(self.store.close)
         return DhcpServer(self.config, self.store, selector or build_selector(self.config, self.clock),
-                          self.clock, boot_file_size=self.sizes.get, recent=self.recent)
+                          self.clock, boot_file_size=lambda name, request=None: self.sizes.get(name), recent=self.recent)
 
     def lease(self, client):
         return self.successResultOf(self.store.lookup(client, None))

@@ -75,6 +75,25 @@ class LeaseRowTests(unittest.TestCase):
         error = self.assertRaises(LeaseStoreError, SqliteLeaseStore, path)
         self.assertNotIn("\n", str(error))
 
+    def test_damaged_index_is_refused_at_open(self):
+        """A broken index page lets SQLite open the file and read every row;
+        only the first write failed, mid-storm.  quick_check refuses it at
+        start-up, in one line."""
+        path = self.database(*[(f"10.0.{i >> 8}.{i & 255}", f"52:54:00:00:{i >> 8:02x}:{i & 255:02x}",
+                                "bound", 1e6, None) for i in range(2000)])
+        SqliteLeaseStore(path).close()  # the store adds its index (leases_by_mac)
+        db = sqlite3.connect(path)
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'leases_by_mac'").fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        self.assertEqual(db.execute("PRAGMA quick_check").fetchall(), [("ok",)])
+        db.close()
+        with open(path, "r+b") as f:
+            f.seek((root - 1) * size + 8)
+            f.write(b"\x5a" * 192)
+        error = self.assertRaises(LeaseStoreError, SqliteLeaseStore, path)
+        self.assertIn("is damaged (PRAGMA quick_check:", str(error))
+        self.assertNotIn("\n", str(error))
+
     def test_damaged_schema_error_is_one_line(self):
         # regressions/leases/damaged-schema-multiline-error: SQLite's error
         # for a damaged schema quotes the schema text, newlines included,

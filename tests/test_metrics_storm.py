@@ -46,7 +46,7 @@ class RealStormTests(unittest.TestCase):
         store = SqliteLeaseStore(self.mktemp() + ".sqlite")
         self.addCleanup(store.close)
         self.server = DhcpServer(config, store, build_selector(config, self.clock), self.clock,
-                                 boot_file_size=lambda name: 70_000)
+                                 boot_file_size=lambda name, request=None: 70_000)
         # (TFTP and HTTP present, as in the stated count; their in-flight gauges are two series)
         self.runtime = FakeRuntime(reactor=self.clock, dhcp=self.server, tftp=FakeTransfers(), http=FakeTransfers())
         self.runtime.events = self.server.events

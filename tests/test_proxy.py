@@ -36,7 +36,7 @@ class ProxyTests(unittest.TestCase):
         self.config = configuration.load(text=CONFIG, known_interfaces={"br0"})
         self.recent = RecentRequests(arp_table=lambda: {"10.99.0.150": "52:54:00:99:00:10"})
         self.server = ProxyServer(self.config, build_selector(self.config, Clock()), make_boot_request,
-                                  boot_file_size={"snponly.efi": 1024}.get, recent=self.recent)
+                                  boot_file_size=lambda name, request=None: {"snponly.efi": 1024}.get(name), recent=self.recent)
 
     def handle(self, data, port=67, source=("0.0.0.0", 68)):
         return self.server.handle(wire.parse(data), ProxyArrival("br0", SERVER, port), source)

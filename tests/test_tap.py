@@ -9,20 +9,36 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from ownsocket import config as configuration
-from ownsocket.tap import boot_file_size_function
+from twisted.internet import defer
+from zope.interface import implementer
+
+from ownsocket.filechain import BackendChain, FileSizes
+from ownsocket.files import FilesystemBackend
+from ownsocket.interfaces import FileNotFound, IFileBackend
 
 
 class BootFileSizeTests(unittest.TestCase):
+    """Option 13 asks the TFTP backend chain (ownsocket.filechain.FileSizes)."""
+
+    def chain(self, root, generated=()):
+        return BackendChain(list(generated) + [FilesystemBackend(root)], observers=[self])
+
+    def file_opened(self, request):
+        self.opened.append(request.path)
+
+    def setUp(self):
+        self.opened = []
+
     def test_size_from_tftp_root_remembered_briefly(self):
         root = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(root, "efi"))
         with open(os.path.join(root, "efi", "snponly.efi"), "wb") as handle:
             handle.write(b"x" * 1000)
         os.symlink("/etc/passwd", os.path.join(root, "escape"))
+        os.makedirs(os.path.join(root, "adir"))
         clock = Clock()
-        tftp = configuration.TftpConfig(root=root)
-        size = boot_file_size_function(tftp, clock, ttl=5)
+        chain = self.chain(root)
+        size = FileSizes(lambda: chain, clock, ttl=5)
         self.assertEqual(size("efi/snponly.efi"), 1000)
         self.assertEqual(size("/efi/snponly.efi"), 1000)
         with open(os.path.join(root, "efi", "snponly.efi"), "ab") as handle:
@@ -33,6 +49,50 @@ class BootFileSizeTests(unittest.TestCase):
         self.assertIsNone(size("missing.efi"))
         self.assertIsNone(size("../etc/passwd"))
         self.assertIsNone(size("escape"))
+        self.assertIsNone(size("adir"))
+        self.assertEqual(self.opened, [], "a size is not a fetch: observers are not told")
+
+    def test_generated_file_gets_its_size_per_client(self):
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+
+        @implementer(IFileBackend)
+        class Scripts:
+            def get_reader(self, request):
+                if request.path != "boot.ipxe":
+                    return defer.fail(FileNotFound(request.path))
+                text = f"#!ipxe\necho {request.boot_request}\n".encode()
+                return defer.succeed(BytesReader(text))
+
+        chain = self.chain(root, [Scripts()])
+        size = FileSizes(lambda: chain, Clock())
+        self.assertEqual(size("boot.ipxe", "aa"), len(b"#!ipxe\necho aa\n"))
+        self.assertEqual(size("boot.ipxe", "aaaa"), len(b"#!ipxe\necho aaaa\n"))
+        self.assertIsNone(size("other.efi", "aa"))
+        self.assertEqual(self.opened, [])
+
+    def test_a_reload_brings_a_new_chain(self):
+        roots = []
+        for content in (b"a" * 10, b"b" * 20):
+            root = os.path.abspath(self.mktemp())
+            os.makedirs(root)
+            with open(os.path.join(root, "f.efi"), "wb") as handle:
+                handle.write(content)
+            roots.append(self.chain(root))
+        current = [roots[0]]
+        size = FileSizes(lambda: current[0], Clock(), ttl=60)
+        self.assertEqual(size("f.efi"), 10)
+        current[0] = roots[1]
+        self.assertEqual(size("f.efi"), 20)
+
+
+class BytesReader:
+    def __init__(self, data):
+        self.size = len(data)
+        self.finished = False
+
+    def finish(self):
+        self.finished = True
 
 
 class MakeServiceTests(unittest.TestCase):

@@ -320,9 +320,12 @@ class RealSocketTests(ClientTestCase):
             pending[0].cancel()
         self.assertEqual(got, data)
         self.assertGreater(len(pings), 10)
-        self.assertLess(max(pings), 0.25)
+        # Starved, a ping or a tick would wait for the whole transfer (8,192
+        # lock-step blocks: seconds).  Served, they wait milliseconds; 1 s
+        # leaves room for a loaded CI machine (0.25 s failed once at load 14).
+        self.assertLess(max(pings), 1.0)
         self.assertGreater(len(lateness), 5)
-        self.assertLess(max(lateness), 0.25)
+        self.assertLess(max(lateness), 1.0)
         # The client returns once it has sent the last ACK; the server may
         # not have read it yet.
         for _ in range(100):

@@ -17,6 +17,7 @@ at scrape time by a custom collector, so they can never drift.
 from __future__ import annotations
 
 import platform
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
@@ -66,14 +67,20 @@ class Vocabulary:
     def __init__(self, known=(), limit=0):
         self.known = frozenset(known)
         self.limit = limit
+        self._words = {}  # text seen -> label, for the fixed vocabularies
         self.learned = set()
 
     def __call__(self, value) -> str:
         if value is None or value == "":
             return NONE
         if self.known:
-            word = _word(value)
-            return word if word in self.known else OTHER
+            word = self._words.get(value)
+            if word is None:
+                word = _word(value)
+                word = word if word in self.known else OTHER
+                if len(self._words) < 1024 and isinstance(value, str):
+                    self._words[value] = word
+            return word
         name = str(value)
         if name in self.learned:
             return name
@@ -96,6 +103,11 @@ class Metrics:
     def __init__(self, runtime):
         self.runtime = runtime
         self.registry = registry = CollectorRegistry(auto_describe=True)
+        self._pending = {}
+        #: the thread that counts (the reactor's: the one that builds us)
+        self.counting_thread = threading.get_ident()
+        # first in the registry, so a collection sees every count so far
+        registry.register(_Flush(self))
         self._message = {"received": Vocabulary(RECEIVED), "sent": Vocabulary(SENT)}
         self._drop = Vocabulary(DROP_REASONS)
         self._tftp_result = Vocabulary(TFTP_RESULTS)
@@ -178,6 +190,21 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def _count(self, metric, *labels):
+        """One more, counted in a plain dict and handed to prometheus_client
+        at the next collection (L{flush}): its C{inc} takes a lock each time,
+        and the DHCP path counts about ten things per exchange."""
+        key = (metric, labels)
+        pending = self._pending
+        pending[key] = pending.get(key, 0) + 1
+
+    def flush(self):
+        """Hand the pending counts over (on the reactor thread, which is the
+        only one that counts)."""
+        pending, self._pending = self._pending, {}
+        for (metric, labels), amount in pending.items():
+            self._child(metric, *labels).inc(amount)
+
     # -- the observer -----------------------------------------------------
 
     def observe(self, event):
@@ -200,19 +227,19 @@ class Metrics:
                 self._child(self.reloads, _reload_result(fields.get("result"))).inc()
         else:
             service = OTHER
-        self._child(self.events_seen, service if service in SERVICES else OTHER).inc()
+        self._count(self.events_seen, service if service in SERVICES else OTHER)
 
     def _dhcp(self, service, kind, fields):
         if kind == "received":
-            self._child(self.received, service, self._message["received"](fields.get("message"))).inc()
+            self._count(self.received, service, self._message["received"](fields.get("message")))
         elif kind == "sent":
-            self._child(self.sent, service, self._message["sent"](fields.get("message"))).inc()
+            self._count(self.sent, service, self._message["sent"](fields.get("message")))
             if fields.get("file"):
                 # The server asks the chain for every reply that carries a file.
-                self._child(self.decisions, self._selector(fields.get("selector")),
-                            self._arch(fields.get("arch"))).inc()
+                self._count(self.decisions, self._selector(fields.get("selector")),
+                            self._arch(fields.get("arch")))
         elif kind == "dropped":
-            self._child(self.dropped, service, self._drop(fields.get("reason"))).inc()
+            self._count(self.dropped, service, self._drop(fields.get("reason")))
         elif kind == "committed":
             seconds = fields.get("seconds")
             if isinstance(seconds, (int, float)):
@@ -242,6 +269,24 @@ def _reload_result(result):
     return word if word in RELOAD_RESULTS else OTHER
 
 
+class _Flush:
+    """Collects nothing; makes a collection on the reactor thread (tests,
+    explain) see the counts still pending.  The admin page's thread-pool
+    collection gets them from the flush that L{_StateCollector.refresh}
+    does on the reactor thread first."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        if threading.get_ident() == self.metrics.counting_thread:
+            self.metrics.flush()
+        return []
+
+
 class _StateCollector:
     """What is true now, asked of the services at scrape time."""
 
@@ -266,6 +311,7 @@ class _StateCollector:
         thread, where the services (and their SQLite connection) must not
         be touched: the resource calls this first, and C{collect} in that
         thread uses what was taken here."""
+        self.metrics.flush()
         runtime = self.metrics.runtime
         self._snapshot = (address_counts(runtime), transfers_in_flight(runtime, "tftp"),
                           transfers_in_flight(runtime, "http"))

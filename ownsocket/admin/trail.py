@@ -27,7 +27,6 @@ bounded too.
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 from collections import OrderedDict, deque
 from typing import Optional
 
@@ -232,7 +231,7 @@ def _bounded(event):
     names come from the client; DHCP options cannot exceed 255 bytes)."""
     fields = event.fields
     if any(isinstance(v, str) and len(v) > MAX_TEXT for v in fields.values()):
-        return replace(event, fields={k: _plain(v) for k, v in fields.items()})
+        return event._replace(fields={k: _plain(v) for k, v in fields.items()})
     return event
 
 
@@ -375,6 +374,7 @@ class BootTrail:
 
     def __init__(self, settings, reactor, on_end=None, arp_table=read_arp_table):
         self._settings = settings
+        self._limits_of = self  # never a settings object: the first call computes
         self.reactor = reactor
         self.on_end = on_end
         self.arp_table = arp_table
@@ -445,6 +445,9 @@ class BootTrail:
 
     def _limits(self):
         settings = self._settings()
+        if settings is self._limits_of:
+            return self._lim  # the same [admin] section (a reload brings a new one)
+        self._limits_of = settings
         return (max(1, int(getattr(settings, "boots", 1000))),
                 max(2, int(getattr(settings, "events_per_boot", 64))),
                 float(getattr(settings, "stall_after", 30.0)))

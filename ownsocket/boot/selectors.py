@@ -38,6 +38,8 @@ def expand(template: str, request: BootRequest) -> str:
 
     '@' rather than '${...}' because iPXE scripts and URLs use '${...}'
     themselves."""
+    if "@" not in template:
+        return template  # the usual name: nothing to fill in
     arches = client_arches(request)
     return (template.replace("@server@", str(request.server_address or ""))
             .replace("@mac@", request.mac)
@@ -98,24 +100,41 @@ class ArchTableSelector:
         self._default = default
         self._next_server = next_server
         self._sname = sname
+        self._decisions: Dict[Tuple[int, ...], Optional[BootDecision]] = {}
 
     def select(self, request: BootRequest) -> Optional[BootDecision]:
         arches = client_arches(request)
+        # Without '@' in the file names every client of one set of
+        # architectures gets the same decision: a boot storm asks for it
+        # thousands of times a second, so it is built once.
+        if arches in self._decisions:
+            return self._decisions[arches]
+        decision, personal = self._decide(arches, request)
+        if not personal:
+            if len(self._decisions) >= 256:
+                self._decisions.clear()  # made-up option 93 lists cannot grow it
+            self._decisions[arches] = decision
+        return decision
+
+    def _decide(self, arches, request):
+        """(decision, whether it depends on more than the architectures)."""
         for arch in arches:
             filename = self._table.get(arch)
             if filename is not None:
                 label = ARCH_NAMES.get(arch, "unknown")
-                return self._decision(expand(filename, request),
-                                      f"arch {arch} ({label}) -> [boot] arch.{arch}")
+                return (self._decision(expand(filename, request),
+                                       f"arch {arch} ({label}) -> [boot] arch.{arch}"),
+                        "@" in filename)
         if self._default is not None:
             shown = ",".join(map(str, arches)) or "none"
-            return self._decision(expand(self._default, request),
-                                  f"arch {shown} not in the table -> [boot] default")
-        return None
+            return (self._decision(expand(self._default, request),
+                                   f"arch {shown} not in the table -> [boot] default"),
+                    "@" in self._default)
+        return None, False
 
     def _decision(self, filename, reason):
         return BootDecision(filename=filename, next_server=self._next_server,
-                            sname=self._sname, reason=reason)
+                            sname=self._sname, reason=reason, selector=self.name)
 
 
 @implementer(IBootFileSelector)

@@ -34,7 +34,7 @@ def with_decision(selector, request, then):
     return then(decision)
 
 
-def add_boot_fields(reply, message, decision, next_server, boot_file_size=None):
+def add_boot_fields(reply, message, decision, next_server, boot_file_size=None, boot_request=None):
     """
     Fill in where and what to boot.
 
@@ -52,7 +52,7 @@ def add_boot_fields(reply, message, decision, next_server, boot_file_size=None):
     if filename:
         reply.file = filename.encode("ascii", "replace")
         if boot_file_size is not None and "://" not in filename:
-            size = boot_file_size(filename)
+            size = boot_file_size(filename, boot_request)
             if size is not None:
                 reply.add(wire.OPT_BOOT_SIZE, struct.pack("!H", min((size + 511) // 512, 0xFFFF)))
         asked = message.parameter_list

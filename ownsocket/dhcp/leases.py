@@ -178,6 +178,7 @@ class SqliteLeaseStore:
                 # 2,400 and 4,900; with no checkpoints, a steady 4,900), so
                 # the DHCP service checkpoints when the network is quiet.
                 self._db.execute("PRAGMA wal_autocheckpoint=0").fetchall()
+            self._check()
             self._db.executescript(_SCHEMA)
             self._migrate()
             self._load()
@@ -185,6 +186,24 @@ class SqliteLeaseStore:
             # A damaged file can make SQLite hand back text that is not
             # UTF-8, which the sqlite3 module raises as UnicodeDecodeError.
             raise LeaseStoreError(f"cannot open lease database {path}: {error}") from None
+
+    def _check(self):
+        """
+        Refuse a damaged file at start-up.  SQLite opens one whose index
+        pages are broken and reads its rows, and only the first write then
+        fails ("database disk image is malformed"): in the middle of a boot
+        storm, for every ACK.  C{quick_check} reads every page once (tens of
+        milliseconds for 100,000 leases).
+        """
+        rows = self._db.execute("PRAGMA quick_check").fetchall()
+        if rows != [("ok",)]:
+            detail = "; ".join(str(row[0]) for row in rows[:3])
+            first = detail.replace("*** in database main ***", "").strip().splitlines()[0][:200] \
+                if detail.strip() else "no answer"
+            raise LeaseStoreError(
+                f"lease database {self.path} is damaged (PRAGMA quick_check: {first}); restore it from a "
+                f"backup, or move it aside to start with no leases (clients then keep their addresses "
+                f"only if nobody else asks first)")
 
     def _migrate(self):
         version = self._db.execute("PRAGMA user_version").fetchall()[0][0]

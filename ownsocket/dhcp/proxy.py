@@ -94,7 +94,7 @@ class ProxyServer:
             reply.add(wire.OPT_VENDOR_CLASS, b"HTTPClient" if vendor.startswith(b"HTTPClient") else b"PXEClient")
             reply.add(wire.OPT_VENDOR_SPECIFIC, PXE_DISCOVERY_CONTROL)
             next_server = decision.next_server or self.config.boot.next_server or server_id
-            add_boot_fields(reply, message, decision, next_server, self.boot_file_size)
+            add_boot_fields(reply, message, decision, next_server, self.boot_file_size, request)
             echo_options(message, reply)
             host, port = self._destination(message, arrival, source)
             if self.recent is not None and message.has_ciaddr:

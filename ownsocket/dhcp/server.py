@@ -10,6 +10,7 @@ store keeps the bindings and the selector chooses the boot file.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 import time
@@ -56,7 +57,16 @@ def arch_label(arches):
 
 def arch_text(arches):
     """The architectures as the log lines show them: C{7 EFI x64,0 x86 BIOS}."""
-    return ",".join(f"{a} {ARCH_NAMES.get(a, 'unknown')}" for a in arches) or "-"
+    text = _ARCH_TEXTS.get(arches)
+    if text is None:
+        text = ",".join(f"{a} {ARCH_NAMES.get(a, 'unknown')}" for a in arches) or "-"
+        if len(_ARCH_TEXTS) > 1024:
+            _ARCH_TEXTS.clear()
+        _ARCH_TEXTS[arches] = text
+    return text
+
+
+_ARCH_TEXTS = {}
 
 
 def message_name(message):
@@ -95,6 +105,8 @@ class Exchange:
     reply_type: Optional[int] = None
     address: Optional[IPv4] = None
     decision: Optional[BootDecision] = None
+    #: what the selectors saw (a generated boot file's size depends on it)
+    boot_request: Optional[BootRequest] = None
     reason: str = ""
     answered: bool = False  # a BOOTP reply has no reply_type
     #: why no reply went out, as an event reason (None: nothing to report)
@@ -119,8 +131,9 @@ class DhcpServer:
     @param store: an L{ILeaseStore}.
     @param selector: an L{IBootFileSelector} (usually a chain).
     @param clock: anything with C{seconds()}; the reactor in production.
-    @param boot_file_size: callable(name) -> size in bytes or None, for
-        option 13; None disables the option.
+    @param boot_file_size: callable(name, boot_request) -> size in bytes or
+        None, for option 13 (L{ownsocket.filechain.FileSizes}); None disables
+        the option.
     @param recent: a L{RecentRequests} that TFTP/HTTP backends read.
     """
 
@@ -160,6 +173,7 @@ class DhcpServer:
         self.selector = selector
         self.hosts = {host.mac: host for host in config.hosts}
         self.reserved_by_address = {host.address: host for host in config.hosts if host.address}
+        self._per_subnet = {}  # id(subnet) -> (subnet, its encoded options)
 
     @property
     def pools(self):
@@ -450,7 +464,7 @@ class DhcpServer:
         request = self.boot_request(exchange.message, exchange.arrival, exchange.server_id)
 
         def finish(decision):
-            exchange.decision = decision
+            exchange.decision, exchange.boot_request = decision, request
             if exchange.address is not None and self.recent is not None:
                 self.recent.remember(exchange.address, request)
             replies = build()
@@ -470,20 +484,13 @@ class DhcpServer:
             reply.ciaddr = message.ciaddr
         else:
             reply.yiaddr = exchange.address
+        options = reply.options
         if not bootp:
-            reply.add(wire.OPT_MESSAGE_TYPE, bytes((reply.message_type,)))
-            reply.add(wire.OPT_SERVER_ID, exchange.server_id.packed)
+            options.append((wire.OPT_MESSAGE_TYPE, bytes((reply.message_type,))))
+            options.append((wire.OPT_SERVER_ID, exchange.server_id.packed))
             if lease_time is not None:
-                reply.add(wire.OPT_LEASE_TIME, struct.pack("!I", lease_time))
-                reply.add(wire.OPT_RENEWAL, struct.pack("!I", lease_time // 2))
-                reply.add(wire.OPT_REBINDING, struct.pack("!I", lease_time * 7 // 8))
-        reply.add(wire.OPT_SUBNET_MASK, subnet.network.netmask.packed)
-        if subnet.routers:
-            reply.add(wire.OPT_ROUTER, wire.address_bytes(subnet.routers))
-        if subnet.dns:
-            reply.add(wire.OPT_DNS, wire.address_bytes(subnet.dns))
-        if subnet.domain:
-            reply.add(wire.OPT_DOMAIN, subnet.domain.encode("ascii", "replace"))
+                options += _lease_options(lease_time)
+        options += self._subnet_options(subnet)
         if host is not None and host.hostname:
             reply.add(wire.OPT_HOSTNAME, host.hostname.encode("ascii", "replace"))
         if wire.OPT_IPXE in message.options and not bootp:
@@ -494,10 +501,25 @@ class DhcpServer:
         next_server = ((decision.next_server if decision else None) or
                        (host.next_server if host else None) or subnet.next_server or
                        exchange.server_id)
-        add_boot_fields(reply, message, decision, next_server, self.boot_file_size)
+        add_boot_fields(reply, message, decision, next_server, self.boot_file_size, exchange.boot_request)
         echo_options(message, reply)
         host_address, port = self._destination(message, reply)
         return Outgoing(wire.build(reply), host_address, port)
+
+    def _subnet_options(self, subnet):
+        """Options 1, 3, 6 and 15 of a subnet, encoded once per config (the
+        cache goes with the config on reload)."""
+        cached = self._per_subnet.get(id(subnet))
+        if cached is None or cached[0] is not subnet:
+            options = [(wire.OPT_SUBNET_MASK, subnet.network.netmask.packed)]
+            if subnet.routers:
+                options.append((wire.OPT_ROUTER, wire.address_bytes(subnet.routers)))
+            if subnet.dns:
+                options.append((wire.OPT_DNS, wire.address_bytes(subnet.dns)))
+            if subnet.domain:
+                options.append((wire.OPT_DOMAIN, subnet.domain.encode("ascii", "replace")))
+            cached = self._per_subnet[id(subnet)] = (subnet, tuple(options))
+        return cached[1]
 
     def _nak(self, exchange, reason):
         message = exchange.message
@@ -554,11 +576,10 @@ class DhcpServer:
         if exchange.reply_type is not None or exchange.answered:
             decision = exchange.decision
             name = wire.MESSAGE_NAMES[exchange.reply_type].lower() if exchange.reply_type else "bootp"
+            address = str(exchange.address) if exchange.address else None
             self.events.publish(
-                "dhcp", "sent", mac=message.mac,
-                peer=str(exchange.address) if exchange.address else None,
-                message=name, xid=message.xid,
-                address=str(exchange.address) if exchange.address else None,
+                "dhcp", "sent", mac=message.mac, peer=address, message=name, xid=message.xid,
+                address=address,
                 file=decision.filename if decision else None,
                 selector=decision.selector if decision and decision.filename else None,
                 arch=arch_label(message.arch_types),
@@ -588,6 +609,14 @@ def _settled(result):
         result.addErrback(lambda _: None)
         value.raiseException()
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def _lease_options(lease_time):
+    """Options 51, 58 and 59 (RFC 2131 T1 = 1/2, T2 = 7/8 of the lease)."""
+    return ((wire.OPT_LEASE_TIME, struct.pack("!I", lease_time)),
+            (wire.OPT_RENEWAL, struct.pack("!I", lease_time // 2)),
+            (wire.OPT_REBINDING, struct.pack("!I", lease_time * 7 // 8)))
 
 
 def _text(value):

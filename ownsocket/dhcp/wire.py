@@ -59,6 +59,10 @@ FIXED_LENGTHS = {
 }
 
 
+#: option 93 bytes -> architectures: a fleet sends a handful of distinct values
+_ARCHES: Dict[bytes, Tuple[int, ...]] = {}
+
+
 class MalformedPacket(ValueError):
     """The datagram is not a well-formed BOOTP/DHCP request; drop it."""
 
@@ -155,8 +159,16 @@ class Message:
 
     @property
     def arch_types(self) -> Tuple[int, ...]:
-        value = self.options.get(OPT_CLIENT_ARCH, b"")
-        return tuple(struct.unpack(f"!{len(value) // 2}H", value[: len(value) // 2 * 2]))
+        value = self.options.get(OPT_CLIENT_ARCH)
+        if value is None:
+            return ()
+        arches = _ARCHES.get(value)
+        if arches is None:
+            arches = tuple(struct.unpack(f"!{len(value) // 2}H", value[: len(value) // 2 * 2]))
+            if len(_ARCHES) > 1024:
+                _ARCHES.clear()  # made-up lists cannot grow it
+            _ARCHES[value] = arches
+        return arches
 
     @property
     def user_classes(self) -> Tuple[bytes, ...]:

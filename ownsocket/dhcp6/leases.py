@@ -2,17 +2,18 @@
 DHCPv6 leases behind a narrow interface: in memory, optionally written
 through to SQLite.
 
-DHCPv4's store (ownsocket/dhcp/leases.py) is keyed by MAC and is being
-rewritten for shared stores; DHCPv6 bindings are keyed differently (DUID +
-IAID + MAC, RFC 8415 §7.5, since iPXE's DUID is the same on every VM), so
-they live in their own small table until both can share one store.  The
-store only keeps bindings; the policy (L{ownsocket.dhcp6.server}) decides.
+DHCPv6 bindings are keyed differently from DHCPv4's (DUID + IAID + MAC,
+RFC 8415 §7.5, since iPXE's DUID is the same on every VM), so they have a
+table of their own, C{leases6}, in the same SQLite file as the DHCPv4
+leases (one file to back up and restore).  The store only keeps bindings;
+the policy (L{ownsocket.dhcp6.server}) decides.
 """
 
 from __future__ import annotations
 
 import heapq
 import ipaddress
+import os
 import sqlite3
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Tuple
@@ -103,24 +104,57 @@ class SqliteLeaseStore6(MemoryLeaseStore6):
     storm costs no disk writes.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, legacy: Optional[str] = None):
+        """
+        @param path: the lease file (the DHCPv4 one: see L{sqlite_path_for}).
+        @param legacy: a file of an earlier version that kept the DHCPv6
+            table apart (C{leases-v6.sqlite}); its bindings are imported
+            once and it is renamed to C{*.imported}.  By default the name
+            that version used next to C{path}.
+        """
         MemoryLeaseStore6.__init__(self)
+        if legacy is None:
+            legacy = _legacy_path_for(path)
+        self.imported = 0
         try:
             self._db = sqlite3.connect(path)
             # WAL + NORMAL: a commit survives the process being killed,
             # without an fsync per binding.
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA journal_mode=WAL").fetchall()
+            self._db.execute("PRAGMA synchronous=NORMAL").fetchall()
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS leases6 (address TEXT PRIMARY KEY, duid BLOB NOT NULL, "
                 "iaid INTEGER NOT NULL, mac TEXT NOT NULL, state TEXT NOT NULL, expires REAL NOT NULL)")
             self._db.commit()
+            if legacy and legacy != path and os.path.exists(legacy):
+                self._import(legacy)
             rows = self._db.execute("SELECT address, duid, iaid, mac, state, expires FROM leases6").fetchall()
         except sqlite3.Error as error:
             raise LeaseStoreError(f"cannot open the DHCPv6 lease database {path}: {error}") from None
+        except OSError as error:
+            raise LeaseStoreError(f"cannot move the imported DHCPv6 lease file {legacy} aside: "
+                                  f"{error.strerror}") from None
         for address, duid, iaid, mac, state, expires in rows:
             MemoryLeaseStore6.put(self, Lease6(bytes(duid), iaid, mac, ipaddress.IPv6Address(address),
                                                state, expires))
+
+    def _import(self, legacy):
+        """Bindings of the separate file an earlier version wrote; rows
+        already in this file win (they are newer).  The old file is renamed,
+        not deleted, so nothing is lost if this goes wrong."""
+        self._db.execute("ATTACH DATABASE ? AS legacy", (legacy,))
+        try:
+            with self._db:
+                before = self._db.execute("SELECT count(*) FROM leases6").fetchone()[0]
+                self._db.execute("INSERT OR IGNORE INTO leases6 (address, duid, iaid, mac, state, expires) "
+                                 "SELECT address, duid, iaid, mac, state, expires FROM legacy.leases6")
+                self.imported = self._db.execute("SELECT count(*) FROM leases6").fetchone()[0] - before
+        finally:
+            self._db.execute("DETACH DATABASE legacy")
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(legacy + suffix):
+                os.rename(legacy + suffix, legacy + ".imported" + suffix)
+        os.rename(legacy, legacy + ".imported")
 
     def put(self, lease: Lease6) -> None:
         old = self.lookup(lease.key)
@@ -144,8 +178,13 @@ class SqliteLeaseStore6(MemoryLeaseStore6):
 
 
 def sqlite_path_for(v4_path: str) -> str:
-    """The DHCPv6 table sits in a file next to the DHCPv4 one:
-    C{leases.sqlite} -> C{leases-v6.sqlite}."""
-    if v4_path.endswith(".sqlite"):
-        return v4_path[:-len(".sqlite")] + "-v6.sqlite"
-    return v4_path + "-v6"
+    """The DHCPv6 table sits in the DHCPv4 lease file."""
+    return v4_path
+
+
+def _legacy_path_for(path: str) -> str:
+    """Where the previous version kept the DHCPv6 table: C{leases.sqlite}
+    -> C{leases-v6.sqlite}."""
+    if path.endswith(".sqlite"):
+        return path[:-len(".sqlite")] + "-v6.sqlite"
+    return path + "-v6"
