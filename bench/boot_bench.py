@@ -17,6 +17,16 @@ marker (the same flow as tests/test_boot_e2e.py):
   fleet      the four machines bios1 (SeaBIOS iPXE), pxe1 (OVMF PXE, iPXE),
              sb1 (Secure Boot) and arm1 (arm64) started at once on one bridge;
              the time is the last of the four markers
+  pxe6       IPv6 only: OVMF PXEv6 (fw_cfg IPv4PXESupport=no) -> DHCPv6 with
+             option 59 tftp://[fd99::1]/snponly.efi -> iPXE over IPv6 (its
+             own RA-triggered DHCPv6) -> boot.ipxe -> marker (FIRMWARE-FACTS
+             §8a, the flow of tests/test_boot6_e2e.py)
+  http6      IPv6 only: OVMF (IPv4Support=no) PXEv6 answered without a file,
+             then HTTPv6 -> http://[fd99::1]/snponly.efi -> iPXE -> marker
+  pxe6-dual, http6-dual
+             the same on a dual-stack link: the server also serves DHCPv4
+             there, so iPXE's DHCPv4 ends at once instead of timing out
+             (15 s of dnsmasq's 27.5 s IPv6-only run, FIRMWARE-FACTS §8a)
 
 For the GRUB scenarios ownsocket renders /grub/grub.cfg and boot.ipxe per
 machine from templates (tests.lab.fleet_config).  dnsmasq cannot generate
@@ -39,6 +49,14 @@ from the ROM and never loads undionly.kpxe (one iPXE stage fewer than
 ownsocket's stateful flow; ``--servers ...,ownsocket-stateless`` adds
 ownsocket with ``[selector:ipxe] mode = stateless``, the same shortcut).
 
+For the IPv6 scenarios each server sends its own Router Advertisements
+(ownsocket from its [subnet6]; dnsmasq with ``enable-ra``) and no other RA
+sender runs.  dnsmasq gets FIRMWARE-FACTS §8f's configuration
+(``dhcp-authoritative`` for preference 255, ``option6:bootfile-url``, its
+``PX,HTTPClient`` work-around for the vendor class) and, on the dual-stack
+link, the usual DHCPv4 iPXE set-up as above; python's http.server serves
+its HTTPv6 files.
+
 By default a Router Advertisement sender runs on the bridge, which ends
 iPXE's ~13 s IPv6 autoconfiguration wait per iPXE stage (the same for both
 servers); ``--no-ra`` measures without it, i.e. with that fixed delay.
@@ -50,6 +68,14 @@ ipxe, ipxe-qemu and dnsmasq.  Usage:
     sudo python3 bench/boot_bench.py            # 3 runs each, median
     sudo python3 bench/boot_bench.py --quick    # 1 run each
     sudo python3 bench/boot_bench.py --runs 3 --scenarios bios --no-ra --keep /tmp/bb
+    sudo python3 bench/boot_bench.py --runs 2 --pcap --scenarios pxe6,http6,pxe6-dual,http6-dual
+
+``--pcap`` keeps a capture of each run's bridge and adds a table of the
+seconds from the guest's first DHCP/DHCPv6 message or Router Solicitation
+to its marker (the firmware's start-up before it varies by seconds under
+TCG on a busy machine, whatever the server).  The IPv6 scenarios always
+run ownsocket's stateful iPXE selector (``ownsocket-stateless`` is the same
+there).
 """
 
 import argparse
@@ -75,6 +101,10 @@ SCENARIOS = {
     "uefi-http": (lab.uefi_http, "efi"),
 }
 GRUB_SCENARIOS = ("uefi-sb", "arm64", "fleet")
+#: IPv6 scenarios: the OVMF flow (FIRMWARE-FACTS 8, lab.ovmf_ipv6_guest) and
+#: whether the link is dual stack.
+IPV6_SCENARIOS = {"pxe6": ("pxe6", False), "http6": ("http6", False),
+                  "pxe6-dual": ("pxe6", True), "http6-dual": ("http6", True)}
 SERVERS = ("ownsocket", "dnsmasq", "ownsocket-stateless")
 FLEET = {
     "bios1": lab.FleetHost("bios1", "52:54:00:99:01:01", "10.99.0.11"),
@@ -120,6 +150,35 @@ def fetched_files(server, workdir):
     return out
 
 
+def asks_for_configuration(packet):
+    """A DHCPv4 or DHCPv6 client message, or an ICMPv6 Router Solicitation:
+    the guest's first question to the network (IPv6 without extension
+    headers, as these messages are sent)."""
+    if packet.ethertype == 0x0800:
+        return packet.dport == 67
+    frame = packet.frame
+    if packet.ethertype != 0x86DD or len(frame) < 58:
+        return False
+    if frame[20] == 58:  # ICMPv6
+        return frame[54] == 133
+    return frame[20] == 17 and frame[56:58] == b"\x02\x23"  # UDP to 547
+
+
+def network_seconds(cap, mac, seconds, wall_start):
+    """
+    Seconds from the guest's first DHCP/DHCPv6 message or Router
+    Solicitation to its marker: the part of the boot that a server can
+    change.  Under TCG on a shared machine the firmware's start-up before
+    that varies by seconds from run to run, the same for both servers;
+    this leaves it out.  None without a capture or a marker.
+    """
+    if cap is None or seconds is None:
+        return None
+    first = min((p.time for p in cap.snapshot() if p.src_mac == mac.lower() and asks_for_configuration(p)),
+                default=None)
+    return None if first is None else seconds - (first - wall_start)
+
+
 def one_boot(scenario, server, args, keep_root):
     """Boot once; return (seconds to the marker or None, fetched files, workdir)."""
     spec_factory, platform = SCENARIOS[scenario]
@@ -129,6 +188,7 @@ def one_boot(scenario, server, args, keep_root):
     markers = lab.write_boot_root(root, uuid.uuid4().hex[:8])
     serial = os.path.join(workdir, "serial.log")
     with lab.NetNamespace() as ns:
+        cap = ns.capture(pcap=os.path.join(workdir, "bridge.pcap")) if args.pcap else None
         if not args.no_ra:
             ns.start_router_advertiser(log=os.path.join(workdir, "ra.log"))
         if server.startswith("ownsocket"):
@@ -159,18 +219,75 @@ def one_boot(scenario, server, args, keep_root):
                               interval=0.3, watch=watch):
             raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(watch[0].log)[-3000:]))
         vm = ns.start_guest(spec_factory(), serial_log=serial, log=os.path.join(workdir, "qemu.log"))
+        wall_start = time.time() - vm.elapsed()
         seconds, server_ok = lab.wait_for_boot(
             vm, serial, markers[platform], lambda: pattern.search(lab.read_text(server_log)),
             args.timeout, watch=watch)
+        if cap is not None:
+            cap.stop()
+        net = network_seconds(cap, lab.DEFAULT_MAC, seconds, wall_start)
     files = fetched_files(server, workdir)
     if seconds is None or not server_ok:
         tail = "\n".join(lab.console_text(lab.read_text(serial)).splitlines()[-15:])
         print("  !! %s/%s: no boot (marker %s, server log %s); files %s; serial tail:\n%s\n  (kept in %s)"
               % (scenario, server, seconds, server_ok, files, tail, workdir), flush=True)
-        return None, files, workdir
-    if not keep_root:
+        return None, files, workdir, None
+    if not keep_root and not args.pcap:
         shutil.rmtree(workdir, ignore_errors=True)
-    return seconds, files, workdir
+    return seconds, files, workdir, net
+
+
+def one_boot6(scenario, server, args, keep_root):
+    """
+    One IPv6 boot (see IPV6_SCENARIOS); returns what L{one_boot} returns.
+    The namespace, guest and server configs are tests/lab's, the same as
+    tests/test_boot6_e2e.py uses.
+    """
+    flow, dual_stack = IPV6_SCENARIOS[scenario]
+    workdir = tempfile.mkdtemp(prefix="boot-%s-%s-" % (scenario, server), dir=keep_root)
+    os.chmod(workdir, 0o755)
+    root = os.path.join(workdir, "tftpboot")
+    marker = lab.write_boot_root(root, uuid.uuid4().hex[:8])["efi"]
+    serial = os.path.join(workdir, "serial.log")
+    udp = (69, 547) + ((67,) if dual_stack else ())
+    tcp = (80,) if flow == "http6" else ()
+    with lab.NetNamespace() as ns:
+        ns.add_ipv6()
+        cap = ns.capture(pcap=os.path.join(workdir, "bridge.pcap")) if args.pcap else None
+        if server.startswith("ownsocket"):
+            log = os.path.join(workdir, "ownsocket.log")
+            cfg = lab.ownsocket6_config(os.path.join(workdir, "ownsocket.ini"), workdir, root, flow,
+                                        dual_stack=dual_stack)
+            watch = [ns.start(lab.ownsocket_argv(cfg, log), name="ownsocket", env=lab.ownsocket_env(),
+                              log=os.path.join(workdir, "ownsocket.out"), cwd=workdir)]
+            pattern = re.compile(r"tftp peer=\S+ file=marker-efi\.ipxe result=ok")
+        else:
+            log = os.path.join(workdir, "dnsmasq.log")
+            watch = [ns.start(lab.dnsmasq6_boot_argv(workdir, root, flow, dual_stack=dual_stack),
+                              name="dnsmasq", log=log)]
+            if flow == "http6":
+                watch.append(ns.start([sys.executable, "-m", "http.server", "--bind", lab.SERVER6,
+                                       "--directory", root, "80"], name="http.server",
+                                      log=os.path.join(workdir, "http.log")))
+            pattern = re.compile(r"dnsmasq-tftp\[\d+\]: sent \S*/marker-efi\.ipxe to")
+        if not lab.wait_until(lambda: lab.listening(ns, udp=udp, tcp=tcp), 30, interval=0.3, watch=watch):
+            raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(watch[0].log)[-3000:]))
+        vm = ns.start_guest(lab.ovmf_ipv6_guest(flow), serial_log=serial, log=os.path.join(workdir, "qemu.log"))
+        wall_start = time.time() - vm.elapsed()
+        seconds, server_ok = lab.wait_for_boot(vm, serial, marker, lambda: pattern.search(lab.read_text(log)),
+                                               args.timeout, watch=watch)
+        if cap is not None:
+            cap.stop()
+        net = network_seconds(cap, lab.DEFAULT_MAC, seconds, wall_start)
+    files = fetched_files(server, workdir)
+    if seconds is None or not server_ok:
+        tail = "\n".join(lab.console_text(lab.read_text(serial)).splitlines()[-15:])
+        print("  !! %s/%s: no boot (marker %s, server log %s); files %s; serial tail:\n%s\n  (kept in %s)"
+              % (scenario, server, seconds, server_ok, files, tail, workdir), flush=True)
+        return None, files, workdir, None
+    if not keep_root and not args.pcap:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return seconds, files, workdir, net
 
 
 def dnsmasq_grub_argv(interface, workdir, tftp_root):
@@ -216,6 +333,7 @@ def one_grub_boot(scenario, server, args, keep_root):
     root = os.path.join(workdir, "tftpboot")
     markers = lab.write_grub_root(root, uuid.uuid4().hex[:8], list(FLEET), arm64="arm1" in hosts)
     with lab.NetNamespace(taps=len(hosts)) as ns:
+        cap = ns.capture(pcap=os.path.join(workdir, "bridge.pcap")) if args.pcap else None
         if not args.no_ra:
             ns.start_router_advertiser(log=os.path.join(workdir, "ra.log"))
         if server.startswith("ownsocket"):
@@ -238,7 +356,7 @@ def one_grub_boot(scenario, server, args, keep_root):
                     re.escape(MARKER_FILE[host]), re.escape(FLEET[host].address)))
         if not lab.wait_until(lambda: lab.listening(ns, udp=(67, 69)), 30, interval=0.3, watch=[proc]):
             raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(proc.log)[-3000:]))
-        guests = {}
+        guests, starts = {}, {}
         for tap, host in zip(ns.taps, hosts):
             if host == "bios1":
                 spec = lab.bios_ipxe()
@@ -251,6 +369,7 @@ def one_grub_boot(scenario, server, args, keep_root):
             serial = os.path.join(workdir, "serial-%s.log" % host)
             guests[host] = (ns.start_guest(spec, tap=tap, mac=FLEET[host].mac, serial_log=serial,
                                            log=os.path.join(workdir, "qemu-%s.log" % host)), serial)
+            starts[host] = time.time() - guests[host][0].elapsed()
         done = {}
 
         def check():
@@ -263,8 +382,11 @@ def one_grub_boot(scenario, server, args, keep_root):
 
         lab.wait_until(check, args.timeout, interval=0.1, watch=[proc])
         check()
+        if cap is not None:
+            cap.stop()
     files = fetched_files(server, workdir)
     times = {host: done.get(host) for host in hosts}
+    net = {host: network_seconds(cap, FLEET[host].mac, done.get(host), starts[host]) for host in hosts}
     if len(done) < len(hosts):
         for host in hosts:
             if host not in done:
@@ -272,29 +394,33 @@ def one_grub_boot(scenario, server, args, keep_root):
                 print("  !! %s/%s: %s reached no marker; serial tail:\n%s" % (scenario, server, host, tail),
                       flush=True)
         print("  (kept in %s)" % workdir, flush=True)
-        return times, files, workdir
-    if not keep_root:
+        return times, files, workdir, net
+    if not keep_root and not args.pcap:
         shutil.rmtree(workdir, ignore_errors=True)
-    return times, files, workdir
+    return times, files, workdir, net
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one run per scenario and server")
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario and server (median shown)")
-    ap.add_argument("--scenarios", default=",".join(list(SCENARIOS) + list(GRUB_SCENARIOS)),
-                    help="comma separated: %s" % ", ".join(list(SCENARIOS) + list(GRUB_SCENARIOS)))
+    every = list(SCENARIOS) + list(GRUB_SCENARIOS) + list(IPV6_SCENARIOS)
+    ap.add_argument("--scenarios", default=",".join(every), help="comma separated: %s" % ", ".join(every))
     ap.add_argument("--servers", default="ownsocket,dnsmasq", help="comma separated: %s" % ", ".join(SERVERS))
     ap.add_argument("--no-ra", action="store_true",
                     help="no IPv6 Router Advertisement on the bridge (iPXE then waits ~13 s per stage)")
     ap.add_argument("--timeout", type=float, default=150, help="seconds per boot before giving up")
     ap.add_argument("--keep", help="keep every run's logs, configs and serial consoles under this folder")
+    ap.add_argument("--pcap", action="store_true",
+                    help="capture the bridge of each run to bridge.pcap in its folder (kept; see --keep) "
+                         "and also report the seconds from the guest's first DHCP/DHCPv6 message or Router "
+                         "Solicitation to its marker")
     args = ap.parse_args()
     runs = 1 if args.quick else args.runs
     scenarios = [s for s in args.scenarios.split(",") if s]
     servers = [s for s in args.servers.split(",") if s]
     for s in scenarios:
-        if s not in SCENARIOS and s not in GRUB_SCENARIOS:
+        if s not in every:
             ap.error("unknown scenario %s" % s)
     for s in servers:
         if s not in SERVERS:
@@ -325,65 +451,80 @@ def main():
     print("boot bench: %s, %d run(s) each, %s, load average %s" % (
         time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), runs,
         "no Router Advertisement (iPXE waits ~13 s for IPv6 per stage)" if args.no_ra
-        else "Router Advertisement on the bridge", " ".join(open("/proc/loadavg").read().split()[:3])))
+        else "Router Advertisement on the bridge (IPv6 scenarios: only the servers' own)",
+        " ".join(open("/proc/loadavg").read().split()[:3])))
     print("  %s; %s; TCG" % (version(["dnsmasq", "--version"]), version([lab.QEMU, "--version"])))
     results = {}
     for run in range(runs):
         for scenario in scenarios:
             for server in servers:
                 if scenario in GRUB_SCENARIOS:
-                    times, files, _ = one_grub_boot(scenario, server, args, args.keep)
+                    times, files, _, nets = one_grub_boot(scenario, server, args, args.keep)
                     # The scenario's time is its slowest machine's (the fleet is
                     # done when the last one is).
                     seconds = None if None in times.values() else max(times.values())
+                    net = None if None in nets.values() else max(nets.values())
                     for host, value in times.items():
                         if len(times) > 1:
-                            results.setdefault(("%s:%s" % (scenario, host), server), []).append((value, []))
+                            results.setdefault(("%s:%s" % (scenario, host), server), []).append(
+                                (value, [], nets[host]))
                     shown = ", ".join("%s %s" % (h, "%.1f" % v if v is not None else "FAIL")
                                       for h, v in times.items()) if len(times) > 1 else " -> ".join(files)
-                else:
-                    seconds, files, _ = one_boot(scenario, server, args, args.keep)
+                elif scenario in IPV6_SCENARIOS:
+                    seconds, files, _, net = one_boot6(scenario, server, args, args.keep)
                     shown = " -> ".join(files)
-                results.setdefault((scenario, server), []).append((seconds, files))
-                print("  run %d %-9s %-19s %s  %s" % (run + 1, scenario, server,
-                                                       "%6.1f s" % seconds if seconds is not None else "  FAIL  ",
-                                                       shown), flush=True)
+                else:
+                    seconds, files, _, net = one_boot(scenario, server, args, args.keep)
+                    shown = " -> ".join(files)
+                results.setdefault((scenario, server), []).append((seconds, files, net))
+                print("  run %d %-10s %-19s %s%s  %s" % (
+                    run + 1, scenario, server, "%6.1f s" % seconds if seconds is not None else "  FAIL  ",
+                    " (%.1f s from its first DHCP/RS)" % net if net is not None else "", shown), flush=True)
 
-    def median(key):
-        times = [s for s, _ in results.get(key, []) if s is not None]
+    def median(key, field=0):
+        times = [r[field] for r in results.get(key, []) if r[field] is not None]
         if len(times) < len(results.get(key, [])) or not times:
             return None
         return statistics.median(times)
 
-    print()
-    header = "| scenario  | " + " | ".join("%s (s)" % s for s in servers)
-    if "ownsocket" in servers and "dnsmasq" in servers:
-        header += " | ownsocket/dnsmasq"
-    print(header + " |")
-    print("|" + "---|" * (header.count("|")))
     rows = []
     for scenario in scenarios:
         rows.append(scenario)
         if scenario == "fleet":
             rows += ["fleet:%s" % host for host in GRUB_GUESTS["fleet"]]
-    for scenario in rows:
-        cells = []
-        for server in servers:
-            m = median((scenario, server))
-            cells.append("FAIL" if m is None else "%.1f" % m)
-        row = "| %-11s | " % scenario + " | ".join(cells)
+
+    def table(field):
+        print()
+        header = "| scenario   | " + " | ".join("%s (s)" % s for s in servers)
         if "ownsocket" in servers and "dnsmasq" in servers:
-            a, b = median((scenario, "ownsocket")), median((scenario, "dnsmasq"))
-            row += " | " + ("%.2f" % (a / b) if a and b else "-")
-        print(row + " |")
+            header += " | ownsocket/dnsmasq"
+        print(header + " |")
+        print("|" + "---|" * header.count("|"))
+        for scenario in rows:
+            cells = []
+            for server in servers:
+                m = median((scenario, server), field)
+                cells.append("FAIL" if m is None else "%.1f" % m)
+            row = "| %-10s | " % scenario + " | ".join(cells)
+            if "ownsocket" in servers and "dnsmasq" in servers:
+                a, b = median((scenario, "ownsocket"), field), median((scenario, "dnsmasq"), field)
+                row += " | " + ("%.2f" % (a / b) if a and b else "-")
+            print(row + " |")
+
+    table(0)
     print("\nseconds = median over %d run(s), from QEMU start to the marker line on the serial console "
           "(fleet: the last of the four; fleet:HOST each machine)." % runs)
+    if args.pcap:
+        table(2)
+        print("\nseconds = median over %d run(s), from the guest's first DHCP/DHCPv6 message or Router "
+              "Solicitation on the bridge to the marker (the firmware's start-up before it, which a "
+              "server cannot change, left out)." % runs)
     print("files each server sent (last run):")
     for scenario in scenarios:
         for server in servers:
             runs_ = results.get((scenario, server), [])
             if runs_:
-                print("  %-9s %-19s %s" % (scenario, server, " -> ".join(runs_[-1][1])))
+                print("  %-10s %-19s %s" % (scenario, server, " -> ".join(runs_[-1][1])))
 
 
 if __name__ == "__main__":

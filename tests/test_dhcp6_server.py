@@ -116,6 +116,7 @@ class Policy(unittest.TestCase):
         solicit = load_hex6("ovmf_pxe6_solicit")
         outgoing, advertise = self.answer(solicit)
         self.assertEqual((outgoing.host, outgoing.port), CLIENT)
+        self.assertFalse(outgoing.boot)
         self.assertEqual(advertise.message_type, wire.ADVERTISE)
         self.assertEqual(advertise.xid, wire.parse(solicit).xid)
         self.assertEqual(advertise.option(wire.OPT_CLIENTID), wire.parse(solicit).client_id)
@@ -140,6 +141,7 @@ class Policy(unittest.TestCase):
         self.assertEqual(reply.ia_na()[0].addresses[0].address, offered)
         self.assertEqual(reply.option(wire.OPT_BOOTFILE_URL), b"tftp://[fd99::1]/snponly.efi")
         self.assertIsNone(reply.option(wire.OPT_PREFERENCE))
+        self.assertTrue(outgoing.boot)  # the protocol sends it an RA first
         lease = self.store.holder(offered)
         self.assertEqual((lease.state, lease.mac, lease.expires), ("bound", "52:54:00:99:00:10", 1600))
         remembered = self.recent.get(str(offered))

@@ -72,6 +72,19 @@ class FakeReactor(task.Clock):
         self.readers.remove(reader)
 
 
+class Recorder(list):
+    """A list of sent datagrams that also notes, in one shared order list,
+    which kind of socket sent each."""
+
+    def __init__(self, order, kind):
+        list.__init__(self)
+        self.order, self.kind = order, kind
+
+    def append(self, item):
+        self.order.append(self.kind)
+        list.append(self, item)
+
+
 def load(text):
     return configuration.load(text=text, known_interfaces={"br0", "eth0", "lo"})
 
@@ -133,6 +146,34 @@ class ServiceTests(unittest.TestCase):
         service.stopService()
         self.assertTrue(port.stopped)
         self.assertTrue(raw.closed)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_boot_reply_is_preceded_by_a_unicast_ra(self):
+        """PXE and HTTP boot look for a default route right after the Reply:
+        the client gets an RA unicast just before it, and once more later;
+        the Advertise (no route check yet) gets none."""
+        service = self.make(LAB)
+        service.privilegedStartService()
+        service.startService()
+        raw = self.sockets[1]
+        port = service.ports["br0"]
+        client = ("fe80::5054:ff:fe99:10", 546)
+        port.protocol.datagramReceived(load_hex6("ovmf_pxe6_solicit"), client)
+        self.assertEqual(len(raw.sent), 1)  # only the one at start
+        offered = wire.parse_server_message(port.written[-1][0]).ia_na()[0].addresses[0].address
+        from tests.test_dhcp6_server import retarget
+        request = retarget(load_hex6("ovmf_pxe6_request"), server_duid=wire.duid_ll("02:00:00:00:00:01"),
+                           address=offered)
+        order = []
+        port.written = Recorder(order, "reply")
+        raw.sent = Recorder(order, "ra")
+        port.protocol.datagramReceived(bytes(request), client)
+        self.assertEqual(order, ["ra", "reply"])
+        self.assertEqual(raw.sent[0][1][0], "fe80::5054:ff:fe99:10")
+        self.assertEqual(wire.parse_server_message(port.written[0][0]).message_type, wire.REPLY)
+        self.reactor.advance(ra.NUDGE_AGAIN)
+        self.assertEqual(order, ["ra", "reply", "ra"])
+        service.stopService()
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_router_advertisements_false(self):

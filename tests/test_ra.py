@@ -65,6 +65,12 @@ class Wire(unittest.TestCase):
         self.assertEqual(our_options[ra.OPT_MTU], their_options[ra.OPT_MTU])
         self.assertEqual(our_options[ra.OPT_SOURCE_LLADDR], bytes.fromhex("525400000001"))
 
+    def test_retrans_timer(self):
+        """EDK2 times DAD with the advertised Retrans Timer (ra docstring)."""
+        data = ra.build_ra(ra.advertisement_for(SUBNETS, None, None))
+        self.assertEqual(struct.unpack("!II", data[8:16]), (0, ra.RETRANS_TIMER_MS))
+        self.assertEqual(ra.RETRANS_TIMER_MS, 500)
+
     def test_quiet_subnets_get_no_ra(self):
         self.assertIsNone(ra.advertisement_for(SUBNETS[1:], None, None))
         self.assertIsNone(ra.advertisement_for((), None, None))
@@ -154,6 +160,28 @@ class Advertiser(unittest.TestCase):
         self.advertiser.solicited(bytes.fromhex("8500000000000000" "0101525400000002"), "fe80::2")
         self.assertEqual(len(self.sock.sent), 2)
         self.advertiser.stop()
+
+    def test_nudge_unicasts_now_and_once_more(self):
+        self.advertiser.start()
+        self.advertiser.nudge("fe80::5054:ff:fe99:10%br0")
+        self.assertEqual(self.sock.sent[-1][1], ("fe80::5054:ff:fe99:10", 0, 0, 7))
+        self.advertiser.nudge("fe80::5054:ff:fe99:10")  # a repeated Request
+        self.assertEqual(len(self.sock.sent), 3)
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 2)  # periodic + one pending nudge
+        self.reactor.advance(ra.NUDGE_AGAIN)
+        self.assertEqual(len(self.sock.sent), 4)
+        self.assertEqual(self.sock.sent[-1][1], ("fe80::5054:ff:fe99:10", 0, 0, 7))
+        self.reactor.advance(ra.NUDGE_AGAIN)
+        self.assertEqual(len(self.sock.sent), 4)
+        self.advertiser.stop()
+
+    def test_nudge_only_to_link_local_and_cancelled_by_stop(self):
+        self.advertiser.start()
+        self.advertiser.nudge("fd99::5")
+        self.assertEqual(len(self.sock.sent), 1)
+        self.advertiser.nudge("fe80::1")
+        self.advertiser.stop()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_bad_rs_is_dropped(self):
         self.advertiser.start()

@@ -21,13 +21,17 @@ class Dhcp6Protocol(DatagramProtocol):
     @param server: a L{ownsocket.dhcp6.server.Dhcp6Server}.
     @param link: a callable returning the L{ownsocket.dhcp6.server.Link} of
         this socket's interface (addresses may change while we run).
+    @param before_boot_reply: called with the client's address right before
+        a Reply carrying a boot URL is sent to it (the link's Router
+        Advertisement nudge, see L{ownsocket.dhcp6.ra}); None: nothing.
     """
 
     log = Logger()
     noisy = False
 
-    def __init__(self, server, link, clock, events=None):
+    def __init__(self, server, link, clock, events=None, before_boot_reply=None):
         self.server = server
+        self.before_boot_reply = before_boot_reply
         self.link = link
         self.clock = clock
         self.events = events
@@ -60,6 +64,8 @@ class Dhcp6Protocol(DatagramProtocol):
 
     def _send(self, replies):
         for outgoing in replies:
+            if outgoing.boot and self.before_boot_reply is not None:
+                self.before_boot_reply(outgoing.host)
             try:
                 self.transport.write(outgoing.data, (outgoing.host, outgoing.port))
             except OSError as error:

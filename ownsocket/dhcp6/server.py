@@ -59,6 +59,9 @@ class Outgoing6:
     data: bytes
     host: str
     port: int
+    #: a Reply with a boot URL sent straight to the client: the protocol
+    #: sends it a Router Advertisement first (ra.RouterAdvertiser.nudge)
+    boot: bool = False
 
 
 @dataclass
@@ -465,7 +468,10 @@ class Dhcp6Server:
                     self.recent.remember(address, request)
             data = wire.build(exchange.reply_type, message.xid, options)
             self._log(exchange)
-            return [self._outgoing(exchange, data, source)]
+            outgoing = self._outgoing(exchange, data, source)
+            if exchange.url and exchange.reply_type == wire.REPLY and not message.relays:
+                outgoing = Outgoing6(outgoing.data, outgoing.host, outgoing.port, boot=True)
+            return [outgoing]
 
         return with_decision(self.selector, request, finish)
 

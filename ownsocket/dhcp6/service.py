@@ -189,7 +189,8 @@ class Dhcp6Service(Service):
         view = LinkView(name, server_duid(name, mac), self._addresses, self.reactor)
         sock = self._open_socket(name)
         try:
-            protocol = Dhcp6Protocol(self.server, view, self.reactor, self.events)
+            protocol = Dhcp6Protocol(self.server, view, self.reactor, self.events,
+                                     before_boot_reply=lambda host: self._nudge(name, host))
             self.ports[name] = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET6, protocol)
         finally:
             sock.close()  # the port holds its own duplicate
@@ -205,6 +206,12 @@ class Dhcp6Service(Service):
                       "Router Advertisements {ra}", interface=name, port=SERVER_PORT, names=names,
                       ra="M=1 O=1 every 3-4 s and on solicitation" if advertisement
                       else "off (router_advertisements = false)")
+
+    def _nudge(self, name, host):
+        """A booting client's Router Advertisement (if this link sends RAs)."""
+        advertiser = self.advertisers.get(name)
+        if advertiser is not None and self.running:
+            advertiser.nudge(host)
 
     def startService(self):
         Service.startService(self)

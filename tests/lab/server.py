@@ -107,13 +107,15 @@ def dnsmasq_base_argv(interface, workdir, *, dhcp_range="10.99.0.100,10.99.0.200
             "--dhcp-option=3,%s" % SERVER_ADDRESS]
 
 
-def dnsmasq6_boot_argv(workdir, tftp_root, scenario, interface="br0"):
+def dnsmasq6_boot_argv(workdir, tftp_root, scenario, interface="br0", dual_stack=False):
     """
     dnsmasq as the IPv6 reference (FIRMWARE-FACTS 8f): DHCPv6 with RAs on
     ``interface``, iPXE (user class) gets boot.ipxe, OVMF gets snponly.efi
     by TFTP (``scenario`` "pxe6") or by HTTP (the URL and vendor class of
     HTTPv6, "http6"; dnsmasq serves no HTTP: run ``python3 -m http.server``
-    next to it).
+    next to it).  C{dual_stack} also serves DHCPv4 on the link, set up as
+    L{dnsmasq_boot_argv} does for iPXE (the script by TFTP, no-pxedhcp), so
+    iPXE's DHCPv4 ends at once as with ownsocket's dual-stack config.
     """
     url = "tftp://[%s]" % SERVER6
     argv = ["dnsmasq", "-d", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp",
@@ -124,6 +126,10 @@ def dnsmasq6_boot_argv(workdir, tftp_root, scenario, interface="br0"):
             "--dhcp-userclass=set:ipxe,iPXE", "--tag-if=set:chained,tag:ipxe",
             "--dhcp-option=tag:chained,option6:bootfile-url,%s/boot.ipxe" % url,
             "--enable-tftp", "--tftp-root=%s" % tftp_root]
+    if dual_stack:
+        argv += ["--dhcp-range=10.99.0.100,10.99.0.200,255.255.255.0",
+                 "--dhcp-match=set:ipxe4,175", "--dhcp-option=tag:ipxe4,encap:175,176,1b",
+                 "--dhcp-boot=tag:ipxe4,boot.ipxe"]
     if scenario == "pxe6":
         return argv + ["--dhcp-option=tag:efi64,tag:!chained,option6:bootfile-url,%s/snponly.efi" % url]
     return argv + [
