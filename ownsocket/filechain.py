@@ -54,14 +54,19 @@ class BackendChain:
 
     def size_of(self, request):
         """
-        (size in bytes or None, whether it is the same for every client) of
-        what L{get_reader} would serve: for DHCP option 13, so a generated
-        file gets its size too.
+        (size in bytes or None, whether the answer is the same for every
+        client) of what L{get_reader} would serve: for DHCP option 13, so a
+        generated file gets its size too.  A missing file is the same for
+        everyone too: a boot storm for a name nobody serves must not resolve
+        the path for every reply.
 
         Observers are not told (nothing was fetched: the stateful iPXE
         selector must not think the first stage was), and a backend that
         answers later is not waited for (a DHCP reply cannot wait).
         """
+        # A backend that does not serve a name says so for every client
+        # (FileNotFound), or says it is this client's and not to be found
+        # elsewhere (final): only a reader or a final answer is personal.
         for backend in self.backends:
             sized = getattr(backend, "size", None)
             if sized is not None:
@@ -72,7 +77,7 @@ class BackendChain:
                         return None, False
                     continue
                 except BackendError:
-                    return None, False
+                    return None, True  # refused by name (outside the root, say)
             outcome = []
             d = defer.maybeDeferred(backend.get_reader, request)
             d.addBoth(outcome.append)
@@ -87,7 +92,7 @@ class BackendChain:
             size = getattr(result, "size", None)
             _finish(result)
             return size, False
-        return None, False
+        return None, True  # nobody serves it: not now, for nobody
 
 
 def _finish(reader):
@@ -116,13 +121,14 @@ class FileSizes:
         self.ttl = ttl
         self._chain = None
         self._remembered = {}
+        self._personal = set()
 
     def __call__(self, name, boot_request=None) -> Optional[int]:
         chain = self.backend()
         if chain is None:
             return None
         if chain is not self._chain:
-            self._chain, self._remembered = chain, {}
+            self._chain, self._remembered, self._personal = chain, {}, set()
         now = self.clock.seconds()
         hit = self._remembered.get(name)
         if hit is not None and hit[0] > now:
@@ -132,7 +138,12 @@ class FileSizes:
         except Exception:
             BackendChain.log.failure("boot file size of {name!r} failed", name=name)
             return None
-        if shared:
+        if not shared:
+            # Once a generated backend served this name to someone, a miss
+            # for another client is not everyone's answer: ask every time.
+            if len(self._personal) < 4096:
+                self._personal.add(name)
+        elif name not in self._personal:
             if len(self._remembered) > 4096:
                 self._remembered.clear()
             self._remembered[name] = (now + self.ttl, size)

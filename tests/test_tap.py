@@ -51,6 +51,12 @@ class BootFileSizeTests(unittest.TestCase):
         self.assertIsNone(size("escape"))
         self.assertIsNone(size("adir"))
         self.assertEqual(self.opened, [], "a size is not a fetch: observers are not told")
+        # a missing file is remembered as missing too (no path resolution per reply)
+        with open(os.path.join(root, "missing.efi"), "wb") as handle:
+            handle.write(b"z" * 10)
+        self.assertIsNone(size("missing.efi"))
+        clock.advance(6)
+        self.assertEqual(size("missing.efi"), 10)
 
     def test_generated_file_gets_its_size_per_client(self):
         root = os.path.abspath(self.mktemp())
@@ -59,7 +65,7 @@ class BootFileSizeTests(unittest.TestCase):
         @implementer(IFileBackend)
         class Scripts:
             def get_reader(self, request):
-                if request.path != "boot.ipxe":
+                if request.path != "boot.ipxe" or request.boot_request == "none":
                     return defer.fail(FileNotFound(request.path))
                 text = f"#!ipxe\necho {request.boot_request}\n".encode()
                 return defer.succeed(BytesReader(text))
@@ -69,6 +75,10 @@ class BootFileSizeTests(unittest.TestCase):
         self.assertEqual(size("boot.ipxe", "aa"), len(b"#!ipxe\necho aa\n"))
         self.assertEqual(size("boot.ipxe", "aaaa"), len(b"#!ipxe\necho aaaa\n"))
         self.assertIsNone(size("other.efi", "aa"))
+        # a client the generator has nothing for: its miss is not remembered
+        # for the name, since others get the file
+        self.assertIsNone(size("boot.ipxe", "none"))
+        self.assertEqual(size("boot.ipxe", "bb"), len(b"#!ipxe\necho bb\n"))
         self.assertEqual(self.opened, [])
 
     def test_a_reload_brings_a_new_chain(self):
