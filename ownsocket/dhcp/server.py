@@ -75,7 +75,7 @@ def message_name(message):
 
 
 def via(message, arrival):
-    return f"relay {message.giaddr}" if message.relayed else arrival.interface or "?"
+    return f"relay {message.giaddr_text}" if message.relayed else arrival.interface or "?"
 
 
 @dataclass(frozen=True)
@@ -543,7 +543,7 @@ class DhcpServer:
         firmware in FIRMWARE-FACTS accepts that, and a unicast to an address
         nobody can resolve is lost."""
         if message.relayed:
-            return str(message.giaddr), self.dhcp.port
+            return message.giaddr_text, self.dhcp.port
         if reply.message_type != NAK and message.has_ciaddr:
             return str(message.ciaddr), self.dhcp.client_port
         return BROADCAST, self.dhcp.client_port
