@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import configparser
 import ipaddress
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
@@ -768,7 +767,3 @@ def _check_subnets6(config: Config, known_interfaces) -> None:
                 raise ConfigError(source, section, "domain", f"{domain!r} is not a domain name")
 
 
-def resolve_path(config: Config, path: str) -> str:
-    """Relative paths in the config are relative to the working directory, as
-    for twistd's own --logfile and --pidfile."""
-    return os.path.abspath(path)

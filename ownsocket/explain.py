@@ -244,6 +244,13 @@ def explain(args, out=sys.stdout, clock=None):
     print(f"config     {config.source}", file=out)
     for line in (summary6(request, message6) if message6 is not None else summary(request)):
         print(line, file=out)
+    if args.packet and message6 is None:
+        # what the captured packet said, option by option (decoded by dhcppython)
+        described = wire.describe_options(wire.parse(_read_packet(args.packet)))
+        for index, (code, name, value) in enumerate(described):
+            if isinstance(value, dict) and len(value) == 1:
+                (value,) = value.values()
+            print(f"{'options' if index == 0 else '':<10} {code:>3} {name}: {value}", file=out)
     print("", file=out)
     print(f"selectors, in the order of [boot] selectors ({', '.join(config.boot.selectors)}):", file=out)
     chosen = None

@@ -226,8 +226,6 @@ class NamespaceTestCase(unittest.TestCase):
         if SERVER_KIND == "kea":
             if shutil.which("kea-dhcp4") is None:
                 raise unittest.SkipTest("kea-dhcp4 is not installed (package kea-dhcp4-server)")
-        elif not os.path.exists(os.path.join(REPO, "twisted", "plugins", "ownsocket_plugin.py")):
-            raise unittest.SkipTest("the ownsocket twistd plugin does not exist yet")
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
         self.lab = netns.Lab()

@@ -56,6 +56,9 @@ class ExplainTests(unittest.TestCase):
         self.assertIn("iPXE       yes", text)
         self.assertIn("undionly.kpxe", self.chosen(text))
         self.assertIn("note: this client is iPXE", text)
+        # the packet's own options, decoded by dhcppython
+        self.assertIn("options     53 MessageType: DHCPDISCOVER\n", text)
+        self.assertIn("\n            60 VendorClassIdentifier: PXEClient:Arch:00000:UNDI:002001\n", text)
         code, text = self.run_explain("--packet", "@" + fixture_path("undionly_discover"),
                                       "--after-first-stage")
         self.assertIn("ipxe       'boot.ipxe'", self.chosen(text))

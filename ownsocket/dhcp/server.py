@@ -35,7 +35,6 @@ from ownsocket.events import EventBus
 IPXE_NO_PXEDHCP = b"\xb0\x01\x01"
 
 IPv4 = ipaddress.IPv4Address
-ZERO = IPv4(0)
 BROADCAST = "255.255.255.255"
 
 #: Short architecture labels for events and metrics (option 93 codes);
