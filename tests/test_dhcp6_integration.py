@@ -10,11 +10,11 @@ import os
 import re
 import shutil
 import subprocess
-import time
 
 from twisted.trial import unittest
 
 from tests import netns
+from tests.lab.waits import wait_until
 
 SERVER6, NETWORK6 = "fd77::1", "fd77::/64"
 
@@ -30,13 +30,7 @@ def _skip_reason():
 
 
 def wait_for(predicate, timeout, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
+    return wait_until(predicate, timeout, interval)
 
 
 class RealClients(unittest.TestCase):

@@ -10,11 +10,11 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 
 from twisted.trial import unittest
 
 from tests import netns
+from tests.lab.waits import wait_until
 
 SERVER6, NETWORK6 = "fd78::1", "fd78::/64"
 
@@ -30,13 +30,7 @@ def _skip_reason():
 
 
 def wait_for(predicate, timeout, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
+    return wait_until(predicate, timeout, interval)
 
 
 class ReloadStartsDhcp6(unittest.TestCase):
