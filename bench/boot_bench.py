@@ -226,6 +226,12 @@ def one_boot(scenario, server, args, keep_root):
         if cap is not None:
             cap.stop()
         net = network_seconds(cap, lab.DEFAULT_MAC, seconds, wall_start)
+    return _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server_ok, net)
+
+
+def _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server_ok, net):
+    """(seconds, files, workdir, network seconds) of one boot, or a report
+    of why it did not boot (its folder kept); one_boot and one_boot6 alike."""
     files = fetched_files(server, workdir)
     if seconds is None or not server_ok:
         tail = "\n".join(lab.console_text(lab.read_text(serial)).splitlines()[-15:])
@@ -279,15 +285,7 @@ def one_boot6(scenario, server, args, keep_root):
         if cap is not None:
             cap.stop()
         net = network_seconds(cap, lab.DEFAULT_MAC, seconds, wall_start)
-    files = fetched_files(server, workdir)
-    if seconds is None or not server_ok:
-        tail = "\n".join(lab.console_text(lab.read_text(serial)).splitlines()[-15:])
-        print("  !! %s/%s: no boot (marker %s, server log %s); files %s; serial tail:\n%s\n  (kept in %s)"
-              % (scenario, server, seconds, server_ok, files, tail, workdir), flush=True)
-        return None, files, workdir, None
-    if not keep_root and not args.pcap:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return seconds, files, workdir, net
+    return _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server_ok, net)
 
 
 def dnsmasq_grub_argv(interface, workdir, tftp_root):

@@ -172,7 +172,8 @@ class DhcpServer:
         self.selector = selector
         self.hosts = {host.mac: host for host in config.hosts}
         self.reserved_by_address = {host.address: host for host in config.hosts if host.address}
-        self._per_subnet = {}  # id(subnet) -> (subnet, its encoded options)
+        # options 1, 3, 6 and 15 of each subnet, encoded once per config
+        self._subnet_options = {subnet.name: _encode_subnet_options(subnet) for subnet in config.subnets}
 
     @property
     def pools(self):
@@ -489,7 +490,8 @@ class DhcpServer:
             options.append((wire.OPT_SERVER_ID, exchange.server_id.packed))
             if lease_time is not None:
                 options += _lease_options(lease_time)
-        options += self._subnet_options(subnet)
+        # (a subnet a reload removed while a selector was still deciding: encoded now)
+        options += self._subnet_options.get(subnet.name) or _encode_subnet_options(subnet)
         if host is not None and host.hostname:
             reply.add(wire.OPT_HOSTNAME, host.hostname.encode("ascii", "replace"))
         if wire.OPT_IPXE in message.options and not bootp:
@@ -504,21 +506,6 @@ class DhcpServer:
         echo_options(message, reply)
         host_address, port = self._destination(message, reply)
         return Outgoing(wire.build(reply), host_address, port)
-
-    def _subnet_options(self, subnet):
-        """Options 1, 3, 6 and 15 of a subnet, encoded once per config (the
-        cache goes with the config on reload)."""
-        cached = self._per_subnet.get(id(subnet))
-        if cached is None or cached[0] is not subnet:
-            options = [(wire.OPT_SUBNET_MASK, subnet.network.netmask.packed)]
-            if subnet.routers:
-                options.append((wire.OPT_ROUTER, wire.address_bytes(subnet.routers)))
-            if subnet.dns:
-                options.append((wire.OPT_DNS, wire.address_bytes(subnet.dns)))
-            if subnet.domain:
-                options.append((wire.OPT_DOMAIN, subnet.domain.encode("ascii", "replace")))
-            cached = self._per_subnet[id(subnet)] = (subnet, tuple(options))
-        return cached[1]
 
     def _nak(self, exchange, reason):
         message = exchange.message
@@ -608,6 +595,17 @@ def _settled(result):
         result.addErrback(lambda _: None)
         value.raiseException()
     return value
+
+
+def _encode_subnet_options(subnet):
+    options = [(wire.OPT_SUBNET_MASK, subnet.network.netmask.packed)]
+    if subnet.routers:
+        options.append((wire.OPT_ROUTER, wire.address_bytes(subnet.routers)))
+    if subnet.dns:
+        options.append((wire.OPT_DNS, wire.address_bytes(subnet.dns)))
+    if subnet.domain:
+        options.append((wire.OPT_DOMAIN, subnet.domain.encode("ascii", "replace")))
+    return tuple(options)
 
 
 @functools.lru_cache(maxsize=64)
