@@ -171,6 +171,44 @@ class Bench:
                                 dbname=dbname)[0][0]
 
 
+def postgres_cpu(cluster):
+    """CPU seconds the whole cluster used so far: the postmaster, its live
+    children (backends, WAL writer, checkpointer) and the children it has
+    reaped (a backend whose client disconnected)."""
+    pid = cluster.pid
+    if pid is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        total += sum(int(value) for value in fields[11:15]) / tick  # utime stime cutime cstime
+    except (OSError, ValueError):
+        return 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def top_statements(cluster, limit=6):
+    """What the database spent its time on in the last run (pg_stat_statements)."""
+    rows = cluster.sql("SELECT calls, total_exec_time, rows, shared_blks_hit + shared_blks_read,"
+                       " wal_bytes, left(regexp_replace(query, '\\s+', ' ', 'g'), 110)"
+                       " FROM pg_stat_statements WHERE toplevel ORDER BY total_exec_time DESC LIMIT %d" % limit)
+    return ["      %7d calls %8.0f ms %7d rows %8d blocks %8.0f kB WAL  %s" % (calls, ms, nrows, blocks,
+                                                                             (wal or 0) / 1024, query)
+            for calls, ms, nrows, blocks, wal, query in rows]
+
+
 def server_metrics(bench, count):
     """What the servers say they did (their /metrics on 127.0.0.1:9067 in
     each namespace): replies sent and requests dropped, by kind."""
@@ -206,7 +244,10 @@ def run(bench, kind, rate, duration, clients, profile=False):
     processes = []
     try:
         processes, directories, dbname = bench.start(kind, count)
+        if bench.cluster.statistics:
+            bench.cluster.sql("SELECT pg_stat_statements_reset()")
         cpu = [cpu_seconds(p.pid) for p in processes]
+        pg_cpu = postgres_cpu(bench.cluster)
         spies = []
         if profile and kind != "kea-pg" and shutil.which("py-spy"):
             for process, directory in zip(processes, directories):
@@ -220,6 +261,9 @@ def run(bench, kind, rate, duration, clients, profile=False):
         if kind != "kea-pg":
             row["metrics"] = server_metrics(bench, count)
         row["cpu_s"] = sum(cpu_seconds(p.pid) - c for p, c in zip(processes, cpu))
+        row["pg_cpu_s"] = postgres_cpu(bench.cluster) - pg_cpu
+        if bench.cluster.statistics:
+            row["statements"] = top_statements(bench.cluster)
         time.sleep(0.5)
         row.update(totals, acks_per_s=totals["acks"] / duration,
                    loss_pct=100.0 * (1 - totals["acks"] / totals["discovers"]) if totals["discovers"] else 100.0,
@@ -233,8 +277,9 @@ def run(bench, kind, rate, duration, clients, profile=False):
     return row
 
 
-def memory(bench, leases=100_000, rate=1000, duration=10):
-    """Peak RSS of one server with C{leases} bound rows in its store, under load."""
+def memory(bench, leases=100_000, rate=1000, duration=10, profile=False):
+    """Peak RSS of one server with C{leases} bound rows in its store, under
+    load, and what it got done meanwhile."""
     results = {}
     for kind in ("ownsocket-pg1", "ownsocket-sqlite"):
         def fill(dbname, kind=kind):
@@ -260,9 +305,23 @@ def memory(bench, leases=100_000, rate=1000, duration=10):
             # the PostgreSQL store reads its leases after the port is open:
             # load only once the server counts them all
             loaded = wait_loaded(bench, leases)
+            if bench.cluster.statistics:
+                bench.cluster.sql("SELECT pg_stat_statements_reset()")
+            spy = None
+            if profile and shutil.which("py-spy"):
+                spy = subprocess.Popen(
+                    ["py-spy", "record", "--nonblocking", "--threads", "-d", str(duration), "-r", "200", "-f",
+                     "raw", "-o", os.path.join(bench.workdir, f"profile-memory-{kind}.txt"),
+                     "-p", str(processes[0].pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cpu, pg_cpu = cpu_seconds(processes[0].pid), postgres_cpu(bench.cluster)
             totals = bench.load(1, rate, duration, 20000)
+            if spy is not None:
+                spy.wait(timeout=60)
             results[kind] = {"peak_rss_mib": _peak_rss(processes[0].pid) / 1024, "acks": totals["acks"],
-                             "loaded_s": loaded}
+                             "discovers": totals["discovers"], "loaded_s": loaded,
+                             "cpu_s": cpu_seconds(processes[0].pid) - cpu,
+                             "pg_cpu_s": postgres_cpu(bench.cluster) - pg_cpu,
+                             "statements": top_statements(bench.cluster) if bench.cluster.statistics else []}
         except Exception as error:
             results[kind] = {"error": str(error)[:300]}
         finally:
@@ -329,8 +388,9 @@ def table(rows):
         groups.setdefault((row["rate"], row["server"]), []).append(row)
     kea = {(row["rate"], row.get("repetition", 0)): row for row in rows
            if row["server"] == "kea-pg" and not row["error"]}
-    lines = ["| rate/s | server | runs | DISCOVER | ACK | ACK/s | loss % | duplicates | CPU s | vs Kea-PG |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| rate/s | server | runs | DISCOVER | ACK | ACK/s | loss % | duplicates | CPU s | PG CPU s "
+             "| CPU ms/ACK | vs Kea-PG |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (rate, server), group in groups.items():
         good = [row for row in group if not row["error"]]
         if not good:
@@ -347,8 +407,14 @@ def table(rows):
         pick = lambda key: median([row[key] for row in good])
         lines.append(f"| {rate} | {server} | {len(good)} | {pick('discovers'):.0f} | {pick('acks'):.0f} | "
                      f"{pick('acks_per_s'):.0f} | {pick('loss_pct'):.1f} | {max(row['duplicates'] for row in good)} | "
-                     f"{pick('cpu_s'):.1f} | {ratio} |")
+                     f"{pick('cpu_s'):.1f} | {pick('pg_cpu_s'):.1f} | {per_ack(good)} | {ratio} |")
     return "\n".join(lines)
+
+
+def per_ack(rows):
+    """Server and database CPU together per ACK (median over runs)."""
+    values = [1000 * (row["cpu_s"] + row.get("pg_cpu_s", 0)) / row["acks"] for row in rows if row["acks"]]
+    return f"{median(values):.2f}" if values else ""
 
 
 def main(argv=None):
@@ -361,6 +427,9 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=1,
                         help="run everything this many times, taking turns; the table shows medians")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--statistics", action="store_true",
+                        help="pg_stat_statements and track_io_timing in the cluster (for every server "
+                             "alike); prints each run's costliest statements")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy each ownsocket server under load (raw stacks kept with --keep)")
     args = parser.parse_args(argv)
@@ -378,9 +447,11 @@ def main(argv=None):
     load_before = os.getloadavg()[0]
     started = time.monotonic()
     rows, mem = [], None
-    cluster = pgcluster.Cluster(fsync=True, max_connections=200)
+    cluster = pgcluster.Cluster(fsync=True, max_connections=200, statistics=args.statistics)
     try:
         cluster.start()
+        if args.statistics:
+            cluster.sql("CREATE EXTENSION pg_stat_statements")
         with netns.Lab() as lab:
             bench = Bench(lab, cluster, workdir)
             for repetition in range(args.repeat):
@@ -391,11 +462,14 @@ def main(argv=None):
                         metrics = {key: value for key, value in row.get("metrics", {}).items() if value}
                         print(f"  [{repetition + 1}] {kind} @ {rate}/s: " + (row["error"] or
                               f"{row['acks_per_s']:.0f} ACK/s, loss {row['loss_pct']:.1f} %, "
-                              f"duplicates {row['duplicates']}, CPU {row['cpu_s']:.1f} s {metrics}"),
+                              f"duplicates {row['duplicates']}, CPU {row['cpu_s']:.1f} s, "
+                              f"PostgreSQL CPU {row['pg_cpu_s']:.1f} s {metrics}"),
                               file=sys.stderr, flush=True)
+                        for line in row.get("statements", ()):
+                            print(line, file=sys.stderr, flush=True)
                         rows.append(row)
             if args.memory:
-                mem = memory(bench)
+                mem = memory(bench, profile=args.profile)
     finally:
         cluster.close()
         if args.keep:
@@ -411,9 +485,13 @@ def main(argv=None):
         print("\n100,000 leases in the store, one server at 1,000/s for 10 s:")
         for kind, result in mem.items():
             print(f"  {kind}: " + (result.get("error") or
-                                   f"peak RSS {result['peak_rss_mib']:.0f} MiB, {result['acks']} ACKs "
-                                   f"(leases loaded {result['loaded_s'] if result['loaded_s'] is None else round(result['loaded_s'], 1)} s "
+                                   f"peak RSS {result['peak_rss_mib']:.0f} MiB, {result['acks']} ACKs for "
+                                   f"{result['discovers']} DISCOVERs, CPU {result['cpu_s']:.1f} s, PostgreSQL "
+                                   f"CPU {result['pg_cpu_s']:.1f} s (leases loaded "
+                                   f"{result['loaded_s'] if result['loaded_s'] is None else round(result['loaded_s'], 1)} s "
                                    f"after the port opened)"))
+            for line in result.get("statements", ()):
+                print(line)
     return 0
 
 

@@ -67,9 +67,12 @@ class Cluster:
     """
     @param fsync: False for tests (faster; a crash of the test machine
         loses the throw-away cluster anyway); True for benchmarks.
+    @param statistics: load pg_stat_statements and time I/O (benchmarks
+        that say where the database's time went; every database of the
+        cluster pays the same for it).
     """
 
-    def __init__(self, fsync=False, max_connections=100):
+    def __init__(self, fsync=False, max_connections=100, statistics=False):
         self.bindir = bindir()
         self.owner = _run_as()
         self.root = tempfile.mkdtemp(prefix="ownsocket-pg-")
@@ -79,6 +82,7 @@ class Cluster:
         self.log_path = os.path.join(self.root, "postgres.log")
         self.fsync = fsync
         self.max_connections = max_connections
+        self.statistics = statistics
         if self.owner is not None:
             os.chown(self.root, *self.owner)
         self._initdb()
@@ -112,6 +116,9 @@ class Cluster:
         options = (f"-k {self.socket_dir} -c listen_addresses='' -c fsync={'on' if self.fsync else 'off'} "
                    f"-c max_connections={self.max_connections} -c shared_buffers=64MB "
                    f"-c unix_socket_permissions=0777")
+        if self.statistics:
+            options += (" -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+                        " -c track_io_timing=on")
         self._run(os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-l", self.log_path,
                   "-o", options, "-w", "-t", str(timeout), "start", timeout=timeout + 30)
         return self

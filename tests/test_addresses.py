@@ -9,6 +9,7 @@ from twisted.trial import unittest
 from ownsocket import config as configuration
 from ownsocket.dhcp.addresses import Addresses
 from ownsocket.dhcp.leases import BOUND, OFFERED, SqliteLeaseStore
+from ownsocket.dhcp.pool import AddressPool
 
 IP = ipaddress.IPv4Address
 
@@ -52,6 +53,21 @@ class AddressesTests(unittest.TestCase):
     def test_candidate_order_depends_on_the_client(self):
         firsts = {self.addresses.pool("lab").candidates(mac(i), 1)[0] for i in range(40)}
         self.assertGreater(len(firsts), 1)
+
+    def test_candidates_spread_when_the_start_of_the_pool_is_taken(self):
+        """A pool filled from its start (leases imported from a lowest-first
+        server): clients whose hashed neighbours are all taken still get
+        different candidates, so claims in flight together do not fight
+        over the same few addresses."""
+        subnet = dataclasses.replace(self.subnet, network=ipaddress.IPv4Network("10.1.0.0/16"),
+                                     pools=(configuration.AddressRange(IP("10.1.0.0"), IP("10.1.39.255")),))
+        pool = AddressPool(subnet)
+        pool.reset([int(IP("10.1.0.0")) + i for i in range(5000)], [], [])
+        firsts = [pool.candidates(mac(i % 256) + f":{i // 256:02x}", 4) for i in range(1000)]
+        self.assertTrue(all(len(found) == 4 for found in firsts))
+        taken = [IP("10.1.0.0") + i for i in range(5000)]
+        self.assertFalse(set(taken) & {a for found in firsts for a in found})
+        self.assertGreater(len({found[0] for found in firsts}), 700)
 
     def test_another_writer_is_settled_by_the_store(self):
         """A second writer took an address the hint thinks is free: the
