@@ -25,6 +25,7 @@ Needs root (namespaces).  Usage:
 import argparse
 import os
 import re
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -89,6 +90,7 @@ class Bench:
             lab.link(server, "srv0", perf, "rel0", f"{SERVER_IP}/16", f"{RELAY_IP}/16")
             self.pairs.append((server, perf))
         self.runs = 0
+        self.baseline = None  # another ownsocket tree (--baseline)
 
     def fresh_database(self, kind):
         self.runs += 1
@@ -106,7 +108,11 @@ class Bench:
         return name, self.cluster.dsn(name, "ownsocket")
 
     def start(self, kind, count, pool=POOL, dsn_hook=None):
-        """Start C{count} servers; returns (processes, directories, dbname)."""
+        """Start C{count} servers; returns (processes, directories, dbname).
+        A kind ending in "@base" runs the ownsocket of --baseline."""
+        code = REPO
+        if kind.endswith("@base"):
+            kind, code = kind[:-len("@base")], self.baseline
         dbname, dsn = (None, None) if kind == "ownsocket-sqlite" else self.fresh_database(kind)
         if dsn_hook is not None:
             dsn_hook(dbname)
@@ -118,7 +124,7 @@ class Bench:
             else:
                 leases = dsn if dsn else os.path.join(directory, "leases.sqlite")
                 argv = ownsocket_argv(directory, leases, pool)
-            env = dict(os.environ, PYTHONPATH=REPO, KEA_LOCKFILE_DIR=directory, KEA_PIDFILE_DIR=directory)
+            env = dict(os.environ, PYTHONPATH=code, KEA_LOCKFILE_DIR=directory, KEA_PIDFILE_DIR=directory)
             with open(os.path.join(directory, "console.txt"), "w") as console:
                 processes.append(self.pairs[n][0].spawn(argv, cwd=directory, env=env, stdout=console,
                                                         stderr=subprocess.STDOUT))
@@ -146,11 +152,15 @@ class Bench:
             running.append(self.pairs[n][1].spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                   text=True))
         totals = {"discovers": 0, "acks": 0}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         for process in running:
             out, _ = process.communicate(timeout=duration + 60)
             stats = parse_perfdhcp(out)
             totals["discovers"] += int(stats.get("DISCOVER-OFFER", {}).get("sent", 0))
             totals["acks"] += int(stats.get("REQUEST-ACK", {}).get("received", 0))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # the load generators' own CPU (they share the machine with the servers)
+        totals["perf_cpu_s"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         return totals
 
     def duplicates(self, kind, dbname, directories):
@@ -238,12 +248,13 @@ def acked_twice(directories):
     return sum(1 for macs in acked.values() if len(macs) > 1)
 
 
-def run(bench, kind, rate, duration, clients, profile=False):
+def run(bench, label, rate, duration, clients, profile=False):
+    kind = label.split("@")[0]
     count = 3 if kind == "ownsocket-pg3" else 1
-    row = {"server": kind, "rate": rate, "error": None}
+    row = {"server": label, "rate": rate, "error": None}
     processes = []
     try:
-        processes, directories, dbname = bench.start(kind, count)
+        processes, directories, dbname = bench.start(label, count)
         if bench.cluster.statistics:
             bench.cluster.sql("SELECT pg_stat_statements_reset()")
         cpu = [cpu_seconds(p.pid) for p in processes]
@@ -427,6 +438,9 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=1,
                         help="run everything this many times, taking turns; the table shows medians")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--baseline", metavar="TREE",
+                        help="another ownsocket source tree (e.g. a `git archive` of an older commit): each "
+                             "ownsocket server is also run from it, right after this tree's (KIND@base)")
     parser.add_argument("--statistics", action="store_true",
                         help="pg_stat_statements and track_io_timing in the cluster (for every server "
                              "alike); prints each run's costliest statements")
@@ -454,16 +468,22 @@ def main(argv=None):
             cluster.sql("CREATE EXTENSION pg_stat_statements")
         with netns.Lab() as lab:
             bench = Bench(lab, cluster, workdir)
+            kinds = []
+            for kind in filter(None, args.servers.split(",")):
+                kinds.append(kind)
+                if args.baseline and kind.startswith("ownsocket"):
+                    kinds.append(kind + "@base")
+            bench.baseline = os.path.abspath(args.baseline) if args.baseline else None
             for repetition in range(args.repeat):
                 for rate in [int(r) for r in args.rates.split(",")]:
-                    for kind in filter(None, args.servers.split(",")):
+                    for kind in kinds:
                         row = run(bench, kind, rate, args.duration, args.clients, args.profile)
                         row["repetition"] = repetition
                         metrics = {key: value for key, value in row.get("metrics", {}).items() if value}
                         print(f"  [{repetition + 1}] {kind} @ {rate}/s: " + (row["error"] or
                               f"{row['acks_per_s']:.0f} ACK/s, loss {row['loss_pct']:.1f} %, "
                               f"duplicates {row['duplicates']}, CPU {row['cpu_s']:.1f} s, "
-                              f"PostgreSQL CPU {row['pg_cpu_s']:.1f} s {metrics}"),
+                              f"PostgreSQL CPU {row['pg_cpu_s']:.1f} s, perfdhcp CPU {row['perf_cpu_s']:.1f} s {metrics}"),
                               file=sys.stderr, flush=True)
                         for line in row.get("statements", ()):
                             print(line, file=sys.stderr, flush=True)

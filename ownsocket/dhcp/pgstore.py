@@ -18,13 +18,14 @@ Twisted's reactor never waits for the database: statements run on a small,
 bounded pool of threads, each with its own connection.  Everything asked in
 one reactor turn (one socket read's batch) is one transaction (batches that
 wait for a busy connection join the next one), all its claims in one
-set-based statement and the rest pipelined, and its Deferreds fire only
-after the COMMIT, so an ACK never precedes its lease.  Measured here (SELECT 1 round trips on a loaded 2-core
+set-based statement, the whole transaction one query string and one round
+trip, and its Deferreds fire only after the COMMIT, so an ACK never precedes
+its lease.  Measured here (SELECT 1 round trips on a loaded 2-core
 machine): psycopg blocking 171 us; one deferToThreadPool per query 549 us;
 psycopg's AsyncConnection on asyncio 395 us (and it would need the asyncio
 reactor for the whole process); 20 per thread trip in one transaction
-217 us; the same pipelined 148 us.  Hence threads, one trip per batch,
-pipeline mode.
+217 us; the same pipelined 148 us.  Hence threads and one trip per batch
+(first pipelined, now one message: see L{PostgresLeaseStore._run}).
 
 When the database cannot be reached, every change fails at once with
 L{LeaseStoreUnavailable} (no binding without a commit: clients get no
@@ -51,6 +52,7 @@ from typing import List, Optional, Sequence
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -74,15 +76,22 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 #: its commit.
 CHANGES_OVERLAP = 5.0
 
-#: Offers at most between claim and answer.  This window is what keeps
-#: goodput up under overload: every offer let in costs a reply later, and an
-#: offer that reaches its client after the client gave up (perfdhcp: 1 s) is
-#: lost work; a small window keeps the answers early, and it admits more
-#: offers per second the faster the database answers.  Measured at 5,000
-#: DISCOVERs/s on the shared 2-core machine: 256 in flight converted 13 % of
-#: the offers sent into ACKs, 64 converted 37-55 %.  Bindings are never
-#: refused (they complete exchanges).
+#: Offers at most between claim and answer: this many, or as many as the
+#: store answered in the last OFFER_WINDOW seconds if that is more.  The
+#: window is what keeps goodput up under overload: every offer let in costs
+#: a reply later, and an offer that reaches its client after the client gave
+#: up (perfdhcp: 1 s) is lost work; a small window keeps the answers early.
+#: Measured at 5,000 DISCOVERs/s on the shared 2-core machine: 256 in flight
+#: converted 13 % of the offers sent into ACKs, 64 converted 37-55 %.  But
+#: a fixed 64 also capped a server that keeps up: at 1,000/s a transaction
+#: took 70-110 ms from send to answer, so 64 offers out meant at most about
+#: 600 offers/s, and 40 % of the DISCOVERs were shed by a server with CPU
+#: to spare.  Scaled by what was answered lately, the window lets offers
+#: through as long as they are answered within about OFFER_WINDOW (Little's
+#: law: in flight = rate x time), and shrinks when they are not.  Bindings
+#: are never refused (they complete exchanges).
 OFFERS_OUT_MAX = 64
+OFFER_WINDOW = 0.25
 #: An offer that waited longer than this for a free connection is dropped
 #: unsent (its client has moved on).
 OFFER_WAIT = 0.5
@@ -346,6 +355,7 @@ class PostgresLeaseStore:
         # (when, work) of batches that wait for a free connection
         self._waiting = deque()
         self._offers_out = 0  # offers claimed, not yet answered
+        self._answered = deque()  # when each offer answered in the last second was
         self._sent_at = deque()  # when each transaction in flight was sent
         self._lag = 0.0  # how long the last one took, send to answer
         self._landed_at = 0.0
@@ -495,12 +505,12 @@ class PostgresLeaseStore:
         completes an exchange, always goes through), and refusing them early
         is what keeps goodput up under overload: every offer let in is paid
         for again in reply CPU, and late ones are all lost.  Behind means:
-        OFFERS_OUT_MAX offers are out already, or the last transaction took
+        the window of offers out is full (L{offer_window}), or the last transaction took
         longer than OFFER_LAG from send to answer (database time, thread
         hand-off and this reactor's own lag together), or one in flight has
         been out that long.
         """
-        if self._offers_out >= OFFERS_OUT_MAX:
+        if self._offers_out >= OFFERS_OUT_MAX and self._offers_out >= self.offer_window():
             return True
         lag = self.offer_lag
         if lag is None:
@@ -510,8 +520,19 @@ class PostgresLeaseStore:
             return True
         return bool(self._sent_at) and now - self._sent_at[0] > lag
 
+    def offer_window(self):
+        """Offers that may be out at once now: OFFERS_OUT_MAX, or what was
+        answered in the last OFFER_WINDOW seconds, scaled from the last
+        second's count."""
+        answered, since = self._answered, self.reactor.seconds() - 1.0
+        while answered and answered[0] < since:
+            answered.popleft()
+        return max(OFFERS_OUT_MAX, int(len(answered) * OFFER_WINDOW))
+
     def _offer_back(self, result):
         self._offers_out -= 1
+        if not isinstance(result, Failure):
+            self._answered.append(self.reactor.seconds())
         return result
 
     def _flush(self):
@@ -671,30 +692,42 @@ class PostgresLeaseStore:
         return results
 
     def _run(self, connection, work):
-        """One transaction: the other statements pipelined, then every claim
-        in one statement.  A transaction with no binding in it (offers,
-        look-ups) does not wait for its WAL flush: an offer lost in a
-        database crash only makes the client ask again; bindings, releases
-        and quarantines always do."""
+        """
+        One transaction, one message, one round trip: every statement of
+        the batch, the claims in one of them, sent as one query string
+        (parameters bound here), which PostgreSQL runs as one implicit
+        transaction; an error anywhere, the deferred checks at its commit
+        included, undoes all of it.  Pipelined statements with BEGIN and
+        COMMIT took about ten trips through psycopg's pipeline, each
+        waiting for the GIL while the reactor built replies: 40-90 ms a
+        transaction at 1,000/s on two loaded cores, with the backend idle in
+        its transaction meanwhile (pg_stat_activity).  A transaction with no
+        binding in it (offers, look-ups) does not wait for its WAL flush: an
+        offer lost in a database crash only makes the client ask again;
+        bindings, releases and quarantines always do.
+        """
+        import psycopg
         others = [item for item in work if item[1] is not None]
         claims = [item for item in work if item[1] is None]
-        cursors = []
-        rows = ()
-        with connection.transaction():
-            with connection.pipeline():
-                if not any(item[4] for item in work):
-                    connection.execute("SET LOCAL synchronous_commit TO off")
-                for _, statement, parameters, _, _, _ in others:
-                    cursor = connection.cursor()
-                    cursor.execute(statement, parameters)
-                    cursors.append(cursor)
-                if claims:
-                    columns = [list(column) for column in zip(*(item[2] for item in claims))]
-                    claim_cursor = connection.cursor()
-                    claim_cursor.execute(_CLAIM_BATCH, (*columns, self.server_name))
-            if claims:
-                rows = claim_cursor.fetchall()
-        results = {id(item): read(cursor) for cursor, item in zip(cursors, others) for read in (item[3],)}
+        statements, parameters = [], []
+        if not any(item[4] for item in work):
+            statements.append("SELECT set_config('synchronous_commit', 'off', true)")
+        for _, statement, values, _, _, _ in others:
+            statements.append(statement)
+            parameters.extend(values)
+        if claims:
+            statements.append(_CLAIM_BATCH)
+            parameters.extend(list(column) for column in zip(*(item[2] for item in claims)))
+            parameters.append(self.server_name)
+        cursor = psycopg.ClientCursor(connection)
+        cursor.execute("; ".join(statements), parameters)
+        if len(statements) > len(others) + bool(claims):
+            cursor.nextset()  # set_config's row
+        results = {}
+        for item in others:
+            results[id(item)] = item[3](cursor)
+            cursor.nextset()
+        rows = cursor.fetchall() if claims else ()
         leases = [None] * len(claims)
         for n, *row in rows:
             leases[n - 1] = _lease(row)
