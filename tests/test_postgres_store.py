@@ -201,6 +201,29 @@ class SeveralServersTests(PostgresTestCase):
         self.assertIsNone((yield store.lookup(ONE, "lab")))  # the late offer never reached the database
 
     @defer.inlineCallbacks
+    def test_window_of_offers_grows_with_what_was_answered(self):
+        """The window of offers out is OFFERS_OUT_MAX, or a quarter of a
+        second's worth of the offers answered in the last second: a server
+        whose store keeps up is not capped by a fixed count."""
+        from ownsocket.dhcp import pgstore
+        store = self.store
+        self.patch(pgstore, "OFFERS_OUT_MAX", 4)
+        yield store.claim(ONE, "lab", [A], OFFERED, 30)
+        self.assertEqual(len(store._answered), 1)  # an answered offer counts
+        store._offers_out = 10
+        self.assertTrue(store.behind())
+        now = reactor.seconds()
+        store._answered.extend([now] * 99)  # 100 answered in the last second
+        self.assertEqual(store.offer_window(), 25)
+        self.assertFalse(store.behind())
+        store._offers_out = 25
+        self.assertTrue(store.behind())
+        store._answered.clear()
+        store._answered.extend([now - 2] * 100)  # long ago: the floor again
+        self.assertEqual(store.offer_window(), 4)
+        store._offers_out = 0
+
+    @defer.inlineCallbacks
     def test_slow_answers_refuse_offers_for_a_while(self):
         """The last transaction took too long from send to answer (the
         database or this server is behind): offers are refused, bindings

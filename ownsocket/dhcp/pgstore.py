@@ -274,7 +274,9 @@ END $$;
 """,
 }
 
-_COLUMNS = "host(address), mac, state, extract(epoch FROM expires)::float8, hostname, subnet"
+#: (addresses as integers: IPv4Address(int) is about 6x cheaper than
+#: parsing text, and a full read of 100,000 leases makes 100,000 of them)
+_COLUMNS = "address - '0.0.0.0'::inet, mac, state, extract(epoch FROM expires)::float8, hostname, subnet"
 
 #: Every claim of one transaction in one statement: one row of arrays per
 #: claim, each passed to ownsocket_claim() in order (the claims are sorted
@@ -282,7 +284,7 @@ _COLUMNS = "host(address), mac, state, extract(epoch FROM expires)::float8, host
 #: one statement to parse and plan instead of a few hundred.  A claim that
 #: got nothing has no row; C{n} says whose each row is.
 _CLAIM_BATCH = (
-    "SELECT u.n, host(r.address), r.mac, r.state, extract(epoch FROM r.expires)::float8, r.hostname, r.subnet"
+    "SELECT u.n, r.address - '0.0.0.0'::inet, r.mac, r.state, extract(epoch FROM r.expires)::float8, r.hostname, r.subnet"
     " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
     " %s::text[], %s::text[]) WITH ORDINALITY AS u(mac, subnet, candidates, state, seconds, hostname,"
     " lo, hi, excluded, n)"
