@@ -287,7 +287,9 @@ class SeveralServers(PostgresTestCase):
         self.store.db._retry_at = 0  # skip the backoff's wait (the DHCPv4 store's business)
         self.assertEqual((yield self.store.lookup(ONE)).address, POOL[0])  # nothing committed was lost
         self.assertEqual((yield self.store.claim(TWO, "lab", [POOL[1]], BOUND, 600))[0].address, POOL[1])
-        self.assertEqual(len([line for line in lines if "unreachable" in line]), 1, lines)
+        down = [line for line in lines if "unreachable" in line]
+        self.assertEqual(len(down), 1, lines)
+        self.assertIn("(DHCPv6)", down[0])
         self.assertEqual(len([line for line in lines if "reachable again" in line]), 1, lines)
         self.flushLoggedErrors()
 
@@ -420,7 +422,63 @@ class Config(unittest.TestCase):
             import psycopg  # noqa: F401
         except ImportError:
             raise unittest.SkipTest("psycopg (3) is not installed")
-        store = open_store6("postgresql://ownsocket@/leases?host=/nonexistent", reactor)
+        store = open_store6("postgresql://ownsocket:s3cret@/leases?host=/nonexistent", reactor)
         self.addCleanup(store.close)
         self.assertIsInstance(store, PostgresLeaseStore6)
-        self.assertNotIn("password", store.description)
+        self.assertIn("user=ownsocket", store.description)  # what its log lines name
+        self.assertNotIn("s3cret", store.description)
+
+
+# -- a real client, a real server, one PostgreSQL ------------------------------
+
+# (the module, not its class: a TestCase imported here would run twice)
+from tests import test_dhcp6_integration as integration  # noqa: E402
+
+
+class RealClientOnPostgres(unittest.TestCase):
+    """ownsocket in a namespace with C{[dhcp] leases = postgresql://...}
+    (the cluster's Unix socket is reachable from every namespace), ISC
+    dhclient -6 in another: the binding it gets is the database's row."""
+
+    skip = integration.RealClients.skip
+    timeout = 180
+    setUp = integration.RealClients.setUp  # two namespaces, one veth link, DAD waited out
+    read_log = integration.RealClients.read_log
+
+    def test_dhclient_binding_is_a_row_in_the_shared_database(self):
+        import re
+        import os
+        import subprocess
+        from tests import netns
+        from tests.lab import ownsocket_argv, ownsocket_env
+        pg = cluster()
+        dbname = f"leases6_{next(_names)}"
+        dsn = pg.create_database(dbname, owner=f"role6_{dbname}")
+        config = os.path.join(self.work, "ownsocket.ini")
+        with open(config, "w") as handle:
+            handle.write("\n".join([
+                "[dhcp]", f"leases = {dsn}", "interfaces = srv0", "",
+                "[tftp]", f"root = {self.root}", "", "[boot]", "default = snponly.efi", "",
+                "[subnet6:lab]", f"network = {integration.NETWORK6}", "pool = fd77::100-fd77::1ff",
+                "interface = srv0", "lease_time = 600", ""]))
+        self.log = os.path.join(self.work, "ownsocket.log")
+        process = self.server.spawn(ownsocket_argv(config, self.log), env=ownsocket_env(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.addCleanup(netns.stop, process)
+        self.assertTrue(integration.wait_for(lambda: "DHCPv6 listening" in self.read_log()
+                                 and "ownsocket 0" in self.read_log(), 30), self.read_log())
+        leases = os.path.join(self.work, "dhclient6.leases")
+        dhclient = self.client.spawn(
+            ["dhclient", "-6", "-d", "-v", "-1", "-lf", leases, "-sf", "/bin/true",
+             "-pf", os.path.join(self.work, "dhclient6.pid"), "cli0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.assertTrue(integration.wait_for(lambda: os.path.exists(leases) and "iaaddr" in open(leases).read(), 45),
+                        self.read_log())
+        netns.stop(dhclient)
+        address = re.search(r"iaaddr (fd77::[0-9a-f:]+)", open(leases).read()).group(1)
+        rows = pg.sql("SELECT host(address), state, mac, extract(epoch FROM expires - now())::int"
+                      " FROM ownsocket_leases6", dbname=dbname)
+        mac = self.client.run(["cat", "/sys/class/net/cli0/address"]).stdout.strip()
+        self.assertEqual([row[:3] for row in rows], [(address, "bound", mac)])
+        self.assertTrue(500 < rows[0][3] <= 600, rows)
+        self.assertNotIn("Traceback", self.read_log())

@@ -218,6 +218,9 @@ class PostgresLeaseStore6:
         if db is None:
             db = PostgresLeaseStore(dsn, clock, pool_size=pool_size, server_name=server_name,
                                     connect_timeout=connect_timeout)
+            # Its lines ("lease database ... unreachable", "... reachable
+            # again") then say which service's connections they are about.
+            db.description = f"{db.description} (DHCPv6)"
         self.db = db
         self.reactor = db.reactor
         self.description = db.description
