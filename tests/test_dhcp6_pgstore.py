@@ -278,19 +278,22 @@ class SeveralServers(PostgresTestCase):
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         yield self.store.claim(ONE, "lab", [POOL[0]], BOUND, 600)
+        starting = self.open(server_name="b")  # a server that starts during the outage
         self.cluster.stop()
         try:
             yield self.assertFailure(self.store.claim(TWO, "lab", [POOL[1]], BOUND, 600), LeaseStoreUnavailable)
             yield self.assertFailure(self.store.release(ONE, POOL[0]), LeaseStoreUnavailable)
+            yield self.assertFailure(starting.claim(THREE, "lab", [POOL[2]], BOUND, 600), LeaseStoreUnavailable)
         finally:
             self.cluster.start()
-        self.store.db._retry_at = 0  # skip the backoff's wait (the DHCPv4 store's business)
+        self.store.db._retry_at = starting.db._retry_at = 0  # skip the backoff's wait (the DHCPv4 store's)
+        self.assertEqual((yield starting.claim(THREE, "lab", [POOL[2]], BOUND, 600))[0].address, POOL[2])
         self.assertEqual((yield self.store.lookup(ONE)).address, POOL[0])  # nothing committed was lost
         self.assertEqual((yield self.store.claim(TWO, "lab", [POOL[1]], BOUND, 600))[0].address, POOL[1])
         down = [line for line in lines if "unreachable" in line]
-        self.assertEqual(len(down), 1, lines)
+        self.assertEqual(len(down), 2, lines)  # one per server
         self.assertIn("(DHCPv6)", down[0])
-        self.assertEqual(len([line for line in lines if "reachable again" in line]), 1, lines)
+        self.assertEqual(len([line for line in lines if "reachable again" in line]), 2, lines)
         self.flushLoggedErrors()
 
 

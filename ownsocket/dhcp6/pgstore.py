@@ -34,6 +34,7 @@ from itertools import islice
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ownsocket.dhcp.leases import LeaseStoreUnavailable
 from ownsocket.dhcp6.leases import DECLINED, OFFERED, Lease6, quarantine_key
@@ -138,8 +139,8 @@ END $fn$;
 
 def migration_statement():
     """
-    One statement (a DO block, so that it can ride in the first
-    transaction of the shared machinery) that creates or upgrades this
+    One statement (a DO block: the shared machinery sends statements one
+    by one, with parameters) that creates or upgrades this
     module's tables to L{SCHEMA_VERSION} under an advisory lock (several
     servers may start at once), and refuses a newer schema.  (No percent
     sign in it: it is sent with an empty parameter list.)
@@ -153,7 +154,9 @@ DECLARE
     have integer;
 BEGIN
     PERFORM pg_advisory_xact_lock({MIGRATE_LOCK});
-    CREATE TABLE IF NOT EXISTS ownsocket_schema6 (version integer NOT NULL);
+    IF to_regclass('ownsocket_schema6') IS NULL THEN
+        CREATE TABLE ownsocket_schema6 (version integer NOT NULL);
+    END IF;
     SELECT COALESCE(max(s.version), 0) INTO have FROM ownsocket_schema6 s;
     IF have > {SCHEMA_VERSION} THEN
         RAISE EXCEPTION USING MESSAGE = 'the DHCPv6 lease tables have schema version ' || have
@@ -226,17 +229,38 @@ class PostgresLeaseStore6:
         self.description = db.description
         self.server_name = db.server_name
         self._schema_ready = False
+        self._migrating = None  # statements waiting for the migration's commit
         self._next_sweep = None
 
     def _submit(self, statement, parameters, read, durable=False, order=""):
-        """A statement in this reactor turn's transaction, behind this
-        module's migration until that has committed once."""
-        if not self._schema_ready:
-            self.db._submit(migration_statement(), (), self._migrated, durable=True)
-        return self.db._submit(statement, parameters, read, durable=durable, key=order)
+        """A statement in this reactor turn's transaction; before this
+        store's first migration has committed, after it."""
+        if self._schema_ready:
+            return self.db._submit(statement, parameters, read, durable=durable, key=order)
+        d = defer.Deferred()
+        first = self._migrating is None
+        if first:
+            self._migrating = []
+        self._migrating.append((d, statement, parameters, read, durable, order))
+        if first:  # (its answer may come at once: refused during an outage's backoff)
+            self.db._submit(migration_statement(), (), lambda cursor: None, durable=True).addBoth(
+                self._migrated)
+        return d
 
-    def _migrated(self, cursor):
-        self._schema_ready = True  # (on a pool thread: a plain flag, set once)
+    def _migrated(self, result):
+        """The migration committed (then everything that waited goes, in
+        one transaction) or failed (then all of it fails the same way, and
+        the next statement tries again)."""
+        waiting, self._migrating = self._migrating, None
+        if isinstance(result, Failure):
+            for d, *_ in waiting:
+                d.errback(result)
+            return None
+        self._schema_ready = True
+        with self.db.batch():
+            for d, statement, parameters, read, durable, order in waiting:
+                self.db._submit(statement, parameters, read, durable=durable, key=order).chainDeferred(d)
+        return None
 
     # -- what the policy asks ------------------------------------------------
 
