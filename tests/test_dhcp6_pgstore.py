@@ -408,6 +408,53 @@ class TwoServersOneSegment(PostgresTestCase):
         self.flushLoggedErrors()
 
 
+class ServiceOnPostgres(PostgresTestCase):
+    """The DHCPv6 service opens the store C{[dhcp] leases} names; a Solicit
+    through its protocol is answered once the offer has committed; stopping
+    the service closes the store's connections."""
+
+    @defer.inlineCallbacks
+    def test_solicit_answered_after_commit_and_store_closed_on_stop(self):
+        from ownsocket.dhcp6.pgstore import PostgresLeaseStore6
+        from ownsocket.dhcp6.service import Dhcp6Service
+        from ownsocket.tap import build_selector
+        from tests.test_dhcp6_service import FakePort, FakeSocket
+        from tests.test_postgres_store import wait_until
+
+        class Reactor:
+            """The real reactor (the store's threads answer through it), with
+            fake UDP ports."""
+
+            def __getattr__(self, name):
+                return getattr(reactor, name)
+
+            def adoptDatagramPort(self, fd, family, protocol):
+                self.port = FakePort(protocol)
+                return self.port
+
+        fake = Reactor()
+        text = CONFIG.format(dsn=self.dsn).replace("lease_time = 600", "lease_time = 600\nrouter_advertisements = false")
+        config = configuration.load(text=text, known_interfaces={"br0"})
+        service = Dhcp6Service(config, build_selector(config, reactor), fake,
+                               addresses=lambda: {"br0": [IPv6("fd99::1"), IPv6("fe80::1")]},
+                               open_socket=lambda name: FakeSocket(name, "udp"),
+                               mac_of=lambda name: "02:00:00:00:00:01", mtu_of=lambda name: 1500)
+        service.privilegedStartService()
+        service.startService()
+        store = service.store
+        self.assertIsInstance(store, PostgresLeaseStore6)
+        fake.port.protocol.datagramReceived(load_hex6("ovmf_pxe6_solicit"), ("fe80::5054:ff:fe99:10", 546))
+        self.assertEqual(fake.port.written, [])  # not before the commit
+        yield wait_until(lambda: fake.port.written)
+        (data, to), = fake.port.written
+        advertise = wire.parse_server_message(data)
+        offered = advertise.ia_na()[0].addresses[0].address
+        self.assertEqual(self.sql("SELECT host(address), state FROM ownsocket_leases6"), [(str(offered), "offered")])
+        yield service.stopService()
+        self.assertIsNone(service.store)
+        self.assertEqual(list(store.db._idle), [])  # its connections are closed
+
+
 class Config(unittest.TestCase):
 
     def test_subnet6_with_a_postgresql_store_is_accepted(self):
