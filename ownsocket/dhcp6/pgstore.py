@@ -82,18 +82,23 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     candidate inet;
     mine ownsocket_leases6;
+    current ownsocket_leases6;
     claimed ownsocket_leases6;
     until timestamptz := now() + make_interval(secs => p_seconds);
 BEGIN
     -- One claim per client at a time, until COMMIT: this keeps the
-    -- one-row-per-IA rule true between servers.
+    -- one-row-per-IA rule true between servers.  (Release, Decline and
+    -- forgetting an offer take the same lock.)
     PERFORM pg_advisory_xact_lock(28537, hashtext(encode(p_duid, 'hex') || '/' || p_iaid || '/' || p_mac));
     SELECT * INTO mine FROM ownsocket_leases6 l
         WHERE l.duid = p_duid AND l.iaid = p_iaid AND l.mac = p_mac;
-    -- Its live offer or binding first, if it lies within the pool.
+    -- Its live offer or binding first, if it lies within the pool.  A
+    -- claim changes an address only while it holds the address's lock
+    -- (28538, until COMMIT).
     IF mine.address IS NOT NULL AND p_own_lo IS NOT NULL AND mine.expires > now()
        AND EXISTS (SELECT 1 FROM unnest(p_own_lo, p_own_hi) AS r(lo, hi)
                    WHERE mine.address BETWEEN r.lo AND r.hi) THEN
+        PERFORM pg_advisory_xact_lock(28538, hashtext(host(mine.address)));
         IF mine.state = 'bound' AND p_state = 'offered' THEN
             claimed := mine;  -- an offer never downgrades a live binding
         ELSE
@@ -109,9 +114,24 @@ BEGIN
         END IF;
     END IF;
     FOREACH candidate IN ARRAY COALESCE(p_candidates, '{}') LOOP
+        -- Someone else's live row is not free: passed over without a lock.
+        -- Then the address's lock: an offer does not wait for it (another
+        -- server is claiming the address right now), a binding does; and
+        -- under the lock a second look, so that an address that was taken
+        -- meanwhile is passed over without touching (locking) its row.
+        SELECT * INTO current FROM ownsocket_leases6 l WHERE l.address = candidate;
+        CONTINUE WHEN current.address IS NOT NULL AND current.expires > now()
+                      AND (current.duid, current.iaid, current.mac) IS DISTINCT FROM (p_duid, p_iaid, p_mac);
+        IF p_state = 'offered' THEN
+            CONTINUE WHEN NOT pg_try_advisory_xact_lock(28538, hashtext(host(candidate)));
+        ELSE
+            PERFORM pg_advisory_xact_lock(28538, hashtext(host(candidate)));
+        END IF;
+        SELECT * INTO current FROM ownsocket_leases6 l WHERE l.address = candidate;
+        CONTINUE WHEN current.address IS NOT NULL AND current.expires > now()
+                      AND (current.duid, current.iaid, current.mac) IS DISTINCT FROM (p_duid, p_iaid, p_mac);
         -- The compare-and-set: a new row, or a row that lapsed or is this
-        -- client's own.  A row another server is changing is waited for,
-        -- then checked again.
+        -- client's own.
         INSERT INTO ownsocket_leases6 AS l (address, duid, iaid, mac, subnet, state, expires, server)
             VALUES (candidate, p_duid, p_iaid, p_mac, p_subnet, p_state, until, p_server)
             ON CONFLICT (address) DO UPDATE
@@ -124,6 +144,9 @@ BEGIN
             RETURNING * INTO claimed;
         IF FOUND THEN
             IF mine.address IS NOT NULL AND mine.address <> candidate THEN
+                -- The IA's old row (the unique constraint allows one):
+                -- waited for, since it must go before COMMIT.
+                PERFORM pg_advisory_xact_lock(28538, hashtext(host(mine.address)));
                 DELETE FROM ownsocket_leases6 l
                     WHERE l.address = mine.address AND l.duid = p_duid AND l.iaid = p_iaid AND l.mac = p_mac;
             END IF;
@@ -168,6 +191,14 @@ END $migrate$"""
 
 
 _COLUMNS = "host(address), duid, iaid, mac, state, extract(epoch FROM expires)::float8"
+
+#: The client's claim lock (as in ownsocket_claim6), taken first by the
+#: other statements that change a client's rows: every change for one
+#: client is then in one order with its claims (a transaction's statements
+#: are sorted by client), which keeps two servers' transactions from
+#: waiting for each other.  Parameters: duid, iaid, mac.
+_CLIENT_LOCK = ("WITH client AS MATERIALIZED (SELECT pg_advisory_xact_lock(28537, hashtext("
+                "encode(%s::bytea, 'hex') || '/' || %s::bigint || '/' || %s::text))) ")
 
 
 def _lease(row) -> Lease6:
@@ -291,7 +322,9 @@ class PostgresLeaseStore6:
             chunk = list(islice(candidates, CHUNK))
             if not chunk:
                 return None
-            return self._claim(key, subnet, chunk, state, seconds, None, None).addCallback(
+            # (the own binding is looked at again: it may have been made,
+            # by another server, since the last round trip)
+            return self._claim(key, subnet, chunk, state, seconds, lo, hi).addCallback(
                 more, len(chunk) == CHUNK)
 
         return d.addCallback(more, len(first) == FIRST_CHUNK)
@@ -314,13 +347,15 @@ class PostgresLeaseStore6:
 
     def forget(self, key):
         duid, iaid, mac = key
-        return self._submit("DELETE FROM ownsocket_leases6 WHERE duid = %s AND iaid = %s AND mac = %s"
-                            " AND state = 'offered'", (duid, iaid, mac), _changed, order=_order(key))
+        return self._submit(_CLIENT_LOCK + "DELETE FROM ownsocket_leases6 WHERE EXISTS (SELECT FROM client)"
+                            " AND duid = %s AND iaid = %s AND mac = %s AND state = 'offered'",
+                            (duid, iaid, mac) * 2, _changed, order=_order(key))
 
     def release(self, key, address):
         duid, iaid, mac = key
-        return self._submit("DELETE FROM ownsocket_leases6 WHERE address = %s AND duid = %s AND iaid = %s"
-                            " AND mac = %s", (str(address), duid, iaid, mac), _changed, durable=True,
+        return self._submit(_CLIENT_LOCK + "DELETE FROM ownsocket_leases6 WHERE EXISTS (SELECT FROM client)"
+                            " AND address = %s AND duid = %s AND iaid = %s AND mac = %s",
+                            (duid, iaid, mac, str(address), duid, iaid, mac), _changed, durable=True,
                             order=_order(key))
 
     def decline(self, key, address, seconds, now=None):
@@ -329,10 +364,11 @@ class PostgresLeaseStore6:
         duid, iaid, mac = key
         q_duid, q_iaid, q_mac = quarantine_key(address)
         return self._submit(
-            "UPDATE ownsocket_leases6 SET duid = %s, iaid = %s, mac = %s, state = %s,"
+            _CLIENT_LOCK + "UPDATE ownsocket_leases6 SET duid = %s, iaid = %s, mac = %s, state = %s,"
             " expires = now() + make_interval(secs => %s), server = %s, changed = now()"
-            " WHERE address = %s AND duid = %s AND iaid = %s AND mac = %s",
-            (q_duid, q_iaid, q_mac, DECLINED, float(seconds), self.server_name, str(address), duid, iaid, mac),
+            " WHERE EXISTS (SELECT FROM client) AND address = %s AND duid = %s AND iaid = %s AND mac = %s",
+            (duid, iaid, mac, q_duid, q_iaid, q_mac, DECLINED, float(seconds), self.server_name, str(address),
+             duid, iaid, mac),
             _changed, durable=True, order=_order(key))
 
     def lookup(self, key):
