@@ -249,6 +249,29 @@ class SeveralServers(PostgresTestCase):
         self.assertEqual(self.sql("SELECT state, server FROM ownsocket_leases6"), [("bound", "b")])
 
     @defer.inlineCallbacks
+    def test_a_binding_made_elsewhere_between_round_trips_is_kept(self):
+        """The first FIRST_CHUNK candidates are all taken; before the next
+        round trip another server binds this client: the claim keeps that
+        binding instead of moving the client to a candidate."""
+        from ownsocket.dhcp6.pgstore import FIRST_CHUNK
+        taken = POOL[:FIRST_CHUNK]
+        for n, address in enumerate(taken):
+            yield self.store.claim((ZERO_DUID, 100 + n, "52:54:00:00:02:01"), "lab", [address], BOUND, 600)
+        other = self.open(server_name="b")
+
+        def candidates():
+            yield from taken
+            # (drawn only once the first round trip came back empty)
+            self.sql("INSERT INTO ownsocket_leases6 (address, duid, iaid, mac, subnet, state, expires, server)"
+                     f" VALUES ('{POOL[-1]}', '\\x{ONE[0].hex()}', {ONE[1]}, '{ONE[2]}', 'lab', 'bound',"
+                     " now() + interval '10 minutes', 'c')")
+            yield from POOL[FIRST_CHUNK:]
+
+        lease, own = yield other.claim(ONE, "lab", candidates(), BOUND, 600, own=OWN)
+        self.assertEqual((lease.address, own), (POOL[-1], True))
+        self.assertEqual(self.sql("SELECT count(*) FROM ownsocket_leases6 WHERE mac = '52:54:00:99:00:10'"), [(1,)])
+
+    @defer.inlineCallbacks
     def test_expiry_is_on_the_database_clock(self):
         claimed, _ = yield self.store.claim(ONE, "lab", [POOL[0]], BOUND, 600, now=0.0)  # server clock ignored
         [(seconds,)] = self.sql("SELECT extract(epoch FROM expires - now()) FROM ownsocket_leases6")
