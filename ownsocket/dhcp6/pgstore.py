@@ -55,6 +55,9 @@ FIRST_CHUNK, CHUNK = 4, 1024
 #: Lapsed rows are deleted at most this often (database work, not policy:
 #: a lapsed row is free to claim either way).
 SWEEP_INTERVAL = 10.0
+#: Lapsed rows deleted at most per round (a lapsed row is free to claim
+#: anyway: this only keeps the table small).
+RECLAIM_MAX = 5000
 
 _MIGRATIONS = {
     1: """
@@ -404,10 +407,14 @@ class PostgresLeaseStore6:
     def reclaim(self):
         """Delete lapsed rows unless another server is doing it: a Deferred
         of how many went."""
+        # Rows a claim is taking over right now (row or address locked)
+        # are left for the next round: reclaiming never waits for a claim.
         return self._submit(
             "WITH turn AS (SELECT pg_try_advisory_xact_lock(%s) AS mine)"
-            " DELETE FROM ownsocket_leases6 WHERE (SELECT mine FROM turn) AND expires <= now()",
-            (RECLAIM_LOCK,), lambda cursor: cursor.rowcount)
+            " DELETE FROM ownsocket_leases6 WHERE address IN (SELECT address FROM ownsocket_leases6"
+            " WHERE (SELECT mine FROM turn) AND expires <= now() LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " AND expires <= now() AND pg_try_advisory_xact_lock(28538, hashtext(host(address)))",
+            (RECLAIM_LOCK, RECLAIM_MAX), lambda cursor: cursor.rowcount)
 
     def close(self):
         if self._own_db:
