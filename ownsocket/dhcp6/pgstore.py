@@ -9,8 +9,10 @@ keys (DUID + IAID + MAC, never the xid):
    one client (duid, iaid, mac) has one row at most (a unique constraint),
    so no two clients hold one address and no IA holds two;
  - every claim is one compare-and-set (C{ownsocket_claim6()}: the first
-   candidate that has no row, has lapsed or is already this client's;
-   claims for one client are serialised by an advisory lock);
+   candidate that has no row, has lapsed or is already this client's);
+   changes for one client are serialised by an advisory lock, and a claim
+   changes an address only under that address's advisory lock (an offer
+   passes over an address another server is claiming, a binding waits);
  - offers are rows with a short lifetime, so two servers do not advertise
    one address while both offers are live, and an offer never downgrades
    the client's live binding;
@@ -44,11 +46,11 @@ IPv6 = ipaddress.IPv6Address
 
 #: The version of this module's tables; ownsocket_schema6 holds a database's.
 SCHEMA_VERSION = 1
-#: pg_advisory_xact_lock keys: migrating, reclaiming (one server at a time),
-#: and the class of the per-client claim locks.
+#: pg_advisory_xact_lock keys: migrating, reclaiming (one server at a time).
+#: The per-client and per-address locks are the classes 28537 and 28538,
+#: written into the SQL (the DHCPv4 store's are 28535 and 28536).
 MIGRATE_LOCK = 0x6F776E736F636B36  # ASCII "ownsock6"
 RECLAIM_LOCK = MIGRATE_LOCK + 1
-CLIENT_LOCK_CLASS = 28537
 #: Candidates sent with a claim's first round trip; if none of them is free
 #: (a crowded pool), the rest follow CHUNK at a time.
 FIRST_CHUNK, CHUNK = 4, 1024
