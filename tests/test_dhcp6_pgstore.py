@@ -555,3 +555,94 @@ class RealClientOnPostgres(unittest.TestCase):
         self.assertEqual([row[:3] for row in rows], [(address, "bound", mac)])
         self.assertTrue(500 < rows[0][3] <= 600, rows)
         self.assertNotIn("Traceback", self.read_log())
+
+
+class TwoServersOneLinkRealClients(unittest.TestCase):
+    """Two ownsocket servers on one bridged link with one PostgreSQL, three
+    dhclient -6 clients at once: both servers answer each Solicit, each
+    client binds through one of them, and the database holds one distinct
+    address per client, the one the client got."""
+
+    skip = integration.RealClients.skip
+    timeout = 240
+    read_log = integration.RealClients.read_log
+
+    def test_three_clients_two_servers_one_database(self):
+        import os
+        import re
+        import subprocess
+        from tests import netns
+        from tests.lab import ownsocket_argv, ownsocket_env
+        pg = cluster()
+        dbname = f"leases6_{next(_names)}"
+        dsn = pg.create_database(dbname, owner=f"role6_{dbname}")
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(work, "root"))
+        lab = netns.Lab()
+        self.addCleanup(lab.close)
+        segment = lab.namespace("segment")
+        segment.ip("link", "add", "br0", "type", "bridge")
+        segment.ip("link", "set", "br0", "up")
+        spaces, ports = [], []
+        for n, role in enumerate(("srva", "srvb", "cli1", "cli2", "cli3")):
+            space = lab.namespace(role)
+            interface = "lan0" if role.startswith("srv") else "cli0"
+            lab.link(space, interface, segment, f"p{n}")
+            space.run(["sysctl", "-qw", f"net.ipv6.conf.{interface}.accept_dad=0"])
+            if role.startswith("srv"):
+                space.ip("addr", "add", f"fd77::{n + 1}/64", "dev", interface, "nodad")
+            segment.ip("link", "set", f"p{n}", "master", "br0")
+            spaces.append(space)
+        servers, clients = spaces[:2], spaces[2:]
+        processes, logs = [], []
+        for n, space in enumerate(servers):
+            config = os.path.join(work, f"ownsocket{n}.ini")
+            with open(config, "w") as handle:
+                handle.write("\n".join([
+                    "[dhcp]", f"leases = {dsn}", "interfaces = lan0", "",
+                    "[tftp]", f"root = {os.path.join(work, 'root')}", "", "[boot]", "default = snponly.efi", "",
+                    "[subnet6:lab]", "network = fd77::/64", "pool = fd77::100-fd77::107", "interface = lan0",
+                    "lease_time = 600", "router_advertisements = false", ""]))
+            logs.append(os.path.join(work, f"ownsocket{n}.log"))
+            process = space.spawn(ownsocket_argv(config, logs[-1]), env=ownsocket_env(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            self.addCleanup(netns.stop, process)
+            processes.append(process)
+
+        def text(path):
+            try:
+                with open(path) as handle:
+                    return handle.read()
+            except OSError:
+                return ""
+
+        for log in logs:
+            self.assertTrue(integration.wait_for(lambda: "DHCPv6 listening" in text(log), 30), text(log))
+        for client in clients:  # link-local addresses out of DAD
+            self.assertTrue(integration.wait_for(
+                lambda: "fe80::" in client.ip("-6", "addr", "show", "dev", "cli0")
+                and "tentative" not in client.ip("-6", "addr", "show", "dev", "cli0"), 10))
+        leases, dhclients = [], []
+        for n, client in enumerate(clients):
+            leases.append(os.path.join(work, f"dhclient{n}.leases"))
+            dhclients.append(client.spawn(
+                ["dhclient", "-6", "-d", "-1", "-lf", leases[-1], "-sf", "/bin/true",
+                 "-pf", os.path.join(work, f"dhclient{n}.pid"), "cli0"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for path in leases:
+            self.assertTrue(integration.wait_for(lambda: "iaaddr" in text(path), 60),
+                            "\n".join(text(log) for log in logs))
+        for process in dhclients:
+            netns.stop(process)
+        got = {}
+        for client, path in zip(clients, leases):
+            # (the MAC the server learns from the client's EUI-64 link-local address)
+            mac = client.run(["cat", "/sys/class/net/cli0/address"]).stdout.strip()
+            got[mac] = re.search(r"iaaddr (fd77::[0-9a-f:]+)", text(path)).group(1)
+        rows = pg.sql("SELECT mac, host(address) FROM ownsocket_leases6 WHERE state = 'bound'", dbname=dbname)
+        self.assertEqual(dict(rows), got)
+        self.assertEqual(len(set(got.values())), 3)
+        answered = [text(log).count("-> Advertise") for log in logs]
+        self.assertTrue(all(answered), answered)  # both servers offered on the shared link
+        for log in logs:
+            self.assertNotIn("Traceback", text(log))
