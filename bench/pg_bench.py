@@ -292,8 +292,14 @@ def memory(bench, leases=100_000, rate=1000, duration=10, profile=False):
     """Peak RSS of one server with C{leases} bound rows in its store, under
     load, and what it got done meanwhile."""
     results = {}
-    for kind in ("ownsocket-pg1", "ownsocket-sqlite"):
-        def fill(dbname, kind=kind):
+    labels = ["ownsocket-pg1", "ownsocket-sqlite"]
+    if bench.baseline:
+        labels = ["ownsocket-pg1", "ownsocket-pg1@base", "ownsocket-sqlite", "ownsocket-sqlite@base"]
+    for label in labels:
+        kind = label.split("@")[0]
+        code = bench.baseline if label.endswith("@base") else REPO
+
+        def fill(dbname):
             if dbname is not None:
                 bench.cluster.sql(_fill_pg(leases), dbname=dbname)
         processes = []
@@ -307,12 +313,12 @@ def memory(bench, leases=100_000, rate=1000, duration=10, profile=False):
                 with open(os.path.join(directory, "console.txt"), "w") as console:
                     processes = [bench.pairs[0][0].spawn(argv, cwd=directory, stdout=console,
                                                          stderr=subprocess.STDOUT,
-                                                         env=dict(os.environ, PYTHONPATH=REPO))]
+                                                         env=dict(os.environ, PYTHONPATH=code))]
                 deadline = time.monotonic() + 60
                 while not listening(bench.pairs[0][0]) and time.monotonic() < deadline:
                     time.sleep(0.2)
             else:
-                processes, _, _ = bench.start(kind, 1, pool=BIG_POOL, dsn_hook=fill)
+                processes, _, _ = bench.start(label, 1, pool=BIG_POOL, dsn_hook=fill)
             # the PostgreSQL store reads its leases after the port is open:
             # load only once the server counts them all
             loaded = wait_loaded(bench, leases)
@@ -322,19 +328,19 @@ def memory(bench, leases=100_000, rate=1000, duration=10, profile=False):
             if profile and shutil.which("py-spy"):
                 spy = subprocess.Popen(
                     ["py-spy", "record", "--nonblocking", "--threads", "-d", str(duration), "-r", "200", "-f",
-                     "raw", "-o", os.path.join(bench.workdir, f"profile-memory-{kind}.txt"),
+                     "raw", "-o", os.path.join(bench.workdir, f"profile-memory-{label}.txt"),
                      "-p", str(processes[0].pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             cpu, pg_cpu = cpu_seconds(processes[0].pid), postgres_cpu(bench.cluster)
             totals = bench.load(1, rate, duration, 20000)
             if spy is not None:
                 spy.wait(timeout=60)
-            results[kind] = {"peak_rss_mib": _peak_rss(processes[0].pid) / 1024, "acks": totals["acks"],
+            results[label] = {"peak_rss_mib": _peak_rss(processes[0].pid) / 1024, "acks": totals["acks"],
                              "discovers": totals["discovers"], "loaded_s": loaded,
                              "cpu_s": cpu_seconds(processes[0].pid) - cpu,
                              "pg_cpu_s": postgres_cpu(bench.cluster) - pg_cpu,
                              "statements": top_statements(bench.cluster) if bench.cluster.statistics else []}
         except Exception as error:
-            results[kind] = {"error": str(error)[:300]}
+            results[label] = {"error": str(error)[:300]}
         finally:
             for process in processes:
                 netns.stop(process)
@@ -489,7 +495,7 @@ def main(argv=None):
                             print(line, file=sys.stderr, flush=True)
                         rows.append(row)
             if args.memory:
-                mem = memory(bench, profile=args.profile)
+                mem = [memory(bench, profile=args.profile) for _ in range(args.repeat)]
     finally:
         cluster.close()
         if args.keep:
@@ -501,9 +507,9 @@ def main(argv=None):
           f"load average {load_before:.2f} -> {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs; "
           f"total {time.monotonic() - started:.0f} s\n")
     print(table(rows))
-    if mem is not None:
-        print("\n100,000 leases in the store, one server at 1,000/s for 10 s:")
-        for kind, result in mem.items():
+    for repetition, results in enumerate(mem or ()):
+        print(f"\n100,000 leases in the store, one server at 1,000/s for 10 s ({repetition + 1}):")
+        for kind, result in results.items():
             print(f"  {kind}: " + (result.get("error") or
                                    f"peak RSS {result['peak_rss_mib']:.0f} MiB, {result['acks']} ACKs for "
                                    f"{result['discovers']} DISCOVERs, CPU {result['cpu_s']:.1f} s, PostgreSQL "
