@@ -84,7 +84,7 @@ class Bench:
     def __init__(self, lab, cluster, workdir):
         self.lab, self.cluster, self.workdir = lab, cluster, workdir
         self.pairs = []
-        for n in range(3):
+        for n in range(3 if lab is not None else 0):
             server = lab.namespace(f"srv{n}")
             perf = lab.namespace(f"perf{n}")
             lab.link(server, "srv0", perf, "rel0", f"{SERVER_IP}/16", f"{RELAY_IP}/16")
@@ -428,6 +428,76 @@ def table(rows):
     return "\n".join(lines)
 
 
+#: Run by --store-cost in a child with PYTHONPATH set to the tree under test
+#: (so an older tree can be measured too): offer and bind claims straight
+#: into the store, in batches, as the DHCP server makes them; prints its
+#: own CPU and wall time.
+_STORE_COST = """
+import ipaddress, json, sys, time
+from twisted.internet import defer, reactor
+from ownsocket.dhcp import pgstore
+dsn, exchanges, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+IP = ipaddress.IPv4Address
+first, last = IP("10.80.1.0"), IP("10.80.255.255")
+store = pgstore.PostgresLeaseStore(dsn, reactor, server_name="cost")
+store.offer_lag = None
+pgstore.OFFERS_OUT_MAX = 10 ** 9
+result = {}
+
+@defer.inlineCallbacks
+def main():
+    try:
+        yield store.all_leases()  # connected, schema made
+        cpu, wall = time.process_time(), time.monotonic()
+        for start in range(0, exchanges, size):
+            macs = ["02:00:%02x:%02x:%02x:%02x" % tuple((i >> s) & 255 for s in (24, 16, 8, 0))
+                    for i in range(start, min(start + size, exchanges))]
+            with store.batch():
+                offers = [store.claim(mac, "bench", [first + start + n, first + 40000 + start + n], "offered", 30,
+                                      own=(((first, last),), frozenset())) for n, mac in enumerate(macs)]
+            leases = yield defer.gatherResults(offers)
+            with store.batch():
+                binds = [store.claim(mac, "bench", [lease.address], "bound", 3600) for mac, lease in zip(macs, leases)]
+            yield defer.gatherResults(binds)
+        result.update(cpu=time.process_time() - cpu, wall=time.monotonic() - wall)
+    finally:
+        yield store.close()
+        reactor.stop()
+
+reactor.callWhenRunning(main)
+reactor.run()
+print(json.dumps(result))
+"""
+
+
+def store_cost(bench, trees, exchanges=4000, size=50, repeat=2):
+    """CPU per exchange (an offer and a binding) of the store alone, its
+    own and the database's, for each tree, taking turns."""
+    import json
+    rows = []
+    for repetition in range(repeat):
+        for label, tree in trees:
+            dbname, dsn = bench.fresh_database("ownsocket-pg1")
+            pg = postgres_cpu(bench.cluster)
+            out = subprocess.run([sys.executable, "-c", _STORE_COST, dsn, str(exchanges), str(size)],
+                                 env=dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True,
+                                 timeout=600)
+            pg = postgres_cpu(bench.cluster) - pg
+            try:
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                rows.append(f"  {label}: failed: {out.stderr[-300:]}")
+                continue
+            bound = bench.cluster.sql("SELECT count(*) FROM ownsocket_leases WHERE state = 'bound'",
+                                      dbname=dbname)[0][0]
+            rows.append(f"  [{repetition + 1}] {label}: {exchanges} exchanges in batches of {size}: "
+                        f"{1e6 * result['cpu'] / exchanges:.0f} us server CPU + {1e6 * pg / exchanges:.0f} us "
+                        f"PostgreSQL CPU per exchange, {exchanges / result['wall']:.0f} exchanges/s, "
+                        f"{bound} bound")
+            print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
 def per_ack(rows):
     """Server and database CPU together per ACK (median over runs)."""
     values = [1000 * (row["cpu_s"] + row.get("pg_cpu_s", 0)) / row["acks"] for row in rows if row["acks"]]
@@ -444,6 +514,9 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=1,
                         help="run everything this many times, taking turns; the table shows medians")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--store-cost", action="store_true",
+                        help="only the store's own CPU per exchange (no DHCP, no namespaces): 4,000 offers "
+                             "and bindings in batches of 50, this tree and --baseline taking turns")
     parser.add_argument("--baseline", metavar="TREE",
                         help="another ownsocket source tree (e.g. a `git archive` of an older commit): each "
                              "ownsocket server is also run from it, right after this tree's (KIND@base)")
@@ -462,6 +535,18 @@ def main(argv=None):
     for binary, package in (("perfdhcp", "kea-admin"), ("kea-dhcp4", "kea-dhcp4-server"), ("ss", "iproute2")):
         if shutil.which(binary) is None:
             sys.exit(f"cannot run: {binary} is missing (Debian package {package})")
+    if args.store_cost:
+        reason = pgcluster.available()
+        if reason:
+            sys.exit(f"cannot run: {reason}")
+        trees = [("this tree", REPO)] + ([("baseline", os.path.abspath(args.baseline))] if args.baseline else [])
+        with pgcluster.Cluster(fsync=True, max_connections=50) as cluster:
+            load_before = os.getloadavg()[0]
+            rows = store_cost(Bench(None, cluster, None), trees, repeat=args.repeat)
+        print(f"\nstore alone, PostgreSQL 15 fsync on; load average {load_before:.2f} -> "
+              f"{os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
+        print("\n".join(rows))
+        return 0
     workdir = tempfile.mkdtemp(prefix="pg-bench-")
     os.chmod(workdir, 0o755)
     load_before = os.getloadavg()[0]

@@ -202,8 +202,8 @@ class SeveralServersTests(PostgresTestCase):
 
     @defer.inlineCallbacks
     def test_window_of_offers_grows_with_what_was_answered(self):
-        """The window of offers out is OFFERS_OUT_MAX, or a quarter of a
-        second's worth of the offers answered in the last second: a server
+        """The window of offers out is OFFERS_OUT_MAX, or OFFER_WINDOW
+        (0.15 s) worth of the offers answered in the last second: a server
         whose store keeps up is not capped by a fixed count."""
         from ownsocket.dhcp import pgstore
         store = self.store
@@ -214,9 +214,9 @@ class SeveralServersTests(PostgresTestCase):
         self.assertTrue(store.behind())
         now = reactor.seconds()
         store._answered.extend([now] * 99)  # 100 answered in the last second
-        self.assertEqual(store.offer_window(), 25)
+        self.assertEqual(store.offer_window(), 15)
         self.assertFalse(store.behind())
-        store._offers_out = 25
+        store._offers_out = 15
         self.assertTrue(store.behind())
         store._answered.clear()
         store._answered.extend([now - 2] * 100)  # long ago: the floor again
