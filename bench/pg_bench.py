@@ -480,8 +480,8 @@ def store_cost(bench, trees, exchanges=4000, size=50, repeat=2):
             dbname, dsn = bench.fresh_database("ownsocket-pg1")
             pg = postgres_cpu(bench.cluster)
             out = subprocess.run([sys.executable, "-c", _STORE_COST, dsn, str(exchanges), str(size)],
-                                 env=dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True,
-                                 timeout=600)
+                                 env=dict(os.environ, PYTHONPATH=tree), cwd=tree, capture_output=True,
+                                 text=True, timeout=600)  # (cwd: "-c" puts it first on sys.path)
             pg = postgres_cpu(bench.cluster) - pg
             try:
                 result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -490,10 +490,13 @@ def store_cost(bench, trees, exchanges=4000, size=50, repeat=2):
                 continue
             bound = bench.cluster.sql("SELECT count(*) FROM ownsocket_leases WHERE state = 'bound'",
                                       dbname=dbname)[0][0]
+            time.sleep(0.6)  # (table statistics are sent every 500 ms)
+            updates, hot = bench.cluster.sql("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                                             " WHERE relname = 'ownsocket_leases'", dbname=dbname)[0]
             rows.append(f"  [{repetition + 1}] {label}: {exchanges} exchanges in batches of {size}: "
                         f"{1e6 * result['cpu'] / exchanges:.0f} us server CPU + {1e6 * pg / exchanges:.0f} us "
                         f"PostgreSQL CPU per exchange, {exchanges / result['wall']:.0f} exchanges/s, "
-                        f"{bound} bound")
+                        f"{bound} bound, {hot} of {updates} row updates in place (HOT)")
             print(rows[-1], file=sys.stderr, flush=True)
     return rows
 

@@ -81,7 +81,13 @@ class SeveralServersTests(PostgresTestCase):
     def test_schema_has_a_version_and_constraints(self):
         yield self.store.all_leases()
         rows = self.cluster.sql("SELECT version FROM ownsocket_schema", dbname=self.dbname)
-        self.assertEqual(sorted(rows), [(1,), (2,)])
+        self.assertEqual(sorted(rows), [(1,), (2,), (3,)])
+        # version 3: room on each page for in-place (HOT) updates, and no
+        # index on a column a binding changes
+        self.assertEqual(self.cluster.sql("SELECT reloptions FROM pg_class WHERE relname = 'ownsocket_leases'",
+                                          dbname=self.dbname), [(["fillfactor=80"],)])
+        self.assertEqual(self.cluster.sql("SELECT count(*) FROM pg_indexes WHERE tablename = 'ownsocket_leases'",
+                                          dbname=self.dbname), [(2,)])
         db = self.dbname
         from psycopg import errors
         import psycopg
@@ -91,6 +97,27 @@ class SeveralServersTests(PostgresTestCase):
             with self.assertRaises(errors.UniqueViolation):
                 connection.execute("INSERT INTO ownsocket_leases (address, mac, subnet, state, expires)"
                                    " VALUES ('10.0.0.2', 'm', 'lab', 'bound', now())")
+
+    @defer.inlineCallbacks
+    def test_older_schema_is_upgraded_and_keeps_its_leases(self):
+        """A database an older ownsocket made (schema version 2, a binding
+        in it) is upgraded in place by the first server that opens it."""
+        from ownsocket.dhcp.pgstore import _MIGRATIONS
+        import psycopg
+        self.dbname, self.dsn = "old_schema", self.cluster.create_database("old_schema", owner="role_old")
+        with psycopg.connect(self.dsn, autocommit=True) as connection:
+            connection.execute("CREATE TABLE ownsocket_schema (version integer NOT NULL)")
+            for step in (1, 2):
+                connection.execute(_MIGRATIONS[step])
+                connection.execute("INSERT INTO ownsocket_schema VALUES (%s)", (step,))
+            connection.execute("INSERT INTO ownsocket_leases (address, mac, subnet, state, expires)"
+                               " VALUES ('10.0.0.10', %s, 'lab', 'bound', now() + interval '1 hour')", (ONE,))
+        store = self.open()
+        self.assertEqual([lease.mac for lease in (yield store.all_leases())], [ONE])
+        rows = self.cluster.sql("SELECT version FROM ownsocket_schema", dbname=self.dbname)
+        self.assertEqual(sorted(rows), [(1,), (2,), (3,)])
+        renewed = yield store.claim(ONE, "lab", [IP("10.0.0.10")], BOUND, 600)
+        self.assertEqual((renewed.mac, renewed.address), (ONE, IP("10.0.0.10")))
 
     @defer.inlineCallbacks
     def test_race_between_servers_never_doubles(self):

@@ -64,7 +64,7 @@ from ownsocket.ratelimit import RateLimitedLog
 IPv4 = ipaddress.IPv4Address
 
 #: The schema's version; ownsocket_schema holds the version a database has.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: pg_advisory_xact_lock key for reclaiming (ASCII "ownsockt").
 RECLAIM_LOCK = 0x6F776E736F636B74
@@ -273,6 +273,16 @@ BEGIN
     END LOOP;
     RETURN;
 END $$;
+""",
+    # A binding, a renewal or a release of an offer changes only columns
+    # that no index holds, so PostgreSQL can update the row in place (a HOT
+    # update: no new entries in the address and client indexes) when its
+    # page has room; the index on expiry made every such change a new
+    # entry in all three indexes.  Reclaiming (one server every 10 s) reads
+    # the table instead: a few milliseconds for 100,000 rows.
+    3: """
+DROP INDEX IF EXISTS ownsocket_leases_lapsing;
+ALTER TABLE ownsocket_leases SET (fillfactor = 80);
 """,
 }
 
