@@ -61,8 +61,8 @@ By default a Router Advertisement sender runs on the bridge, which ends
 iPXE's ~13 s IPv6 autoconfiguration wait per iPXE stage (the same for both
 servers); ``--no-ra`` measures without it, i.e. with that fixed delay.
 
-Only one QEMU runs at a time; runs of the two servers alternate so that they
-see the same machine load.  Needs root (network namespaces), QEMU, OVMF,
+Only one QEMU runs at a time (the fleet's four at once); runs of the two
+servers are interleaved so that they see the same machine load.  Needs root (network namespaces), QEMU, OVMF,
 ipxe, ipxe-qemu and dnsmasq.  Usage:
 
     sudo python3 bench/boot_bench.py            # 3 runs each, median
@@ -73,9 +73,20 @@ ipxe, ipxe-qemu and dnsmasq.  Usage:
 ``--pcap`` keeps a capture of each run's bridge and adds a table of the
 seconds from the guest's first DHCP/DHCPv6 message or Router Solicitation
 to its marker (the firmware's start-up before it varies by seconds under
-TCG on a busy machine, whatever the server).  The IPv6 scenarios always
-run ownsocket's stateful iPXE selector (``ownsocket-stateless`` is the same
-there).
+TCG on a busy machine, whatever the server).  It also samples the CPU time
+of each QEMU, of the server and of the whole machine (tests.lab.usage) and
+reports the start-up window, QEMU start to the guest's first frame: its
+length, the CPU the firmware used in it (the same work whichever server
+runs), the server's CPU meanwhile and everyone else's.  ``run.json`` in
+each run's folder keeps the harness's own timeline (capture, server start,
+listening, QEMU start; wall clock, as the pcap's timestamps), the QEMU
+command line and these figures.  The IPv6 scenarios always run ownsocket's
+stateful iPXE selector (``ownsocket-stateless`` is the same there).
+
+Runs alternate which server boots first (ownsocket, dnsmasq in odd runs;
+dnsmasq, ownsocket in even ones), and the QEMU binaries and firmware
+images are read once before the first run, so no server pays alone for a
+cold page cache.
 """
 
 import argparse
