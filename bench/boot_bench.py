@@ -252,10 +252,17 @@ class RunRecord:
                 "load": open("/proc/loadavg").read().split()[0]}
 
     def save(self, **facts):
+        """run.json: the timeline, C{facts}, and the CPU samples (every
+        0.25 s: wall time, the machine's busy CPU s, each process's CPU s)."""
         if self.cap is None:
             return
+        samples, last = [], None
+        for sample in self.usage.samples:
+            if last is None or sample[0] - last >= 0.25:
+                samples.append(sample)
+                last = sample[0]
         with open(os.path.join(self.workdir, "run.json"), "w") as f:
-            json.dump({"events": self.events, **facts}, f, indent=1, sort_keys=True)
+            json.dump({"events": self.events, "cpu_samples": samples, **facts}, f, indent=1, sort_keys=True)
 
 
 def one_boot(scenario, server, args, keep_root):
