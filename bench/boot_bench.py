@@ -62,13 +62,18 @@ iPXE's ~13 s IPv6 autoconfiguration wait per iPXE stage (the same for both
 servers); ``--no-ra`` measures without it, i.e. with that fixed delay.
 
 Only one QEMU runs at a time (the fleet's four at once); runs of the two
-servers are interleaved so that they see the same machine load.  Needs root (network namespaces), QEMU, OVMF,
+servers are interleaved so that they see the same machine load.
+``--paired`` instead boots each scenario for every server at the same
+moment, each in its own namespace: on a machine that others load
+unpredictably both then share the same load (each guest gets less CPU, so
+absolute times are longer).  Needs root (network namespaces), QEMU, OVMF,
 ipxe, ipxe-qemu and dnsmasq.  Usage:
 
     sudo python3 bench/boot_bench.py            # 3 runs each, median
     sudo python3 bench/boot_bench.py --quick    # 1 run each
     sudo python3 bench/boot_bench.py --runs 3 --scenarios bios --no-ra --keep /tmp/bb
     sudo python3 bench/boot_bench.py --runs 2 --pcap --scenarios pxe6,http6,pxe6-dual,http6-dual
+    sudo python3 bench/boot_bench.py --runs 4 --pcap --paired --scenarios pxe6,arm64,fleet
 
 ``--pcap`` keeps a capture of each run's bridge and adds a table of the
 seconds from the guest's first DHCP/DHCPv6 message or Router Solicitation
@@ -98,6 +103,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -265,7 +271,7 @@ class RunRecord:
             json.dump({"events": self.events, "cpu_samples": samples, **facts}, f, indent=1, sort_keys=True)
 
 
-def one_boot(scenario, server, args, keep_root):
+def one_boot(scenario, server, args, keep_root, ready=lambda: None):
     """Boot once; return (seconds to the marker or None, fetched files, workdir)."""
     spec_factory, platform = SCENARIOS[scenario]
     workdir = tempfile.mkdtemp(prefix="boot-%s-%s-" % (scenario, server), dir=keep_root)
@@ -306,6 +312,7 @@ def one_boot(scenario, server, args, keep_root):
                               interval=0.3, watch=watch):
             raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(watch[0].log)[-3000:]))
         record.mark("listening")
+        ready()
         vm = ns.start_guest(spec_factory(), serial_log=serial, log=os.path.join(workdir, "qemu.log"))
         record.started("guest", vm)
         seconds, server_ok = lab.wait_for_boot(
@@ -333,7 +340,7 @@ def _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server
     return seconds, files, workdir, net, startup
 
 
-def one_boot6(scenario, server, args, keep_root):
+def one_boot6(scenario, server, args, keep_root, ready=lambda: None):
     """
     One IPv6 boot (see IPV6_SCENARIOS); returns what L{one_boot} returns.
     The namespace, guest and server configs are tests/lab's, the same as
@@ -370,6 +377,7 @@ def one_boot6(scenario, server, args, keep_root):
         if not lab.wait_until(lambda: lab.listening(ns, udp=udp, tcp=tcp), 30, interval=0.3, watch=watch):
             raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(watch[0].log)[-3000:]))
         record.mark("listening")
+        ready()
         vm = ns.start_guest(lab.ovmf_ipv6_guest(flow), serial_log=serial, log=os.path.join(workdir, "qemu.log"))
         record.started("guest", vm)
         seconds, server_ok = lab.wait_for_boot(vm, serial, marker, lambda: pattern.search(lab.read_text(log)),
@@ -413,7 +421,7 @@ def write_static_fleet_files(root):
         f.write("#!ipxe\nchain marker-${hostname}.ipxe\n")
 
 
-def one_grub_boot(scenario, server, args, keep_root):
+def one_grub_boot(scenario, server, args, keep_root, ready=lambda: None):
     """
     Boot the scenario's machines at once; return ({host: seconds to its
     marker or None}, fetched files per host, workdir).
@@ -450,15 +458,19 @@ def one_grub_boot(scenario, server, args, keep_root):
             raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(proc.log)[-3000:]))
         record.mark("listening")
         guests = {}
-        for tap, host in zip(ns.taps, hosts):
+        specs = {}
+        for host in hosts:
             if host == "bios1":
-                spec = lab.bios_ipxe()
+                specs[host] = lab.bios_ipxe()
             elif host == "pxe1":
-                spec = lab.uefi_pxe()
+                specs[host] = lab.uefi_pxe()
             elif host == "sb1":
-                spec = lab.uefi_secure_boot(os.path.join(workdir, "vars-sb1.fd"))
+                specs[host] = lab.uefi_secure_boot(os.path.join(workdir, "vars-sb1.fd"))
             else:
-                spec = lab.arm64_uefi(os.path.join(workdir, "vars-arm1.fd"))
+                specs[host] = lab.arm64_uefi(os.path.join(workdir, "vars-arm1.fd"))
+        ready()
+        for tap, host in zip(ns.taps, hosts):
+            spec = specs[host]
             serial = os.path.join(workdir, "serial-%s.log" % host)
             guests[host] = (ns.start_guest(spec, tap=tap, mac=FLEET[host].mac, serial_log=serial,
                                            log=os.path.join(workdir, "qemu-%s.log" % host)), serial)
@@ -494,6 +506,37 @@ def one_grub_boot(scenario, server, args, keep_root):
     if not keep_root and not args.pcap:
         shutil.rmtree(workdir, ignore_errors=True)
     return times, files, workdir, net, startup
+
+
+def boot_together(boot, scenario, servers):
+    """
+    ``--paired``: boot ``scenario`` once per server at the same moment,
+    each in its own namespace (threads; a barrier holds every QEMU until
+    every server listens).  On a shared machine both then see the same
+    load at the same time, which interleaved runs only approximate.
+    Returns {server: what boot() returned}; a failure in one aborts the
+    others' wait and is raised here.
+    """
+    barrier = threading.Barrier(len(servers), timeout=120)
+    outcomes = {}
+
+    def worker(server):
+        try:
+            outcomes[server] = boot(scenario, server, barrier.wait)
+        except BaseException as error:  # SystemExit from a server that did not start, too
+            barrier.abort()
+            outcomes[server] = error
+
+    threads = [threading.Thread(target=worker, args=(server,), name="boot-" + server) for server in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    errors = [outcome for outcome in outcomes.values() if isinstance(outcome, BaseException)]
+    first = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)] or errors
+    if first:
+        raise first[0]
+    return outcomes
 
 
 def startup_fields(startup):
@@ -540,6 +583,10 @@ def main():
     ap.add_argument("--no-ra", action="store_true",
                     help="no IPv6 Router Advertisement on the bridge (iPXE then waits ~13 s per stage)")
     ap.add_argument("--timeout", type=float, default=150, help="seconds per boot before giving up")
+    ap.add_argument("--paired", action="store_true",
+                    help="boot the servers' runs of a scenario at the same moment (each in its own namespace), "
+                         "so that they share the machine's load; on a busy machine fairer than interleaving, "
+                         "but each guest gets less CPU")
     ap.add_argument("--keep", help="keep every run's logs, configs and serial consoles under this folder")
     ap.add_argument("--pcap", action="store_true",
                     help="capture the bridge of each run to bridge.pcap in its folder (kept; see --keep) "
@@ -586,13 +633,27 @@ def main():
     print("  %s; %s; TCG" % (version(["dnsmasq", "--version"]), version([lab.QEMU, "--version"])))
     warm_page_cache(scenarios)
     results = {}
+
+    def boot(scenario, server, ready=lambda: None):
+        if scenario in GRUB_SCENARIOS:
+            return one_grub_boot(scenario, server, args, args.keep, ready)
+        if scenario in IPV6_SCENARIOS:
+            return one_boot6(scenario, server, args, args.keep, ready)
+        return one_boot(scenario, server, args, args.keep, ready)
+
     for run in range(runs):
         for scenario in scenarios:
             # Alternate which server boots first: the first boot of a
             # scenario may pay for what the second finds cached.
-            for server in (servers if run % 2 == 0 else servers[::-1]):
+            order = servers if run % 2 == 0 else servers[::-1]
+            if args.paired:
+                outcomes = boot_together(boot, scenario, order)
+            else:
+                outcomes = {server: boot(scenario, server) for server in order}
+            for server in order:
+                outcome = outcomes[server]
                 if scenario in GRUB_SCENARIOS:
-                    times, files, _, nets, startups = one_grub_boot(scenario, server, args, args.keep)
+                    times, files, _, nets, startups = outcome
                     # The scenario's time is its slowest machine's (the fleet is
                     # done when the last one is).
                     seconds = None if None in times.values() else max(times.values())
@@ -605,11 +666,8 @@ def main():
                                 (value, [], nets[host]) + startup_fields(startups[host]))
                     shown = ", ".join("%s %s" % (h, "%.1f" % v if v is not None else "FAIL")
                                       for h, v in times.items()) if len(times) > 1 else " -> ".join(files)
-                elif scenario in IPV6_SCENARIOS:
-                    seconds, files, _, net, startup = one_boot6(scenario, server, args, args.keep)
-                    shown = " -> ".join(files)
                 else:
-                    seconds, files, _, net, startup = one_boot(scenario, server, args, args.keep)
+                    seconds, files, _, net, startup = outcome
                     shown = " -> ".join(files)
                 results.setdefault((scenario, server), []).append((seconds, files, net) + startup_fields(startup))
                 print("  run %d %-10s %-19s %s%s  %s%s" % (
