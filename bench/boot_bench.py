@@ -61,24 +61,41 @@ By default a Router Advertisement sender runs on the bridge, which ends
 iPXE's ~13 s IPv6 autoconfiguration wait per iPXE stage (the same for both
 servers); ``--no-ra`` measures without it, i.e. with that fixed delay.
 
-Only one QEMU runs at a time; runs of the two servers alternate so that they
-see the same machine load.  Needs root (network namespaces), QEMU, OVMF,
+Only one QEMU runs at a time (the fleet's four at once); runs of the two
+servers are interleaved so that they see the same machine load.
+``--paired`` instead boots each scenario for every server at the same
+moment, each in its own namespace: on a machine that others load
+unpredictably both then share the same load (each guest gets less CPU, so
+absolute times are longer).  Needs root (network namespaces), QEMU, OVMF,
 ipxe, ipxe-qemu and dnsmasq.  Usage:
 
     sudo python3 bench/boot_bench.py            # 3 runs each, median
     sudo python3 bench/boot_bench.py --quick    # 1 run each
     sudo python3 bench/boot_bench.py --runs 3 --scenarios bios --no-ra --keep /tmp/bb
     sudo python3 bench/boot_bench.py --runs 2 --pcap --scenarios pxe6,http6,pxe6-dual,http6-dual
+    sudo python3 bench/boot_bench.py --runs 4 --pcap --paired --scenarios pxe6,arm64,fleet
 
 ``--pcap`` keeps a capture of each run's bridge and adds a table of the
 seconds from the guest's first DHCP/DHCPv6 message or Router Solicitation
 to its marker (the firmware's start-up before it varies by seconds under
-TCG on a busy machine, whatever the server).  The IPv6 scenarios always
-run ownsocket's stateful iPXE selector (``ownsocket-stateless`` is the same
-there).
+TCG on a busy machine, whatever the server).  It also samples the CPU time
+of each QEMU, of the server and of the whole machine (tests.lab.usage) and
+reports the start-up window, QEMU start to the guest's first frame: its
+length, the CPU the firmware used in it (the same work whichever server
+runs), the server's CPU meanwhile and everyone else's.  ``run.json`` in
+each run's folder keeps the harness's own timeline (capture, server start,
+listening, QEMU start; wall clock, as the pcap's timestamps), the QEMU
+command line and these figures.  The IPv6 scenarios always run ownsocket's
+stateful iPXE selector (``ownsocket-stateless`` is the same there).
+
+Runs alternate which server boots first (ownsocket, dnsmasq in odd runs;
+dnsmasq, ownsocket in even ones), and the QEMU binaries and firmware
+images are read once before the first run, so no server pays alone for a
+cold page cache.
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -86,6 +103,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -179,7 +197,81 @@ def network_seconds(cap, mac, seconds, wall_start):
     return None if first is None else seconds - (first - wall_start)
 
 
-def one_boot(scenario, server, args, keep_root):
+class RunRecord:
+    """
+    What ``--pcap`` keeps of one run besides the capture (``run.json`` in
+    its folder): when the harness captured, started the server, saw it
+    listen and started each QEMU (wall clock, comparable with the pcap's
+    timestamps), and the CPU the guests, the server and everything else on
+    the machine used meanwhile (L{lab.Usage}).  From these, the start-up
+    window from QEMU's start to the guest's first frame can be compared
+    between servers without trusting wall-clock time alone on a shared
+    machine.  Without ``--pcap`` it records nothing.
+    """
+
+    def __init__(self, ns, workdir, args):
+        self.workdir = workdir
+        self.events = {}
+        self.cap = ns.capture(pcap=os.path.join(workdir, "bridge.pcap")) if args.pcap else None
+        self.usage = lab.Usage() if args.pcap else None
+        self.mark("capture")
+
+    def mark(self, name, when=None):
+        self.events[name] = time.time() if when is None else when
+
+    def watch(self, name, proc):
+        """Sample ``proc``'s CPU time as ``name``."""
+        if self.usage is not None:
+            self.usage.watch(name, proc.pid)
+
+    def started(self, name, proc):
+        """``proc`` (a QEMU guest, a server) started now."""
+        self.mark(name, proc.started_wall)
+        self.watch(name, proc)
+
+    def stop(self):
+        if self.cap is not None:
+            self.cap.stop()
+        if self.usage is not None:
+            self.usage.stop()
+
+    def startup(self, guest, mac):
+        """
+        The start-up window of ``guest`` (its name in L{started}): seconds
+        from its QEMU's start to its first frame on the bridge, the CPU
+        seconds its QEMU, the server and all other processes used in that
+        window, and the frames others sent on the bridge meanwhile.  None
+        without a capture or if the guest sent nothing.
+        """
+        if self.cap is None or guest not in self.events:
+            return None
+        start, frames = self.events[guest], self.cap.snapshot()
+        first = min((p.time for p in frames if p.src_mac == mac.lower()), default=None)
+        if first is None:
+            return None
+        used = self.usage.between(start, first)
+        return {"first_frame": first - start, "qemu_cpu": used.get(guest), "server_cpu": used.get("server"),
+                "other_guests_cpu": sum(v for k, v in used.items()
+                                        if k not in ("wall", "machine", "others", guest, "server")),
+                "others_cpu": used["others"], "machine_cpu": used["machine"],
+                "frames_before": sum(1 for p in frames if start <= p.time < first and p.src_mac != mac.lower()),
+                "load": open("/proc/loadavg").read().split()[0]}
+
+    def save(self, **facts):
+        """run.json: the timeline, C{facts}, and the CPU samples (every
+        0.25 s: wall time, the machine's busy CPU s, each process's CPU s)."""
+        if self.cap is None:
+            return
+        samples, last = [], None
+        for sample in self.usage.samples:
+            if last is None or sample[0] - last >= 0.25:
+                samples.append(sample)
+                last = sample[0]
+        with open(os.path.join(self.workdir, "run.json"), "w") as f:
+            json.dump({"events": self.events, "cpu_samples": samples, **facts}, f, indent=1, sort_keys=True)
+
+
+def one_boot(scenario, server, args, keep_root, ready=lambda: None):
     """Boot once; return (seconds to the marker or None, fetched files, workdir)."""
     spec_factory, platform = SCENARIOS[scenario]
     workdir = tempfile.mkdtemp(prefix="boot-%s-%s-" % (scenario, server), dir=keep_root)
@@ -188,7 +280,7 @@ def one_boot(scenario, server, args, keep_root):
     markers = lab.write_boot_root(root, uuid.uuid4().hex[:8])
     serial = os.path.join(workdir, "serial.log")
     with lab.NetNamespace() as ns:
-        cap = ns.capture(pcap=os.path.join(workdir, "bridge.pcap")) if args.pcap else None
+        record = RunRecord(ns, workdir, args)
         if not args.no_ra:
             ns.start_router_advertiser(log=os.path.join(workdir, "ra.log"))
         if server.startswith("ownsocket"):
@@ -215,35 +307,40 @@ def one_boot(scenario, server, args, keep_root):
                 tcp = (80,)
             pattern = re.compile(r"dnsmasq-tftp\[\d+\]: sent \S*/marker-%s\.ipxe to" % platform)
             server_log = log
+        record.started("server", watch[0])
         if not lab.wait_until(lambda: lab.listening(ns, udp=(67, 69), tcp=tcp), 30,
                               interval=0.3, watch=watch):
             raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(watch[0].log)[-3000:]))
+        record.mark("listening")
+        ready()
         vm = ns.start_guest(spec_factory(), serial_log=serial, log=os.path.join(workdir, "qemu.log"))
-        wall_start = time.time() - vm.elapsed()
+        record.started("guest", vm)
         seconds, server_ok = lab.wait_for_boot(
             vm, serial, markers[platform], lambda: pattern.search(lab.read_text(server_log)),
             args.timeout, watch=watch)
-        if cap is not None:
-            cap.stop()
-        net = network_seconds(cap, lab.DEFAULT_MAC, seconds, wall_start)
-    return _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server_ok, net)
+        record.stop()
+        net = network_seconds(record.cap, lab.DEFAULT_MAC, seconds, vm.started_wall)
+        startup = record.startup("guest", lab.DEFAULT_MAC)
+        record.save(seconds=seconds, network_seconds=net, startup=startup, argv=vm.argv)
+    return _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server_ok, net, startup)
 
 
-def _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server_ok, net):
-    """(seconds, files, workdir, network seconds) of one boot, or a report
-    of why it did not boot (its folder kept); one_boot and one_boot6 alike."""
+def _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server_ok, net, startup):
+    """(seconds, files, workdir, network seconds, start-up window) of one
+    boot, or a report of why it did not boot (its folder kept); one_boot
+    and one_boot6 alike."""
     files = fetched_files(server, workdir)
     if seconds is None or not server_ok:
         tail = "\n".join(lab.console_text(lab.read_text(serial)).splitlines()[-15:])
         print("  !! %s/%s: no boot (marker %s, server log %s); files %s; serial tail:\n%s\n  (kept in %s)"
               % (scenario, server, seconds, server_ok, files, tail, workdir), flush=True)
-        return None, files, workdir, None
+        return None, files, workdir, None, startup
     if not keep_root and not args.pcap:
         shutil.rmtree(workdir, ignore_errors=True)
-    return seconds, files, workdir, net
+    return seconds, files, workdir, net, startup
 
 
-def one_boot6(scenario, server, args, keep_root):
+def one_boot6(scenario, server, args, keep_root, ready=lambda: None):
     """
     One IPv6 boot (see IPV6_SCENARIOS); returns what L{one_boot} returns.
     The namespace, guest and server configs are tests/lab's, the same as
@@ -259,7 +356,7 @@ def one_boot6(scenario, server, args, keep_root):
     tcp = (80,) if flow == "http6" else ()
     with lab.NetNamespace() as ns:
         ns.add_ipv6()
-        cap = ns.capture(pcap=os.path.join(workdir, "bridge.pcap")) if args.pcap else None
+        record = RunRecord(ns, workdir, args)
         if server.startswith("ownsocket"):
             log = os.path.join(workdir, "ownsocket.log")
             cfg = lab.ownsocket6_config(os.path.join(workdir, "ownsocket.ini"), workdir, root, flow,
@@ -276,16 +373,20 @@ def one_boot6(scenario, server, args, keep_root):
                                        "--directory", root, "80"], name="http.server",
                                       log=os.path.join(workdir, "http.log")))
             pattern = re.compile(r"dnsmasq-tftp\[\d+\]: sent \S*/marker-efi\.ipxe to")
+        record.started("server", watch[0])
         if not lab.wait_until(lambda: lab.listening(ns, udp=udp, tcp=tcp), 30, interval=0.3, watch=watch):
             raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(watch[0].log)[-3000:]))
+        record.mark("listening")
+        ready()
         vm = ns.start_guest(lab.ovmf_ipv6_guest(flow), serial_log=serial, log=os.path.join(workdir, "qemu.log"))
-        wall_start = time.time() - vm.elapsed()
+        record.started("guest", vm)
         seconds, server_ok = lab.wait_for_boot(vm, serial, marker, lambda: pattern.search(lab.read_text(log)),
                                                args.timeout, watch=watch)
-        if cap is not None:
-            cap.stop()
-        net = network_seconds(cap, lab.DEFAULT_MAC, seconds, wall_start)
-    return _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server_ok, net)
+        record.stop()
+        net = network_seconds(record.cap, lab.DEFAULT_MAC, seconds, vm.started_wall)
+        startup = record.startup("guest", lab.DEFAULT_MAC)
+        record.save(seconds=seconds, network_seconds=net, startup=startup, argv=vm.argv)
+    return _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server_ok, net, startup)
 
 
 def dnsmasq_grub_argv(interface, workdir, tftp_root):
@@ -320,7 +421,7 @@ def write_static_fleet_files(root):
         f.write("#!ipxe\nchain marker-${hostname}.ipxe\n")
 
 
-def one_grub_boot(scenario, server, args, keep_root):
+def one_grub_boot(scenario, server, args, keep_root, ready=lambda: None):
     """
     Boot the scenario's machines at once; return ({host: seconds to its
     marker or None}, fetched files per host, workdir).
@@ -331,7 +432,7 @@ def one_grub_boot(scenario, server, args, keep_root):
     root = os.path.join(workdir, "tftpboot")
     markers = lab.write_grub_root(root, uuid.uuid4().hex[:8], list(FLEET), arm64="arm1" in hosts)
     with lab.NetNamespace(taps=len(hosts)) as ns:
-        cap = ns.capture(pcap=os.path.join(workdir, "bridge.pcap")) if args.pcap else None
+        record = RunRecord(ns, workdir, args)
         if not args.no_ra:
             ns.start_router_advertiser(log=os.path.join(workdir, "ra.log"))
         if server.startswith("ownsocket"):
@@ -352,22 +453,28 @@ def one_grub_boot(scenario, server, args, keep_root):
             def sent(host):
                 return re.compile(r"dnsmasq-tftp\[\d+\]: sent \S*/%s to %s\b" % (
                     re.escape(MARKER_FILE[host]), re.escape(FLEET[host].address)))
+        record.started("server", proc)
         if not lab.wait_until(lambda: lab.listening(ns, udp=(67, 69)), 30, interval=0.3, watch=[proc]):
             raise SystemExit("%s did not start:\n%s" % (server, lab.read_text(proc.log)[-3000:]))
-        guests, starts = {}, {}
-        for tap, host in zip(ns.taps, hosts):
+        record.mark("listening")
+        guests = {}
+        specs = {}
+        for host in hosts:
             if host == "bios1":
-                spec = lab.bios_ipxe()
+                specs[host] = lab.bios_ipxe()
             elif host == "pxe1":
-                spec = lab.uefi_pxe()
+                specs[host] = lab.uefi_pxe()
             elif host == "sb1":
-                spec = lab.uefi_secure_boot(os.path.join(workdir, "vars-sb1.fd"))
+                specs[host] = lab.uefi_secure_boot(os.path.join(workdir, "vars-sb1.fd"))
             else:
-                spec = lab.arm64_uefi(os.path.join(workdir, "vars-arm1.fd"))
+                specs[host] = lab.arm64_uefi(os.path.join(workdir, "vars-arm1.fd"))
+        ready()
+        for tap, host in zip(ns.taps, hosts):
+            spec = specs[host]
             serial = os.path.join(workdir, "serial-%s.log" % host)
             guests[host] = (ns.start_guest(spec, tap=tap, mac=FLEET[host].mac, serial_log=serial,
                                            log=os.path.join(workdir, "qemu-%s.log" % host)), serial)
-            starts[host] = time.time() - guests[host][0].elapsed()
+            record.started(host, guests[host][0])
         done = {}
 
         def check():
@@ -380,11 +487,14 @@ def one_grub_boot(scenario, server, args, keep_root):
 
         lab.wait_until(check, args.timeout, interval=0.1, watch=[proc])
         check()
-        if cap is not None:
-            cap.stop()
+        record.stop()
     files = fetched_files(server, workdir)
     times = {host: done.get(host) for host in hosts}
-    net = {host: network_seconds(cap, FLEET[host].mac, done.get(host), starts[host]) for host in hosts}
+    net = {host: network_seconds(record.cap, FLEET[host].mac, done.get(host), guests[host][0].started_wall)
+           for host in hosts}
+    startup = {host: record.startup(host, FLEET[host].mac) for host in hosts}
+    record.save(seconds=times, network_seconds=net, startup=startup,
+                argv={host: guests[host][0].argv for host in hosts})
     if len(done) < len(hosts):
         for host in hosts:
             if host not in done:
@@ -392,10 +502,75 @@ def one_grub_boot(scenario, server, args, keep_root):
                 print("  !! %s/%s: %s reached no marker; serial tail:\n%s" % (scenario, server, host, tail),
                       flush=True)
         print("  (kept in %s)" % workdir, flush=True)
-        return times, files, workdir, net
+        return times, files, workdir, net, startup
     if not keep_root and not args.pcap:
         shutil.rmtree(workdir, ignore_errors=True)
-    return times, files, workdir, net
+    return times, files, workdir, net, startup
+
+
+def boot_together(boot, scenario, servers):
+    """
+    ``--paired``: boot ``scenario`` once per server at the same moment,
+    each in its own namespace (threads; a barrier holds every QEMU until
+    every server listens).  On a shared machine both then see the same
+    load at the same time, which interleaved runs only approximate.
+    Returns {server: what boot() returned}; a failure in one aborts the
+    others' wait and is raised here.
+    """
+    barrier = threading.Barrier(len(servers), timeout=120)
+    outcomes = {}
+
+    def worker(server):
+        try:
+            outcomes[server] = boot(scenario, server, barrier.wait)
+        except BaseException as error:  # SystemExit from a server that did not start, too
+            barrier.abort()
+            outcomes[server] = error
+
+    threads = [threading.Thread(target=worker, args=(server,), name="boot-" + server) for server in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    errors = [outcome for outcome in outcomes.values() if isinstance(outcome, BaseException)]
+    first = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)] or errors
+    if first:
+        raise first[0]
+    return outcomes
+
+
+def startup_fields(startup):
+    """(seconds to the first frame, QEMU CPU seconds meanwhile) for the results table."""
+    if not startup:
+        return (None, None)
+    return (startup["first_frame"], startup["qemu_cpu"])
+
+
+def describe_startup(startup):
+    """The start-up window of one run, for its line of output ('' without --pcap)."""
+    if not startup:
+        return ""
+    return ("\n      QEMU start -> first frame %.2f s: QEMU %.2f CPU s, server %.2f, other guests %.2f, rest of "
+            "the machine %.2f; %d frames from others meanwhile; load %s" % (
+                startup["first_frame"], startup["qemu_cpu"] or 0, startup["server_cpu"] or 0,
+                startup["other_guests_cpu"], startup["others_cpu"], startup["frames_before"], startup["load"]))
+
+
+def warm_page_cache(scenarios):
+    """
+    Read the QEMU binaries and firmware images the scenarios use once, so
+    that the first boot of the invocation (always the same server's) does
+    not pay alone for reading them from disk.
+    """
+    paths = [shutil.which(lab.QEMU), lab.ovmf_firmware()]
+    if any(s in GRUB_SCENARIOS for s in scenarios):
+        paths += [shutil.which(lab.QEMU_ARM64), lab.OVMF_SB_CODE, lab.OVMF_SB_VARS, lab.AAVMF_CODE,
+                  lab.AAVMF_VARS]
+    for path in paths:
+        if path and os.path.exists(path):
+            with open(path, "rb") as f:
+                while f.read(1 << 20):
+                    pass
 
 
 def main():
@@ -408,6 +583,10 @@ def main():
     ap.add_argument("--no-ra", action="store_true",
                     help="no IPv6 Router Advertisement on the bridge (iPXE then waits ~13 s per stage)")
     ap.add_argument("--timeout", type=float, default=150, help="seconds per boot before giving up")
+    ap.add_argument("--paired", action="store_true",
+                    help="boot the servers' runs of a scenario at the same moment (each in its own namespace), "
+                         "so that they share the machine's load; on a busy machine fairer than interleaving, "
+                         "but each guest gets less CPU")
     ap.add_argument("--keep", help="keep every run's logs, configs and serial consoles under this folder")
     ap.add_argument("--pcap", action="store_true",
                     help="capture the bridge of each run to bridge.pcap in its folder (kept; see --keep) "
@@ -452,32 +631,49 @@ def main():
         else "Router Advertisement on the bridge (IPv6 scenarios: only the servers' own)",
         " ".join(open("/proc/loadavg").read().split()[:3])))
     print("  %s; %s; TCG" % (version(["dnsmasq", "--version"]), version([lab.QEMU, "--version"])))
+    warm_page_cache(scenarios)
     results = {}
+
+    def boot(scenario, server, ready=lambda: None):
+        if scenario in GRUB_SCENARIOS:
+            return one_grub_boot(scenario, server, args, args.keep, ready)
+        if scenario in IPV6_SCENARIOS:
+            return one_boot6(scenario, server, args, args.keep, ready)
+        return one_boot(scenario, server, args, args.keep, ready)
+
     for run in range(runs):
         for scenario in scenarios:
-            for server in servers:
+            # Alternate which server boots first: the first boot of a
+            # scenario may pay for what the second finds cached.
+            order = servers if run % 2 == 0 else servers[::-1]
+            if args.paired:
+                outcomes = boot_together(boot, scenario, order)
+            else:
+                outcomes = {server: boot(scenario, server) for server in order}
+            for server in order:
+                outcome = outcomes[server]
                 if scenario in GRUB_SCENARIOS:
-                    times, files, _, nets = one_grub_boot(scenario, server, args, args.keep)
+                    times, files, _, nets, startups = outcome
                     # The scenario's time is its slowest machine's (the fleet is
                     # done when the last one is).
                     seconds = None if None in times.values() else max(times.values())
                     net = None if None in nets.values() else max(nets.values())
+                    startup = None if None in startups.values() else max(
+                        startups.values(), key=lambda facts: facts["first_frame"])
                     for host, value in times.items():
                         if len(times) > 1:
                             results.setdefault(("%s:%s" % (scenario, host), server), []).append(
-                                (value, [], nets[host]))
+                                (value, [], nets[host]) + startup_fields(startups[host]))
                     shown = ", ".join("%s %s" % (h, "%.1f" % v if v is not None else "FAIL")
                                       for h, v in times.items()) if len(times) > 1 else " -> ".join(files)
-                elif scenario in IPV6_SCENARIOS:
-                    seconds, files, _, net = one_boot6(scenario, server, args, args.keep)
-                    shown = " -> ".join(files)
                 else:
-                    seconds, files, _, net = one_boot(scenario, server, args, args.keep)
+                    seconds, files, _, net, startup = outcome
                     shown = " -> ".join(files)
-                results.setdefault((scenario, server), []).append((seconds, files, net))
-                print("  run %d %-10s %-19s %s%s  %s" % (
+                results.setdefault((scenario, server), []).append((seconds, files, net) + startup_fields(startup))
+                print("  run %d %-10s %-19s %s%s  %s%s" % (
                     run + 1, scenario, server, "%6.1f s" % seconds if seconds is not None else "  FAIL  ",
-                    " (%.1f s from its first DHCP/RS)" % net if net is not None else "", shown), flush=True)
+                    " (%.1f s from its first DHCP/RS)" % net if net is not None else "", shown,
+                    describe_startup(startup)), flush=True)
 
     def median(key, field=0):
         times = [r[field] for r in results.get(key, []) if r[field] is not None]
@@ -517,6 +713,12 @@ def main():
         print("\nseconds = median over %d run(s), from the guest's first DHCP/DHCPv6 message or Router "
               "Solicitation on the bridge to the marker (the firmware's start-up before it, which a "
               "server cannot change, left out)." % runs)
+        table(3)
+        print("\nseconds = median over %d run(s), from QEMU start to the guest's first frame of any kind "
+              "on the bridge (fleet: the machine that took longest)." % runs)
+        table(4)
+        print("\nCPU seconds the guest's QEMU used from its start to its first frame (median over %d "
+              "run(s)): the firmware's own work, whatever the machine's load." % runs)
     print("files each server sent (last run):")
     for scenario in scenarios:
         for server in servers:

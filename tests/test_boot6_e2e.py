@@ -150,3 +150,54 @@ class IPv6Boot(unittest.TestCase):
 
     def test_ovmf_http6_dual_stack(self):
         self.run_boot("http6", dual_stack=True)
+
+
+def _router_lifetimes(cap):
+    """Router lifetimes of the RAs seen on the bridge so far, in order
+    (IPv6 without extension headers, as ownsocket sends them)."""
+    out = []
+    for p in cap.snapshot():
+        frame = p.frame
+        if p.ethertype == 0x86DD and len(frame) >= 62 and frame[20] == 58 and frame[54] == 134:
+            out.append(int.from_bytes(frame[60:62], "big"))
+    return out
+
+
+class FinalRouterAdvertisement(unittest.TestCase):
+    """
+    On the wire, no firmware needed: a running ownsocket advertises itself
+    as a default router on its [subnet6] link, and when it is stopped
+    (SIGTERM) its last RA says router lifetime 0 (RFC 4861 §6.2.5), so hosts
+    stop using it at once.  A veth leg gives the bridge a carrier (a tap
+    without a guest has none, and nothing is sent on a link that is down).
+    """
+
+    skip = lab.missing(tools=("ss",)) or (None if shutil.which("dumpcap") or shutil.which("tcpdump")
+                                          else "needs dumpcap (tshark) or tcpdump")
+    timeout = 90
+
+    def test_shutdown_sends_router_lifetime_zero(self):
+        work = tempfile.mkdtemp(prefix="ownsocket-final-ra-")
+        self.addCleanup(shutil.rmtree, work, True)
+        os.chmod(work, 0o755)
+        root = os.path.join(work, "root")
+        lab.write_boot_root(root, "final")
+        config = lab.ownsocket6_config(os.path.join(work, "ownsocket.ini"), work, root, "pxe6")
+        log = os.path.join(work, "ownsocket.log")
+        with lab.NetNamespace() as ns:
+            ns.add_ipv6()
+            ns.add_leg("h", "10.99.0.2/24")
+            cap = ns.capture("icmp6")
+            server = ns.start(lab.ownsocket_argv(config, log), name="ownsocket", env=lab.ownsocket_env(),
+                              log=os.path.join(work, "ownsocket.stderr"))
+            self.assertTrue(lab.wait_until(lambda: 1800 in _router_lifetimes(cap), 30, watch=[server]),
+                            "no RA with router lifetime 1800: %s\n%s" % (_router_lifetimes(cap),
+                                                                         lab.read_text(log)[-2000:]))
+            ns.stop(server)  # SIGTERM: twistd stops its services, then exits by the same signal
+            self.assertTrue(lab.wait_until(lambda: 0 in _router_lifetimes(cap), 10),
+                            "no final RA: %s\n%s" % (_router_lifetimes(cap), lab.read_text(log)[-2000:]))
+            cap.stop()
+            lifetimes = _router_lifetimes(cap)
+            self.assertEqual(lifetimes[-1], 0)
+            self.assertEqual(lifetimes.count(0), 1)
+            self.assertIn("sent a final one with router lifetime 0", lab.read_text(log))

@@ -1,6 +1,7 @@
 """
 Router Advertisements: the wire format against dnsmasq's captured RA and
-OVMF's captured RS, and the advertiser's timing on a task.Clock.
+OVMF's captured RS, the advertiser's timing on a task.Clock, and the final
+RA with router lifetime 0 when advertising stops (shutdown, reload).
 """
 
 import ipaddress
@@ -198,3 +199,140 @@ class RouterLifetime(unittest.TestCase):
                                      known_interfaces=set()).subnets6
         data = ra.build_ra(ra.advertisement_for(subnets, None, None))
         self.assertEqual(data[6:8], b"\x00\x00")
+
+
+def header(data):
+    """(type, cur hop limit, flags, router lifetime, reachable, retrans) of an RA."""
+    return struct.unpack("!BxxxBBHII", data[:16])
+
+
+class FinalAdvertisement(unittest.TestCase):
+    """RFC 4861 §6.2.5: a router that stops advertising on an interface
+    sends a final multicast RA with Router Lifetime 0."""
+
+    def setUp(self):
+        self.reactor = FakeReactor()
+        self.sock = FakeSocket()
+        ad = ra.advertisement_for(configuration.load(
+            text="[subnet6:lab]\nnetwork = fd99::/64\ndns = fd99::53\n", known_interfaces=set()).subnets6,
+            "52:54:00:00:00:01", 1500)
+        self.advertiser = ra.RouterAdvertiser("lo", ad, self.reactor, self.sock, rng=random.Random(4))
+        self.advertiser._index = 7
+
+    def test_stop_sends_lifetime_zero_to_all_nodes(self):
+        self.advertiser.start()
+        self.reactor.advance(4)
+        self.advertiser.nudge("fe80::5054:ff:fe99:10")
+        before = len(self.sock.sent)
+        self.assertEqual(header(self.sock.sent[-1][0])[3], 1800)
+        self.advertiser.stop()
+        self.assertEqual(len(self.sock.sent), before + 1)
+        data, address = self.sock.sent[-1]
+        self.assertEqual(address, ("ff02::1", 0, 0, 7))
+        kind, hops, flags, lifetime, _, retrans = header(data)
+        self.assertEqual((kind, hops, flags, lifetime, retrans), (ra.ROUTER_ADVERTISEMENT, 64, 0xC0, 0, 500))
+        # No prefix, no RDNSS: the on-link prefix and DNS servers age out as
+        # advertised, with the leases (ra docstring); who we are and the MTU stay.
+        self.assertEqual([kind for kind, _ in options(data)], [ra.OPT_SOURCE_LLADDR, ra.OPT_MTU])
+        self.assertTrue(self.sock.closed)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])  # the pending nudge went too
+        self.assertEqual(self.reactor.readers, [])
+
+    def test_final_advertisement_changes_nothing_else(self):
+        ad = self.advertiser.advertisement
+        final = ra.final_advertisement(ad)
+        self.assertEqual((final.router_lifetime, final.prefixes, final.dns), (0, (), ()))
+        self.assertEqual((final.managed, final.other, final.mtu, final.source_mac, final.retrans_timer),
+                         (ad.managed, ad.other, ad.mtu, ad.source_mac, ad.retrans_timer))
+        self.assertEqual(ad.router_lifetime, 1800)  # the running advertisement is left alone
+
+    def test_never_started_sends_nothing(self):
+        """An advertiser torn down before it advertised (start-up failed on
+        another link) has nobody to tell."""
+        self.advertiser.stop()
+        self.assertEqual(self.sock.sent, [])
+        self.assertTrue(self.sock.closed)
+
+    def test_stop_twice_sends_one(self):
+        self.advertiser.start()
+        self.advertiser.stop()
+        self.advertiser.stop()
+        self.assertEqual([header(data)[3] for data, _ in self.sock.sent], [1800, 0])
+
+    def test_send_error_still_closes(self):
+        self.advertiser.start()
+
+        def refuse(data, address):
+            raise OSError(101, "Network is unreachable")
+        self.sock.sendto = refuse
+        self.advertiser.stop()
+        self.assertTrue(self.sock.closed)
+
+
+class FinalAdvertisementFromTheService(unittest.TestCase):
+    """The DHCPv6 service stops an advertiser on shutdown and when a reload
+    takes RAs off a link; a reload that keeps them sends no final RA."""
+
+    LAB = "[subnet6:lab]\nnetwork = fd99::/64\npool = fd99::100-fd99::1ff\n\n[boot]\narch.7 = snponly.efi\n"
+
+    def start(self, text):
+        from ownsocket.dhcp6.leases import MemoryLeaseStore6
+        from ownsocket.dhcp6.service import Dhcp6Service
+        from ownsocket.tap import build_selector
+        from tests.test_dhcp6_service import ADDRESSES, FakeReactor as ServiceReactor, FakeSocket as Sock
+        self.build_selector = build_selector
+        self.reactor = ServiceReactor()
+        self.raw = []
+
+        def open_ra(name):
+            self.raw.append(Sock(name, "raw"))
+            return self.raw[-1]
+
+        config = self.load(text)
+        service = Dhcp6Service(config, build_selector(config, self.reactor), self.reactor,
+                               store_factory=MemoryLeaseStore6, addresses=lambda: ADDRESSES,
+                               open_socket=lambda name: Sock(name, "udp"), open_ra=open_ra,
+                               mac_of=lambda name: "02:00:00:00:00:01", mtu_of=lambda name: 1500)
+        service.privilegedStartService()
+        service.startService()
+        return service
+
+    def load(self, text):
+        return configuration.load(text=text, known_interfaces={"br0", "eth0", "lo"})
+
+    def lifetimes(self, sock):
+        return [(header(data)[3], address[0]) for data, address in sock.sent]
+
+    def test_shutdown(self):
+        service = self.start(self.LAB)
+        service.stopService()
+        self.assertEqual(self.lifetimes(self.raw[0]), [(1800, "ff02::1"), (0, "ff02::1")])
+        self.assertTrue(self.raw[0].closed)
+
+    def test_reload_removes_the_last_subnet6(self):
+        service = self.start(self.LAB)
+        new = self.load("[boot]\narch.7 = snponly.efi\n")
+        service.reconfigure(new, self.build_selector(new, self.reactor), None)
+        self.assertEqual(self.lifetimes(self.raw[0]), [(1800, "ff02::1"), (0, "ff02::1")])
+        self.assertEqual(service.advertisers, {})
+        self.reactor.advance(10)
+        self.assertEqual(len(self.raw[0].sent), 2)  # and nothing after it
+        service.stopService()
+
+    def test_reload_turns_router_advertisements_off(self):
+        service = self.start(self.LAB)
+        new = self.load(self.LAB.replace("pool =", "router_advertisements = false\npool ="))
+        service.reconfigure(new, self.build_selector(new, self.reactor), None)
+        self.assertEqual(self.lifetimes(self.raw[0]), [(1800, "ff02::1"), (0, "ff02::1")])
+        service.stopService()
+
+    def test_reload_that_keeps_the_link_sends_no_final_ra(self):
+        """Replacing the RA (new lease time here) must not flap hosts'
+        default route through a zero lifetime."""
+        service = self.start(self.LAB)
+        new = self.load(self.LAB.replace("pool =", "lease_time = 900\npool ="))
+        service.reconfigure(new, self.build_selector(new, self.reactor), None)
+        self.reactor.advance(4)
+        self.assertEqual([lifetime for lifetime, _ in self.lifetimes(self.raw[0])], [1800, 1800])
+        service.stopService()
+        self.assertEqual([lifetime for lifetime, _ in self.lifetimes(self.raw[0])], [1800, 1800, 0])

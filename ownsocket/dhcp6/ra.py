@@ -35,6 +35,19 @@ pcaps and both from reading EDK2:
     Router Solicitation: without the nudge it waits for the next periodic
     RA (FIRMWARE-FACTS §8d: 2-11 s with dnsmasq).
 
+When the advertiser stops (shutdown, or a reload that removes the link's
+last [subnet6] or sets router_advertisements = false) it sends one final
+multicast RA with Router Lifetime 0 (RFC 4861 §6.2.5, "Ceasing To Be an
+Advertising Interface"), so hosts drop ownsocket as a default router at
+once instead of after up to 1800 s.  That is all §6.2.5 asks for, and all
+the final RA withdraws: it carries no prefix and no RDNSS option, so the
+on-link prefix and DNS servers age out with the lifetimes already
+advertised (the lease time), together with the addresses leased on the
+link, which stay valid after the server is gone.  Only one, sent at once:
+at shutdown no later call would run.  A reload that keeps the link only
+replaces the RA (L{RouterAdvertiser.set_advertisement}): no zero-lifetime
+RA, no flapping default route.
+
 Wire code first (no I/O), then L{RouterAdvertiser}, which owns one raw
 ICMPv6 socket and is driven by an injected reactor.
 """
@@ -44,7 +57,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Tuple
 
 from twisted.logger import Logger
@@ -115,6 +128,16 @@ def build_ra(ad: Advertisement) -> bytes:
         data += struct.pack("!BBHI", OPT_RDNSS, 1 + 2 * len(ad.dns), 0, ad.dns_lifetime)
         data += b"".join(address.packed for address in ad.dns)
     return data
+
+
+def final_advertisement(ad: Advertisement) -> Advertisement:
+    """
+    The RA a link gets when ownsocket stops advertising there (RFC 4861
+    §6.2.5): Router Lifetime 0, so hosts stop using this host as a default
+    router; no prefix or RDNSS option, so what hosts learnt of those ages
+    out as advertised (module docstring).
+    """
+    return replace(ad, router_lifetime=0, prefixes=(), dns=(), dns_lifetime=0)
 
 
 @dataclass(frozen=True)
@@ -252,6 +275,7 @@ class RouterAdvertiser:
         self._last_multicast = None
         self._reader = _Reader(self)
         self._drop_log = RateLimitedLog(self.log.warn, reactor)
+        self._started = False
         self.sent = 0
         self.set_advertisement(advertisement)
 
@@ -261,10 +285,17 @@ class RouterAdvertiser:
 
     def start(self):
         self.reactor.addReader(self._reader)
+        self._started = True
         self._multicast()
         self._schedule()
 
     def stop(self):
+        """
+        Stop advertising and close the socket (which also leaves
+        all-routers).  If RAs went out, first one final multicast RA with
+        Router Lifetime 0 (L{final_advertisement}), sent before this
+        returns so that it also goes out during the reactor's shutdown.
+        """
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -273,7 +304,12 @@ class RouterAdvertiser:
                 call.cancel()
         self._nudges = {}
         if self.sock is not None:
-            self.reactor.removeReader(self._reader)
+            if self._started:
+                self._data = build_ra(final_advertisement(self.advertisement))
+                self._send((ALL_NODES, 0, 0, self._index))
+                self.log.info("Router Advertisements on {interface} stopped: sent a final one with router "
+                              "lifetime 0", interface=self.interface)
+                self.reactor.removeReader(self._reader)
             self.sock.close()
             self.sock = None
 

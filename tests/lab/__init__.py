@@ -16,7 +16,8 @@ One module a job:
 - :mod:`tests.lab.capture`: live capture (dumpcap or tcpdump) decoded here;
 - :mod:`tests.lab.waits`: bounded waits, listening checks, "did it boot?";
 - :mod:`tests.lab.server`: ownsocket and dnsmasq command lines and configs;
-- :mod:`tests.lab.roots`: TFTP roots with first stages and marker files.
+- :mod:`tests.lab.roots`: TFTP roots with first stages and marker files;
+- :mod:`tests.lab.usage`: CPU time of the guests, the server and the machine, sampled.
 
 The names a test needs are importable from the package itself
 (``from tests import lab; lab.NetNamespace()``).  Needs root, ``ip``
@@ -54,6 +55,7 @@ from tests.lab.vm import (
     AAVMF_CODE, AAVMF_VARS, DEFAULT_MAC, FW_CFG, OVMF_SB_CODE, OVMF_SB_VARS, QEMU, QEMU_ARM64,
     GuestSpec, arm64_uefi, bios_ipxe, console_text, ipxe_rom, missing, ovmf_firmware, ovmf_ipv6_guest,
     uefi_http, uefi_pxe, uefi_secure_boot)
+from tests.lab.usage import Usage
 from tests.lab.waits import listening, read_text, wait_for_boot, wait_until
 
 __all__ = [
@@ -65,6 +67,6 @@ __all__ = [
     "dnsmasq6_boot_argv", "dnsmasq_boot_argv", "fleet_config", "grub_marker_text", "ipxe_file", "ipxe_marker_text",
     "ipxe_rom", "listening", "marker_text", "missing", "ovmf_firmware", "ovmf_ipv6_guest", "ownsocket6_config",
     "ownsocket_argv", "ownsocket_config", "ownsocket_env", "read_text", "signed_boot_file",
-    "uefi_http", "uefi_pxe", "uefi_secure_boot", "wait_for_boot", "wait_until", "write_boot_root",
+    "uefi_http", "uefi_pxe", "uefi_secure_boot", "Usage", "wait_for_boot", "wait_until", "write_boot_root",
     "write_grub_root",
 ]
