@@ -656,7 +656,41 @@ class QuietSweepTests(unittest.TestCase):
         self.assertIn(("freeze",), gc.calls)
         del gc.calls[:]
         clock.advance(dhcp_service.QUIET + dhcp_service.CHECKPOINT_POLL)
+        self.assertEqual(gc.calls, [])  # quiet at one tick only: not yet
+        clock.advance(dhcp_service.CHECKPOINT_POLL)
         self.assertEqual(gc.calls, [("unfreeze",), ("collect", 2), ("freeze",)])
+
+    def test_a_stalled_reactor_is_not_a_quiet_network(self):
+        """
+        A reactor starved of CPU runs its timers before it reads its
+        sockets: the first tick after a 1.5 s stall sees no request for
+        1.5 s although the socket is full.  No sweep on that alone.
+        """
+        from ownsocket.dhcp import service as dhcp_service
+        clock = Clock()
+        gc = FakeCollector()
+        service = DhcpService.__new__(DhcpService)
+        service.reactor = clock
+        service.store = self.Store()
+        service.server = self.Server()
+        service.heap = Heap(clock, gc)
+        service.heap.start()
+        clock.advance(SWEEP_EVERY)
+        del gc.calls[:]
+        service._start_loops()
+        self.addCleanup(service._stop_loops)
+        quiet_ticks = []
+        tick = service.heap.tick
+        service.heap.tick = lambda quiet: (quiet_ticks.append(quiet), tick(quiet))
+        for _ in range(20):
+            for _ in range(6):  # a storm: requests all the time...
+                clock.advance(0.5)
+                service.server.last_activity = clock.seconds()
+            clock.advance(1.6)  # ...then a stall: the tick comes before the reads
+            service.server.last_activity = clock.seconds()  # the reactor reads the backlog
+        self.assertEqual(quiet_ticks.count(True), 20)  # each stall looked quiet to one tick
+        self.assertNotIn(("unfreeze",), gc.calls)  # settled now and then, never swept
+        self.assertNotIn(("collect", 2), gc.calls)
 
 
 class StubDhcp(Service):
