@@ -18,8 +18,10 @@ sweep of everything, frozen or not, runs only when the network has been
 quiet (L{sweep}, from the DHCP service's idle check) and no TFTP or HTTP
 transfer is in flight, at most every L{SWEEP_EVERY} seconds.  A storm
 without a quiet second settles every L{SETTLE_EVERY} seconds instead
-(L{tick}), and a reload asks for a settle at the next tick (L{settle_soon}),
-never in the reload's own turns.
+(L{tick}); that also freezes what a reload built.  A reload itself does
+no collector work: a young collection costs a few ms (5 typical, up to 28
+measured under load), which its own turns must not add to the reading of a
+busy DHCP socket.
 
 Why transfers count: a full sweep of a big heap on a loaded machine once
 took 2.4 s, with DHCP idle but TFTP transfers running; a lock-step TFTP
@@ -55,7 +57,6 @@ class Heap:
         self._gc = collector
         self._clock = clock
         self.busy = busy
-        self._due = False
         self._quiet_ticks = 0
         # PyPy's collector is incremental and has no freeze: nothing to do there
         self.active = all(hasattr(collector, name) for name in ("freeze", "unfreeze", "collect"))
@@ -75,8 +76,7 @@ class Heap:
         """
         Once a second from the DHCP service: L{sweep} when the network was
         C{quiet} at this tick and the one before (and no transfer runs);
-        otherwise L{settle} when a reload asked for it or every
-        L{SETTLE_EVERY} seconds.
+        otherwise L{settle} every L{SETTLE_EVERY} seconds.
 
         Two ticks, because one can lie: a reactor that was itself stalled
         (a process starved of CPU on a loaded machine) runs its timers
@@ -90,27 +90,14 @@ class Heap:
         self._quiet_ticks = self._quiet_ticks + 1 if quiet else 0
         if self._quiet_ticks >= 2 and self.sweep():
             return
-        if self._due or (self._last_settle is not None
-                         and self._clock.seconds() - self._last_settle >= SETTLE_EVERY):
+        if self._last_settle is not None and self._clock.seconds() - self._last_settle >= SETTLE_EVERY:
             self.settle()
-
-    def settle_soon(self):
-        """
-        After a reload's swap: the new config, selectors and backends are
-        the long-lived heap from now on, to be frozen at the next L{tick}.
-
-        Not at once: a young collection costs a few ms (5 typical, up to
-        28 measured under load), which a reload's own turns must not add
-        to the reading of a busy DHCP socket.
-        """
-        self._due = True
 
     def settle(self):
         """Collect the young generations only, then freeze; never a full
         collection here, that is the stall a storm must not see."""
         if not self.active:
             return
-        self._due = False
         self._gc.collect(1)
         self._gc.freeze()
         self._last_settle = self._clock.seconds()
@@ -130,7 +117,6 @@ class Heap:
         if self.busy is not None and self.busy():
             return False
         self._last_sweep = self._last_settle = now
-        self._due = False
         self._gc.unfreeze()
         self._gc.collect()
         self._gc.freeze()

@@ -21,10 +21,16 @@ restart, and the reload says so.
 The first C{[subnet6:...]} starts DHCPv6 (and its Router Advertisements),
 removing the last one stops it, as a start with that file would have.
 
-A reload must cost no packets: its reactor time (read, build, swap: a few
-ms, logged with each reload) stays far below what the DHCP socket buffers.
-The long-lived heap is frozen again after the swap (L{ownsocket.heap}), so
-no full garbage collection has to walk the lease hint because of it.
+A reload must cost no packets.  A server answering 1,000 exchanges/s is
+busy most of each reactor turn, and its DHCP socket buffers only some
+100 ms of requests; a reload done in one piece (5-15 ms, more under load)
+plus a young garbage collection after it lengthened one or two turns enough
+to overflow that buffer now and then.  So its work comes in turns of its
+own (read and parse; selectors, plugins imported and verified; file
+backends and chain; swap), the reactor reading its sockets between them,
+and no turn grows by more than the longest step (logged with each reload).
+The reload does no collector work at all: the heap's periodic settle
+freezes the new config later (L{ownsocket.heap}).
 """
 
 from __future__ import annotations
@@ -145,14 +151,8 @@ class Reloader:
         return True
 
     def _next_turn(self):
-        """
-        A Deferred that fires in the reactor's next turn: between two steps
-        of a reload the reactor polls and reads its sockets.
-
-        Why: a reload in one piece (read, parse, plugins, selectors,
-        backends, swap: 5-20 ms under load) added to a turn that was
-        already answering a full DHCP socket is what overflowed it.
-        """
+        """A Deferred that fires in the reactor's next turn: between two
+        steps of a reload the reactor polls and reads its sockets."""
         return deferLater(self.runtime.reactor, 0, lambda: None)
 
     def _swap(self, prepared):
@@ -191,9 +191,9 @@ class Reloader:
                 result = defer.fail(error)
             if isinstance(result, defer.Deferred):
                 waits.append((name, result))
+        # no collector work here: the heap's next periodic settle freezes
+        # the new config (ownsocket.heap)
         runtime._adopt(prepared)
-        if runtime.heap is not None:
-            runtime.heap.settle_soon()  # at its next tick, not in the reload's turns
         return waits
 
     def _start_or_stop_dhcp6(self, prepared):
