@@ -218,8 +218,8 @@ class ReloadTests(unittest.TestCase):
     def test_steps_in_turns_of_their_own(self):
         """
         Reading, each build step and the swap come in turns of their own,
-        so the reactor reads its sockets between them (a reload in one
-        piece held a busy DHCP socket long enough to overflow it).
+        so the reactor reads its sockets between them (in one piece, a
+        reload lengthened one turn of a busy server by 5-15 ms).
         """
         reactor = TurnReactor()
         self.runtime.reactor = reactor
@@ -670,7 +670,6 @@ class QuietSweepTests(unittest.TestCase):
         sockets: the first tick after a 1.5 s stall sees no request for
         1.5 s although the socket is full.  No sweep on that alone.
         """
-        from ownsocket.dhcp import service as dhcp_service
         clock = Clock()
         gc = FakeCollector()
         service = DhcpService.__new__(DhcpService)
