@@ -730,13 +730,8 @@ def _check_subnets6(config: Config, known_interfaces) -> None:
     if config.subnets6 and config.dhcp.mode == "proxy":
         raise ConfigError(source, f"subnet6:{config.subnets6[0].name}", None,
                           "DHCPv6 has no proxy mode: remove the [subnet6:...] sections or set [dhcp] mode = server")
-    if config.subnets6 and config.dhcp.leases.startswith(("postgresql://", "postgres://")):
-        # DHCPv6 bindings live in a SQLite file next to the DHCPv4 one;
-        # a connection string has no "next to", and silently keeping them
-        # on one server would break the shared lease space it promises.
-        raise ConfigError(source, f"subnet6:{config.subnets6[0].name}", None,
-                          "DHCPv6 leases are kept in SQLite only; [dhcp] leases = postgresql://... "
-                          "cannot be combined with [subnet6:...] yet")
+    # (DHCPv6 leases go to the same store as DHCPv4's: the SQLite file's
+    # leases6 table, or the PostgreSQL database's ownsocket_leases6.)
     seen_pools = []
     for index, subnet in enumerate(config.subnets6):
         section = f"subnet6:{subnet.name}"

@@ -114,15 +114,20 @@ def _server_address6(args, config) -> ipaddress.IPv6Address:
     return ipaddress.IPv6Address("2001:db8::1")
 
 
+def _parsed_packet(path, codec, what):
+    """The packet in C{path} as C{codec} (wire or wire6) parses it; one
+    line, never a traceback, when the server would drop it."""
+    try:
+        return codec.parse(_read_packet(path))
+    except codec.MalformedPacket as error:
+        raise ExplainError(f"{what} would be dropped: {error}") from None
+
+
 def describe_request6(args, config):
     """(BootRequest, the parsed or built DHCPv6 message, server address)."""
     server = _server_address6(args, config)
     if args.packet:
-        data = _read_packet(args.packet)
-        try:
-            message = wire6.parse(data)
-        except wire6.MalformedPacket as error:
-            raise ExplainError(f"the DHCPv6 packet would be dropped: {error}") from None
+        message = _parsed_packet(args.packet, wire6, "the DHCPv6 packet")
         if message.message_type not in wire6.CLIENT_MESSAGES:
             raise ExplainError(f"a DHCPv6 {message.name} is not a client message")
         mac = server6.client_mac(message, args.source)
@@ -160,11 +165,7 @@ def describe_request6(args, config):
 def describe_request(args) -> BootRequest:
     server = ipaddress.IPv4Address(args.server_address or "192.0.2.1")
     if args.packet:
-        data = _read_packet(args.packet)
-        try:
-            message = wire.parse(data)
-        except wire.MalformedPacket as error:
-            raise ExplainError(f"the packet would be dropped: {error}") from None
+        message = _parsed_packet(args.packet, wire, "the packet")
         return make_boot_request(message, Arrival(args.interface, None), server, args.phase)
     try:
         arches = tuple(int(part) for part in args.arch.replace(" ", "").split(",") if part)

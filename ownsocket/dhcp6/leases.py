@@ -1,12 +1,17 @@
 """
 DHCPv6 leases behind a narrow interface: in memory, optionally written
-through to SQLite.
+through to SQLite, or in PostgreSQL (L{ownsocket.dhcp6.pgstore}).
 
 DHCPv6 bindings are keyed differently from DHCPv4's (DUID + IAID + MAC,
 RFC 8415 §7.5, since iPXE's DUID is the same on every VM), so they have a
 table of their own, C{leases6}, in the same SQLite file as the DHCPv4
-leases (one file to back up and restore).  The store only keeps bindings;
-the policy (L{ownsocket.dhcp6.server}) decides.
+leases (one file to back up and restore).
+
+The store decides who gets an address: the policy (L{ownsocket.dhcp6.server})
+hands it candidates and the store's L{claim} takes the first that is free
+(no holder, lapsed, or already this client's), the same compare-and-set
+the PostgreSQL store does in the database.  These stores answer at once;
+the PostgreSQL one answers with Deferreds, and the policy takes either.
 """
 
 from __future__ import annotations
@@ -16,15 +21,28 @@ import ipaddress
 import os
 import sqlite3
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
+
+# One error class for both families' stores: callers catch one name.
+from ownsocket.dhcp.leases import LeaseStoreError, LeaseStoreUnavailable  # noqa: F401  (re-exported)
 
 OFFERED, BOUND, DECLINED = "offered", "bound", "declined"
 
 Key = Tuple[bytes, int, str]
 
 
-class LeaseStoreError(Exception):
-    """The lease database cannot be opened; the message is one log line."""
+#: (first, last) address ranges
+Ranges = Sequence[Tuple[ipaddress.IPv6Address, ipaddress.IPv6Address]]
+
+
+def quarantine_key(address) -> Key:
+    """The key a declined address is held under: its own, so that the
+    quarantine outlives the client's next binding."""
+    return (b"declined", 0, str(address))
+
+
+def within(address, ranges: Optional[Ranges]) -> bool:
+    return ranges is not None and any(first <= address <= last for first, last in ranges)
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,60 @@ class MemoryLeaseStore6:
         self._by_key[lease.key] = lease
         self._by_address[lease.address] = lease
         heapq.heappush(self._expiries, (lease.expires, int(lease.address), lease.address))
+
+    # -- what the policy asks (the same on every store) ----------------------
+
+    def free(self, address, key: Key, now: float) -> bool:
+        holder = self._by_address.get(address)
+        return holder is None or not holder.active(now) or (holder.key == key and holder.state != DECLINED)
+
+    def claim(self, key: Key, subnet: str, candidates: Iterable, state: str, seconds: float, now: float,
+              own: Optional[Ranges] = None):
+        """
+        Give C{key} the first free address: its own current binding first
+        when that lies within the ranges C{own}, then the first of
+        C{candidates} (an iterable, read only as far as needed) that has no
+        holder, has lapsed or is already this client's.  The client's
+        previous binding of this IA goes.  Returns (lease, whether it was
+        the client's own binding already), or None when nothing was free.
+        """
+        current = self._by_key.get(key)
+        if current is not None and current.state != DECLINED and within(current.address, own):
+            return self._take(key, current.address, state, seconds, now), True
+        for address in candidates:
+            if self.free(address, key, now):
+                return self._take(key, address, state, seconds, now), False
+        return None
+
+    def _take(self, key, address, state, seconds, now):
+        lease = Lease6(key[0], key[1], key[2], address, state, now + seconds)
+        self.put(lease)
+        return lease
+
+    def forget(self, key: Key) -> bool:
+        """Drop the client's offer (not a binding): it chose another server."""
+        held = self._by_key.get(key)
+        if held is not None and held.state == OFFERED:
+            self.remove(held)
+            return True
+        return False
+
+    def release(self, key: Key, address) -> bool:
+        lease = self._by_address.get(address)
+        if lease is not None and lease.key == key:
+            self.remove(lease)
+            return True
+        return False
+
+    def decline(self, key: Key, address, seconds: float, now: float) -> bool:
+        """The client's address is in use elsewhere: quarantine it."""
+        holder = self._by_address.get(address)
+        if holder is None or holder.key != key:
+            return False
+        self.put(Lease6(*quarantine_key(address), address, DECLINED, now + seconds))
+        return True
+
+    # -- rows --------------------------------------------------------------
 
     def remove(self, lease: Lease6) -> None:
         if self._by_key.get(lease.key) is lease:

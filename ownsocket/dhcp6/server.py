@@ -19,15 +19,18 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import struct
+import types
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from ownsocket.boot.request import ARCH_NAMES, HTTP_ARCHES, BootDecision, BootRequest
 from ownsocket.dhcp.bootfields import with_decision
-from ownsocket.dhcp6 import wire
-from ownsocket.dhcp6.leases import BOUND, DECLINED, OFFERED, Lease6
+from ownsocket.dhcp6 import steps, wire
+from ownsocket.dhcp6.leases import BOUND, OFFERED, LeaseStoreError, LeaseStoreUnavailable
+from ownsocket.ratelimit import RateLimitedLog
 
 IPv6 = ipaddress.IPv6Address
 
@@ -146,7 +149,9 @@ def boot_url(filename: str, server_address: Optional[IPv6], http: bool, http_por
 class Dhcp6Server:
     """
     @param config: the whole L{ownsocket.config.Config} (C{subnets6} used).
-    @param store: a L{ownsocket.dhcp6.leases.MemoryLeaseStore6} or alike.
+    @param store: a L{ownsocket.dhcp6.leases.MemoryLeaseStore6} or alike
+        (its answers plain values or, from L{ownsocket.dhcp6.pgstore},
+        Deferreds: then the reply waits for the commit, see L{steps}).
     @param selector: an L{IBootFileSelector} (usually the chain).
     @param clock: anything with C{seconds()}.
     @param recent: a L{RecentRequests} that TFTP/HTTP read (by address).
@@ -161,6 +166,7 @@ class Dhcp6Server:
         self.clock = clock
         self.recent = recent
         self.events = events
+        self._store_log = RateLimitedLog(self.log.warn, clock)
         self._handlers = {
             wire.SOLICIT: self._solicit, wire.REQUEST: self._request, wire.RENEW: self._renew,
             wire.REBIND: self._renew, wire.RELEASE: self._release, wire.DECLINE: self._decline,
@@ -186,16 +192,41 @@ class Dhcp6Server:
             return []
         if (message.server_id is not None and message.server_id != link.server_duid):
             # RFC 8415 §16: meant for another server.  Our offer, if any, is void.
-            if message.message_type == wire.REQUEST:
-                for ia in message.ia_na:
-                    held = self.store.lookup(self._key(exchange, ia))
-                    if held is not None and held.state == OFFERED:
-                        self.store.remove(held)
             exchange.reason = "addressed to another server (Server Identifier)"
             self._log(exchange, "not-for-us")
+            if message.message_type == wire.REQUEST:
+                return self._settle(exchange, steps.run(self._forget(exchange)))
             return []
         exchange.server_address = self._server_address(exchange.subnet, link)
-        return self._handlers[message.message_type](exchange, source)
+        result = self._handlers[message.message_type](exchange, source)
+        if isinstance(result, types.GeneratorType):
+            result = self._settle(exchange, steps.run(result))
+        return result
+
+    def _forget(self, exchange):
+        for ia in exchange.message.ia_na:
+            yield self.store.forget(self._key(exchange, ia))
+        return []
+
+    def _settle(self, exchange, result):
+        """A store that failed (only a Deferred one can fail here without
+        raising): no reply, since nothing new may be answered without a
+        commit.  The client retries; an unreachable database is said once
+        by the store itself."""
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._store_failed, exchange)
+        return result
+
+    def _store_failed(self, failure, exchange):
+        failure.trap(LeaseStoreError)
+        if not failure.check(LeaseStoreUnavailable):
+            self._store_log("DHCPv6 lease database failed for {mac}; {kind} dropped: {error}",
+                            mac=exchange.mac or "?", kind=exchange.message.name,
+                            error=failure.getErrorMessage())
+        exchange.reason = "lease database unavailable: no answer without a commit"
+        exchange.reply_type = None
+        self._log(exchange, "store-error")
+        return []
 
     # -- message types -----------------------------------------------------
 
@@ -206,17 +237,17 @@ class Dhcp6Server:
         message = exchange.message
         ias = []
         for ia in message.ia_na:
-            address, why = self._choose(exchange, ia, now)
+            if bind:
+                state, seconds = BOUND, exchange.subnet.lease_time
+            else:
+                state, seconds = OFFERED, self.offer_hold
+            address, why = yield from self._choose(exchange, ia, now, state, seconds)
             if address is None:
                 ias.append(wire.ia_na(ia.iaid, 0, 0, status=(wire.NO_ADDRS_AVAIL, why)))
                 exchange.reason = why
                 continue
             if bind:
-                state, until = BOUND, now + exchange.subnet.lease_time
                 why = f"{why}; bound for {exchange.subnet.lease_time}s"
-            else:
-                state, until = OFFERED, now + self.offer_hold
-            self.store.put(Lease6(message.client_id, ia.iaid, exchange.mac, address, state, until))
             exchange.addresses.append(address)
             exchange.reason = why
             ias.append(self._ia(exchange.subnet, ia.iaid, address))
@@ -226,7 +257,7 @@ class Dhcp6Server:
 
     def _solicit(self, exchange, source):
         commit = exchange.message.rapid_commit
-        ias = self._grant(exchange, self.clock.seconds(), bind=commit)
+        ias = yield from self._grant(exchange, self.clock.seconds(), bind=commit)
         if commit:
             exchange.reply_type = wire.REPLY
             exchange.reason += "; rapid commit"
@@ -239,7 +270,7 @@ class Dhcp6Server:
         return self._answer(exchange, source, ias + extra)
 
     def _request(self, exchange, source):
-        ias = self._grant(exchange, self.clock.seconds(), bind=True)
+        ias = yield from self._grant(exchange, self.clock.seconds(), bind=True)
         exchange.reply_type = wire.REPLY
         extra = [] if exchange.addresses else [wire.status_code(wire.NO_ADDRS_AVAIL, exchange.reason[:200])]
         return self._answer(exchange, source, ias + extra)
@@ -254,21 +285,19 @@ class Dhcp6Server:
         for ia in message.ia_na:
             key = self._key(exchange, ia)
             if not ia.addresses:
-                address, why = self._choose(exchange, ia, now)
+                address, why = yield from self._choose(exchange, ia, now, BOUND, subnet.lease_time)
                 if address is None:
                     ias.append(wire.ia_na(ia.iaid, 0, 0, status=(wire.NO_ADDRS_AVAIL, why)))
                     continue
-                wanted = [address]
-            else:
-                wanted = [entry.address for entry in ia.addresses]
+                exchange.addresses.append(address)
+                ias.append(self._ia(subnet, ia.iaid, address))
+                continue
             parts = []
-            for address in wanted:
-                holder = self.store.holder(address)
-                ours = holder is not None and holder.key == key and holder.state != DECLINED
-                free = holder is None or not holder.active(now)
-                if subnet.in_pool(address) and (ours or free):
-                    self.store.put(Lease6(message.client_id, ia.iaid, exchange.mac, address, BOUND,
-                                          now + subnet.lease_time))
+            for address in [entry.address for entry in ia.addresses]:
+                # Its own (not declined) or free: the store's compare-and-set.
+                kept = subnet.in_pool(address) and (
+                    yield self.store.claim(key, subnet.name, (address,), BOUND, subnet.lease_time, now))
+                if kept:
                     exchange.addresses.append(address)
                     parts.append(wire.iaaddr(address, subnet.lease_time, subnet.lease_time))
                 else:
@@ -290,9 +319,7 @@ class Dhcp6Server:
             key = self._key(exchange, ia)
             held = []
             for entry in ia.addresses:
-                lease = self.store.holder(entry.address)
-                if lease is not None and lease.key == key:
-                    self.store.remove(lease)
+                if (yield self.store.release(key, entry.address)):
                     held.append(entry.address)
             released += held
             if not held:
@@ -309,12 +336,9 @@ class Dhcp6Server:
         for ia in message.ia_na:
             key = self._key(exchange, ia)
             for entry in ia.addresses:
-                holder = self.store.holder(entry.address)
-                if holder is not None and holder.key == key:
-                    # A key of its own: the quarantine must outlive the
-                    # client's next binding.
-                    self.store.put(Lease6(b"declined", 0, str(entry.address), entry.address, DECLINED,
-                                          now + self.decline_time))
+                # Held under a key of its own: the quarantine must outlive
+                # the client's next binding.
+                if (yield self.store.decline(key, entry.address, self.decline_time, now)):
                     declined.append(entry.address)
         exchange.addresses = declined
         exchange.reply_type = wire.REPLY
@@ -344,17 +368,34 @@ class Dhcp6Server:
     def _key(self, exchange, ia):
         return (exchange.message.client_id or b"", ia.iaid, exchange.mac)
 
-    def _choose(self, exchange, ia, now):
-        """The address for one IA: its binding, the one it asks for, or a
-        free one found from the client's own spot in the pool."""
+    def _choose(self, exchange, ia, now, state, seconds):
+        """Claim the address for one IA (a step, see L{steps}): its binding,
+        the one it asks for, or a free one found from the client's own spot
+        in the pool.  The store decides which is free."""
         subnet = exchange.subnet
         key = self._key(exchange, ia)
-        current = self.store.lookup(key)
-        if current is not None and current.state != DECLINED and subnet.in_pool(current.address):
-            return current.address, "the client's current binding"
-        for entry in ia.addresses:
-            if subnet.in_pool(entry.address) and self._free(entry.address, key, now):
-                return entry.address, "asked for by the client"
+        asked = [entry.address for entry in ia.addresses if subnet.in_pool(entry.address)]
+        claimed = yield self.store.claim(key, subnet.name, self._candidates(exchange, ia, key, asked),
+                                         state, seconds, now,
+                                         own=tuple((pool.first, pool.last) for pool in subnet.pools))
+        if claimed is not None:
+            lease, own = claimed
+            if own:
+                return lease.address, "the client's current binding"
+            if lease.address in asked:
+                return lease.address, "asked for by the client"
+            return lease.address, "new address from the pool"
+        if not subnet.pools:
+            return None, f"[subnet6:{subnet.name}] has no pool"
+        return None, f"pool of [subnet6:{subnet.name}] exhausted"
+
+    @staticmethod
+    def _candidates(exchange, ia, key, asked):
+        """What the client asks for, then the pool from the client's own
+        spot (hashed, so servers sharing a store do not all contend for the
+        lowest free address); generated only as far as the store reads."""
+        yield from asked
+        subnet = exchange.subnet
         seed = hashlib.sha256(exchange.mac.encode() or (key[0] + struct.pack("!I", ia.iaid))).digest()
         spot = int.from_bytes(seed[:8], "big")
         for pool in subnet.pools:
@@ -363,16 +404,7 @@ class Dhcp6Server:
             start = spot % size
             step = 1 if size <= SCAN_LIMIT else (int.from_bytes(seed[8:16], "big") % size) | 1
             for probe in range(min(size, SCAN_LIMIT)):
-                address = IPv6(first + (start + probe * step) % size)
-                if self._free(address, key, now):
-                    return address, "new address from the pool"
-        if not subnet.pools:
-            return None, f"[subnet6:{subnet.name}] has no pool"
-        return None, f"pool of [subnet6:{subnet.name}] exhausted"
-
-    def _free(self, address, key, now):
-        holder = self.store.holder(address)
-        return holder is None or not holder.active(now) or (holder.key == key and holder.state != DECLINED)
+                yield IPv6(first + (start + probe * step) % size)
 
     @staticmethod
     def _t1_t2(subnet):

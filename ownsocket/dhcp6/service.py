@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from ownsocket.dhcp.sockets import SocketError
 from ownsocket.dhcp6 import ra, wire
-from ownsocket.dhcp6.leases import SqliteLeaseStore6, sqlite_path_for
+from ownsocket.dhcp6.pgstore import open_store6
 from ownsocket.dhcp6.protocol import Dhcp6Protocol
 from ownsocket.dhcp6.server import SERVER_PORT, Dhcp6Server, Link
 from ownsocket.events import EventBus
@@ -136,7 +136,8 @@ class Dhcp6Service(Service):
         self.reactor = reactor
         self.recent = recent
         self.events = events if events is not None else EventBus(reactor)
-        self._store_factory = store_factory or (lambda: SqliteLeaseStore6(sqlite_path_for(config.dhcp.leases)))
+        # The DHCPv4 store's place: its SQLite file, or its PostgreSQL database.
+        self._store_factory = store_factory or (lambda: open_store6(self.config.dhcp.leases, reactor))
         self._addresses = addresses
         self._open_socket = open_socket
         self._open_ra = open_ra
@@ -227,11 +228,12 @@ class Dhcp6Service(Service):
             advertiser.stop()
         self.advertisers = {}
         ports, self.ports = list(self.ports.values()), {}
+        closing = [defer.maybeDeferred(port.stopListening) for port in ports]
         if self.store is not None:
-            self.store.close()
+            # (PostgreSQL: finishes what was asked, then closes its connections)
+            closing.append(defer.maybeDeferred(self.store.close))
             self.store = None
-        return defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports],
-                                   consumeErrors=True)
+        return defer.gatherResults(closing, consumeErrors=True)
 
     # -- reload --------------------------------------------------------------
 
