@@ -561,7 +561,9 @@ class HTTPService(listening.ListeningService):
         L{ownsocket.reload}): new requests are served from C{backend},
         requests in flight finish on the reader they opened, and the
         listening ports are re-opened only when C{[http] port} or
-        C{addresses} changed.
+        C{addresses} changed, or L{listen_ipv6} did (the reload sets it
+        when the first C{[subnet6:...]} comes or the last one goes: then
+        only the "::" port opens or closes).
 
         @param config: the new L{ownsocket.config.Config}.
         @param selector: the new selector chain (HTTP does not ask it).

@@ -38,15 +38,17 @@ class BindError(Exception):
 
     def __init__(self, host: str, port: int, reason: str, transport: str = "UDP"):
         self.host, self.port, self.reason = host, port, reason
-        super().__init__(f"cannot bind {transport} {host}:{port}: {reason}")
+        where = f"[{host}]" if ":" in host else host
+        super().__init__(f"cannot bind {transport} {where}:{port}: {reason}")
 
 
 def _overlaps(error, port):
-    """Whether the open C{port} is what stops C{error}'s address from opening."""
+    """Whether the open C{port} is what stops C{error}'s address from opening
+    (the "::" listeners are IPv6-only, so they never clash with IPv4 ones)."""
     host = port.getHost()
-    if host.port != error.port:
+    if host.port != error.port or (":" in host.host) != (":" in error.host):
         return False
-    return "0.0.0.0" in (host.host, error.host) or host.host == error.host
+    return bool({"0.0.0.0", "::"} & {host.host, error.host}) or host.host == error.host
 
 
 class ListeningService(service.Service):
@@ -60,11 +62,17 @@ class ListeningService(service.Service):
     log = Logger()
 
     #: With no addresses configured, listen on "::" (IPv6 only) as well as
-    #: on 0.0.0.0; tap.py sets it when a [subnet6:...] is configured.
+    #: on 0.0.0.0; tap.py sets it when a [subnet6:...] is configured, and a
+    #: reload when the first one comes or the last one goes (L{rebind}
+    #: then opens or closes the "::" port and leaves the others alone).
     listen_ipv6 = False
 
     def __init__(self):
         self.ports = []
+        #: the (host, port) each of C{ports} was opened for, in step with it,
+        #: and the L{listen_ipv6} they were opened with
+        self._bound = []
+        self._bound_ipv6 = False
 
     def _listen(self, host: str):
         """Open one listening port on C{host} ("" for all); return it."""
@@ -81,13 +89,11 @@ class ListeningService(service.Service):
     def _bind(self) -> None:
         if self.ports:
             return
-        hosts = [str(address) for address in self.config.addresses] or (["", "::"] if self.listen_ipv6 else [""])
         try:
-            for host in hosts:
-                try:
-                    self.ports.append(self._listen(host))
-                except CannotListenError as error:
-                    raise self._bind_error(host, error) from None
+            self._bound_ipv6 = self.listen_ipv6
+            for endpoint in self._endpoints(self.config):
+                self.ports.append(self._listen_one(endpoint[0]))
+                self._bound.append(endpoint)
         except BindError:
             self._close_ports()
             raise
@@ -125,16 +131,21 @@ class ListeningService(service.Service):
         return sock
 
     def _close_ports(self):
-        ports, self.ports = self.ports, []
+        ports, self.ports, self._bound = self.ports, [], []
         return self._stop(ports)
 
-    @staticmethod
-    def _endpoints(config):
-        return [(str(address), config.port) for address in config.addresses] or [("", config.port)]
+    def _endpoints(self, config, ipv6=None):
+        """(host, port) of each listener C{config} asks for: one per
+        address, or 0.0.0.0 ("") and, with C{ipv6} (by default
+        L{listen_ipv6}), "::" too."""
+        ipv6 = self.listen_ipv6 if ipv6 is None else ipv6
+        hosts = [str(address) for address in config.addresses] or (["", "::"] if ipv6 else [""])
+        return [(host, config.port) for host in hosts]
 
     def rebind(self, config):
         """
-        Adopt C{config} (same shape as C{self.config}) on a reload.
+        Adopt C{config} (same shape as C{self.config}) and the current
+        L{listen_ipv6} on a reload.
 
         Listening ports whose host and port stay the same are kept (clients
         connecting through them never notice); the others are opened before
@@ -144,47 +155,50 @@ class ListeningService(service.Service):
         opened the old ones are opened again.
 
         @return: a Deferred that fires when the old ports are closed, or
-            fails with L{BindError} with C{self.config} and the ports as
-            they were.
+            fails with L{BindError} with C{self.config}, L{listen_ipv6} and
+            the ports as they were.
         """
-        old_config = self.config
-        if not self.running or self._endpoints(old_config) == self._endpoints(config):
-            self.config = config
+        old_config, old_ipv6 = self.config, self._bound_ipv6
+        wanted = self._endpoints(config)
+        if not self.running or self._bound == wanted:
+            self.config, self._bound_ipv6 = config, self.listen_ipv6
             return defer.succeed(None)
-        current = dict(zip(self._endpoints(old_config), self.ports))
-        if len(current) != len(self.ports):  # ports not bound as configured: start over
-            current = {}
+        current = dict(zip(self._bound, self.ports))
         self.config = config
-        opened, kept = [], []
+        opened, ports = [], []
         try:
-            for endpoint in self._endpoints(config):
+            for endpoint in wanted:
                 if endpoint in current:
-                    kept.append(current.pop(endpoint))
+                    ports.append(current.pop(endpoint))
                 else:
-                    opened.append(self._listen_one(endpoint[0]))
+                    port = self._listen_one(endpoint[0])
+                    opened.append(port)
+                    ports.append(port)
         except BindError as error:
             for port in opened:
                 port.stopListening()
             if not any(_overlaps(error, port) for port in current.values()):
-                self.config = old_config
+                self.config, self.listen_ipv6 = old_config, old_ipv6
                 return defer.fail(error)
-            return self._rebind_after_closing(old_config, config)
-        self.ports = kept + opened
-        self._log_rebind(old_config, config)
+            return self._rebind_after_closing(old_config, old_ipv6, config)
+        old_endpoints = self._bound
+        self.ports, self._bound, self._bound_ipv6 = ports, wanted, self.listen_ipv6
+        self._log_rebind(old_endpoints, wanted)
         return self._stop(list(current.values()))
 
     @defer.inlineCallbacks
-    def _rebind_after_closing(self, old_config, config):
+    def _rebind_after_closing(self, old_config, old_ipv6, config):
         """The slow path of L{rebind}: close everything, then open the new set."""
+        old_endpoints = self._bound
         yield self._close_ports()
         self.config = config
         try:
             self._bind()
         except BindError as error:
-            self.config = old_config
+            self.config, self.listen_ipv6 = old_config, old_ipv6
             self._bind()
             raise error
-        self._log_rebind(old_config, config)
+        self._log_rebind(old_endpoints, self._bound)
 
     def _listen_one(self, host):
         try:
@@ -192,10 +206,11 @@ class ListeningService(service.Service):
         except CannotListenError as error:
             raise self._bind_error(host, error) from None
 
-    def _log_rebind(self, old_config, config):
+    def _log_rebind(self, old_endpoints, new_endpoints):
+        where = lambda endpoints: ", ".join(
+            f"[{host}]:{port}" if ":" in host else f"{host or '0.0.0.0'}:{port}" for host, port in endpoints)
         self.log.info("{service}: now listening on {new} (was {old})", service=self.name,
-                      new=", ".join(f"{host or '0.0.0.0'}:{port}" for host, port in self._endpoints(config)),
-                      old=", ".join(f"{host or '0.0.0.0'}:{port}" for host, port in self._endpoints(old_config)))
+                      new=where(new_endpoints), old=where(old_endpoints))
 
     @staticmethod
     def _stop(ports):

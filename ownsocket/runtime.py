@@ -87,19 +87,42 @@ def read_config(path: Optional[str]):
     return configuration.load(path=path, text=text), text
 
 
-def prepare(config, text, reactor) -> Prepared:
+def prepare_steps(config, text, reactor):
     """
-    Build the selectors (plugins imported, verified), the chain and the
-    file backends of C{config}.
+    L{prepare} as a generator that yields between its steps (plugins found
+    and selectors built; file backends; chain), and returns the
+    L{Prepared}: a reload runs one step per reactor turn, so the sockets
+    are read between them (L{ownsocket.reload}).
 
     @raise configuration.ConfigError: a selector or plugin is wrong.
     """
     selectors = tuple(load_selectors(config, reactor))
+    yield
     tftp_backend = build_backend(config, selectors)
     http_backend = (build_backend(config, selectors, config.http.root)
                     if config.http.root else tftp_backend)
+    yield
     return Prepared(config, text, selectors, build_selector(config, reactor, list(selectors)),
                     tftp_backend, http_backend)
+
+
+def run_steps(steps):
+    """What a generator such as L{prepare_steps} returns, all in one go."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def prepare(config, text, reactor) -> Prepared:
+    """
+    Build the selectors (plugins imported, verified), the chain and the
+    file backends of C{config}, at once (start-up).
+
+    @raise configuration.ConfigError: a selector or plugin is wrong.
+    """
+    return run_steps(prepare_steps(config, text, reactor))
 
 
 class Runtime:
@@ -161,6 +184,12 @@ class Runtime:
         from ownsocket.dhcp6.service import Dhcp6Service
         return Dhcp6Service(prepared.config, prepared.selector, self.reactor, recent=self.recent,
                             events=self.events)
+
+    def transfers_busy(self) -> bool:
+        """Whether a TFTP or HTTP transfer is in flight (or waiting for a
+        slot): L{ownsocket.heap.Heap} sweeps only when none is."""
+        return any(service.transfers_in_flight() for service in (self.tftp, self.http)
+                   if service is not None and hasattr(service, "transfers_in_flight"))
 
     def backend_for(self, name, prepared: Prepared):
         """The file backend service C{name} reads through, under C{prepared}."""

@@ -88,7 +88,7 @@ def makeService(options, reactor=None, admin_factory=make_admin):
                                    boot_file_size=FileSizes(lambda: runtime.prepared.tftp_backend, reactor),
                                    recent=recent, events=events)
         runtime.dhcp.setServiceParent(services)
-    ipv6 = bool(config.subnets6) and config.dhcp.enabled and config.dhcp.mode == "server"
+    ipv6 = runtime.wants_dhcp6(config)  # the same rule as a reload's
     if ipv6:
         from ownsocket.dhcp6.service import Dhcp6Service
         runtime.dhcp6 = Dhcp6Service(config, prepared.selector, reactor, recent=recent, events=events)

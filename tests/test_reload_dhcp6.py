@@ -1,7 +1,7 @@
 """
 A reload that adds the first [subnet6:...] starts DHCPv6 and its Router
-Advertisements, as a start with that file would; one that removes the last
-stops them.  Real twistd, a real SIGHUP, real clients (rdisc6, ISC
+Advertisements, and opens TFTP's and HTTP's [::] listeners, as a start with
+that file would; one that removes the last stops and closes them.  Real twistd, a real SIGHUP, real clients (rdisc6, ISC
 dhclient -6) in network namespaces this test creates and deletes.
 """
 
@@ -17,13 +17,15 @@ from tests import netns
 from tests.lab.waits import wait_until
 
 SERVER6, NETWORK6 = "fd78::1", "fd78::/64"
+CLIENT6 = "fd78::2"  # outside the pool (fd78::100-fd78::1ff)
 
 
 def _skip_reason():
     ok, why = netns.available()
     if not ok:
         return why
-    for tool, package in (("dhclient", "isc-dhcp-client"), ("rdisc6", "ndisc6"), ("ss", "iproute2")):
+    for tool, package in (("dhclient", "isc-dhcp-client"), ("rdisc6", "ndisc6"), ("ss", "iproute2"),
+                          ("curl", "curl")):
         if shutil.which(tool) is None:
             return f"needs {tool} (Debian package {package})"
     return None
@@ -64,8 +66,8 @@ class ReloadStartsDhcp6(unittest.TestCase):
 
     def write(self, subnet6, default):
         lines = ["[dhcp]", f"leases = {os.path.join(self.work, 'leases.sqlite')}", "interfaces = srv0",
-                 "", "[tftp]", f"root = {self.root}", "", "[boot]", f"default = {default}", "",
-                 "[admin]", "enabled = false", ""]
+                 "", "[tftp]", f"root = {self.root}", "", "[http]", "enabled = true", "port = 8080",
+                 "", "[boot]", f"default = {default}", "", "[admin]", "enabled = false", ""]
         if subnet6:
             lines += ["[subnet6:lab]", f"network = {NETWORK6}", "pool = fd78::100-fd78::1ff",
                       "interface = srv0", "lease_time = 600", ""]
@@ -89,9 +91,23 @@ class ReloadStartsDhcp6(unittest.TestCase):
                                                         self.read_log())) > before, 30), self.read_log())
         self.assertNotRegex(self.read_log(), r"reload of \S+ failed")
 
-    def listening(self, port):
-        out = self.server.run(["ss", "-H", "-uln"]).stdout
-        return any(line.split()[3].endswith(f":{port}") for line in out.splitlines() if len(line.split()) > 3)
+    def listening(self, port, host=None, tcp=False):
+        """Whether something listens on C{port} (on C{host}, e.g. "[::]", if given)."""
+        out = self.server.run(["ss", "-H", "-tln" if tcp else "-uln"]).stdout
+        want = f"{host}:{port}" if host else f":{port}"
+        return any((line.split()[3] == want) if host else line.split()[3].endswith(want)
+                   for line in out.splitlines() if len(line.split()) > 3)
+
+    def tftp6(self):
+        """curl's exit code fetching snponly.efi over TFTP on IPv6 from the
+        client, from a global address of its own (a transfer to a
+        link-local peer cannot open its session port: no scope id)."""
+        if CLIENT6 not in self.client.ip("-6", "addr", "show", "dev", "cli0"):
+            self.client.ip("addr", "add", f"{CLIENT6}/64", "dev", "cli0", "nodad")
+        out = os.path.join(self.work, "tftp6.out")
+        result = self.client.run(["curl", "-s", "-g", "--max-time", "10", "-o", out,
+                                  f"tftp://[{SERVER6}]/snponly.efi"], timeout=30, check=False)
+        return result.returncode
 
     def router_advertisement(self, wait_ms):
         return self.client.run(["rdisc6", "-1", "-w", str(wait_ms), "cli0"], timeout=20, check=False)
@@ -115,10 +131,21 @@ class ReloadStartsDhcp6(unittest.TestCase):
         self.assertFalse(self.listening(547))
         self.assertNotEqual(self.router_advertisement(1500).returncode, 0)
 
+        self.assertTrue(self.listening(69, "0.0.0.0"))
+        self.assertFalse(self.listening(69, "[::]"))
+        self.assertTrue(self.listening(8080, "0.0.0.0", tcp=True))
+        self.assertFalse(self.listening(8080, "[::]", tcp=True))
+        self.assertNotEqual(self.tftp6(), 0)
+
         self.write(subnet6=True, default="second.efi")
         self.reload()
         self.assertIn("DHCPv6 started", self.read_log())
         self.assertTrue(self.listening(547))
+        # TFTP and HTTP on [::] too, in the same reload (IPv4 kept)
+        self.assertTrue(self.listening(69, "[::]"))
+        self.assertTrue(self.listening(8080, "[::]", tcp=True))
+        self.assertTrue(self.listening(69, "0.0.0.0"))
+        self.assertEqual(self.tftp6(), 0)
         ra = self.router_advertisement(3000)
         self.assertEqual(ra.returncode, 0, ra.stdout)
         self.assertRegex(ra.stdout, r"Stateful address conf\.\s*:\s*Yes")
@@ -132,5 +159,8 @@ class ReloadStartsDhcp6(unittest.TestCase):
         self.reload()
         self.assertIn("DHCPv6 and Router Advertisements stopped", self.read_log())
         self.assertTrue(wait_for(lambda: not self.listening(547), 10))
+        self.assertTrue(wait_for(lambda: not self.listening(69, "[::]"), 10))
+        self.assertTrue(wait_for(lambda: not self.listening(8080, "[::]", tcp=True), 10))
+        self.assertTrue(self.listening(69, "0.0.0.0"))
         self.assertNotEqual(self.router_advertisement(1500).returncode, 0)
         self.assertIsNone(self.process.poll(), self.read_log())

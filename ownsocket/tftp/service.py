@@ -162,10 +162,11 @@ class TFTPService(listening.ListeningService):
         and limits apply to transfers that start from now on; transfers in
         flight finish on the reader and limits they started with.  The
         listening ports are re-bound only when C{port} or C{addresses}
-        changed; then a Deferred fires once they are open.  If they cannot
-        be opened, the old ones are opened again, the old port and
-        addresses stay in force, and the Deferred fails with the
-        L{BindError}.
+        changed, or L{listen_ipv6} did (the first or last C{[subnet6:...]}:
+        then only the "::" port opens or closes); then a Deferred fires
+        once they are open.  If they cannot be opened, the old ones stay
+        (or are opened again), the old port and addresses stay in force,
+        and the Deferred fails with the L{BindError}.
 
         @param config: the new L{ownsocket.config.Config} (its C{tftp}
             part is used), or a L{ownsocket.config.TftpConfig}.
@@ -178,25 +179,26 @@ class TFTPService(listening.ListeningService):
         if backend is None:
             backend = FilesystemBackend(config.root, config.case_insensitive)
         old = self.config
-        self.config = config
         self.backend = backend
         if config.max_sessions > old.max_sessions:
             warning = _ensure_descriptors(config.max_sessions * DESCRIPTORS_PER_TRANSFER + 64)
             if warning:
                 self.log.warn("tftp: {warning}", warning=warning)
         self.server.configure(backend, **_server_settings(config))
-        if not self.ports or (old.port, old.addresses) == (config.port, config.addresses):
+        if not self.ports:
+            self.config = config
             return defer.succeed(None)
-        return self._close_ports().addCallback(lambda _: self._rebind(old))
 
-    def _rebind(self, old):
-        try:
-            self._bind()
-        except BindError as error:
-            self.log.error("tftp: reload could not re-bind ({error}); still listening on the "
-                           "old port and addresses", error=str(error))
-            self.config = dataclasses.replace(self.config, port=old.port, addresses=old.addresses)
-            self._bind()
-            raise
-        self.log.info("tftp: listening on {where}", where=", ".join(
-            f"{host}:{port}" for host, port in self.listening_addresses()))
+        def failed(failure):
+            failure.trap(BindError)
+            self.log.error("tftp: reload could not re-bind ({error}); still listening on "
+                           "{where}", error=str(failure.value), where=self._where())
+            # everything else of the new config stays in force
+            self.config = dataclasses.replace(config, port=old.port, addresses=old.addresses)
+            return failure
+
+        return self.rebind(config).addErrback(failed)
+
+    def _where(self):
+        return ", ".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                         for host, port in self.listening_addresses())
