@@ -640,8 +640,9 @@ class QuietSweepTests(unittest.TestCase):
     class Server:
         last_activity = 0.0
 
-    def test_sweeps_only_when_quiet(self):
-        from ownsocket.dhcp import service as dhcp_service
+    def _service(self):
+        """A DHCP service with only what its once-a-second check needs, and
+        a heap on a fake collector, started."""
         clock = Clock()
         gc = FakeCollector()
         service = DhcpService.__new__(DhcpService)
@@ -650,6 +651,11 @@ class QuietSweepTests(unittest.TestCase):
         service.server = self.Server()
         service.heap = Heap(clock, gc)
         service.heap.start()
+        return clock, gc, service
+
+    def test_sweeps_only_when_quiet(self):
+        from ownsocket.dhcp import service as dhcp_service
+        clock, gc, service = self._service()
         del gc.calls[:]
         service._start_loops()
         self.addCleanup(service._stop_loops)
@@ -670,14 +676,7 @@ class QuietSweepTests(unittest.TestCase):
         sockets: the first tick after a 1.5 s stall sees no request for
         1.5 s although the socket is full.  No sweep on that alone.
         """
-        clock = Clock()
-        gc = FakeCollector()
-        service = DhcpService.__new__(DhcpService)
-        service.reactor = clock
-        service.store = self.Store()
-        service.server = self.Server()
-        service.heap = Heap(clock, gc)
-        service.heap.start()
+        clock, gc, service = self._service()
         clock.advance(SWEEP_EVERY)
         del gc.calls[:]
         service._start_loops()
