@@ -318,11 +318,18 @@ def one_boot(scenario, server, args, keep_root, ready=lambda: None):
         seconds, server_ok = lab.wait_for_boot(
             vm, serial, markers[platform], lambda: pattern.search(lab.read_text(server_log)),
             args.timeout, watch=watch)
-        record.stop()
-        net = network_seconds(record.cap, lab.DEFAULT_MAC, seconds, vm.started_wall)
-        startup = record.startup("guest", lab.DEFAULT_MAC)
-        record.save(seconds=seconds, network_seconds=net, startup=startup, argv=vm.argv)
+        net, startup = _record_boot(record, vm, seconds)
     return _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server_ok, net, startup)
+
+
+def _record_boot(record, vm, seconds):
+    """Stop the capture and keep the run's figures: (network seconds,
+    start-up window) of the one guest."""
+    record.stop()
+    net = network_seconds(record.cap, lab.DEFAULT_MAC, seconds, vm.started_wall)
+    startup = record.startup("guest", lab.DEFAULT_MAC)
+    record.save(seconds=seconds, network_seconds=net, startup=startup, argv=vm.argv)
+    return net, startup
 
 
 def _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server_ok, net, startup):
@@ -382,10 +389,7 @@ def one_boot6(scenario, server, args, keep_root, ready=lambda: None):
         record.started("guest", vm)
         seconds, server_ok = lab.wait_for_boot(vm, serial, marker, lambda: pattern.search(lab.read_text(log)),
                                                args.timeout, watch=watch)
-        record.stop()
-        net = network_seconds(record.cap, lab.DEFAULT_MAC, seconds, vm.started_wall)
-        startup = record.startup("guest", lab.DEFAULT_MAC)
-        record.save(seconds=seconds, network_seconds=net, startup=startup, argv=vm.argv)
+        net, startup = _record_boot(record, vm, seconds)
     return _outcome(scenario, server, args, keep_root, workdir, serial, seconds, server_ok, net, startup)
 
 

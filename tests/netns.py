@@ -26,7 +26,7 @@ import signal
 import subprocess
 import time
 
-__all__ = ["available", "Lab", "Namespace", "NetnsError", "remove_stale", "stop",
+__all__ = ["available", "skip_reason", "Lab", "Namespace", "NetnsError", "remove_stale", "stop",
            "server_client", "two_subnets", "relayed"]
 
 _counter = itertools.count()
@@ -60,6 +60,21 @@ def available():
         return False, f"network namespaces are not usable here: {made.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
     return True, ""
+
+
+def skip_reason(tools=()):
+    """
+    Why a namespace test with these real clients cannot run here, or None.
+
+    @param tools: (command, Debian package) pairs the test runs.
+    """
+    ok, why = available()
+    if not ok:
+        return why
+    for tool, package in tools:
+        if shutil.which(tool) is None:
+            return f"needs {tool} (Debian package {package})"
+    return None
 
 
 def _ip(*args, timeout=10):

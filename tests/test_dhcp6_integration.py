@@ -8,7 +8,6 @@ address.  And on a link no [subnet6:...] names, nothing answers at all.
 
 import os
 import re
-import shutil
 import subprocess
 
 from twisted.trial import unittest
@@ -19,22 +18,11 @@ from tests.lab.waits import wait_until
 SERVER6, NETWORK6 = "fd77::1", "fd77::/64"
 
 
-def _skip_reason():
-    ok, why = netns.available()
-    if not ok:
-        return why
-    for tool, package in (("dhclient", "isc-dhcp-client"), ("rdisc6", "ndisc6"), ("curl", "curl")):
-        if shutil.which(tool) is None:
-            return f"needs {tool} (Debian package {package})"
-    return None
-
-
-def wait_for(predicate, timeout, interval=0.1):
-    return wait_until(predicate, timeout, interval)
+TOOLS = (("dhclient", "isc-dhcp-client"), ("rdisc6", "ndisc6"), ("curl", "curl"))
 
 
 class RealClients(unittest.TestCase):
-    skip = _skip_reason()
+    skip = netns.skip_reason(TOOLS)
     timeout = 120
 
     def setUp(self):
@@ -55,7 +43,7 @@ class RealClients(unittest.TestCase):
             space.run(["sysctl", "-qw", f"net.ipv6.conf.{interface}.accept_dad=0"])
         self.server.ip("addr", "add", f"{SERVER6}/64", "dev", "srv0", "nodad")
         # The client's link-local was made before accept_dad=0: wait out DAD.
-        wait_for(lambda: "tentative" not in self.client.ip("-6", "addr", "show", "dev", "cli0")
+        wait_until(lambda: "tentative" not in self.client.ip("-6", "addr", "show", "dev", "cli0")
                  and "fe80::" in self.client.ip("-6", "addr", "show", "dev", "cli0"), 10)
 
     def start_ownsocket(self, subnet6=True):
@@ -70,7 +58,7 @@ class RealClients(unittest.TestCase):
         self.log = os.path.join(self.work, "ownsocket.log")
         process = self.server.spawn(self.ownsocket_argv(config, self.log), env=self.ownsocket_env(),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self.assertTrue(wait_for(lambda: "TFTP" in self.read_log() and "ownsocket 0" in self.read_log(), 30),
+        self.assertTrue(wait_until(lambda: "TFTP" in self.read_log() and "ownsocket 0" in self.read_log(), 30),
                         self.read_log())
         self.assertIsNone(process.poll(), self.read_log())
         return process
@@ -106,7 +94,7 @@ class RealClients(unittest.TestCase):
             ["dhclient", "-6", "-d", "-v", "-1", "-cf", conf, "-lf", leases, "-sf", "/bin/true",
              "-pf", os.path.join(self.work, "dhclient6.pid"), "cli0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.assertTrue(wait_for(lambda: os.path.exists(leases) and "iaaddr" in open(leases).read(), 30),
+        self.assertTrue(wait_until(lambda: os.path.exists(leases) and "iaaddr" in open(leases).read(), 30),
                         self.read_log())
         netns.stop(dhclient)
         text = open(leases).read()

@@ -92,27 +92,39 @@ def load(text):
 LAB = "[subnet6:lab]\nnetwork = fd99::/64\npool = fd99::100-fd99::1ff\n\n[boot]\narch.7 = snponly.efi\n"
 
 
+def fake_service(config, selector, reactor, sockets, events=None, refuse=None):
+    """
+    A DHCPv6 service on fake sockets (each one opened is appended to
+    C{sockets}), an in-memory store and fixed interface facts.
+
+    @param refuse: an exception that opening a DHCPv6 socket raises.
+    """
+
+    def open_socket(name):
+        if refuse is not None:
+            raise refuse
+        sock = FakeSocket(name, "udp")
+        sockets.append(sock)
+        return sock
+
+    def open_ra(name):
+        sock = FakeSocket(name, "raw")
+        sockets.append(sock)
+        return sock
+
+    return Dhcp6Service(config, selector, reactor, events=events,
+                        store_factory=MemoryLeaseStore6, addresses=lambda: ADDRESSES,
+                        open_socket=open_socket, open_ra=open_ra,
+                        mac_of=lambda name: "02:00:00:00:00:01", mtu_of=lambda name: 1500)
+
+
 class ServiceTests(unittest.TestCase):
 
     def make(self, text):
         self.reactor = FakeReactor()
         self.sockets = []
         config = load(text)
-
-        def open_socket(name):
-            sock = FakeSocket(name, "udp")
-            self.sockets.append(sock)
-            return sock
-
-        def open_ra(name):
-            sock = FakeSocket(name, "raw")
-            self.sockets.append(sock)
-            return sock
-
-        service = Dhcp6Service(config, build_selector(config, self.reactor), self.reactor,
-                               store_factory=MemoryLeaseStore6, addresses=lambda: ADDRESSES,
-                               open_socket=open_socket, open_ra=open_ra,
-                               mac_of=lambda name: "02:00:00:00:00:01", mtu_of=lambda name: 1500)
+        service = fake_service(config, build_selector(config, self.reactor), self.reactor, self.sockets)
         return service
 
     def test_no_subnet6_opens_nothing(self):

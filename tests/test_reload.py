@@ -738,26 +738,9 @@ class Dhcp6StartStopTests(unittest.TestCase):
         self.log = Log(self)
 
     def make_dhcp6(self, prepared):
-        from ownsocket.dhcp6.leases import MemoryLeaseStore6
-        from ownsocket.dhcp6.service import Dhcp6Service
-        from tests.test_dhcp6_service import ADDRESSES, FakeSocket
-
-        def open_socket(name):
-            if self.refuse is not None:
-                raise self.refuse
-            sock = FakeSocket(name, "udp")
-            self.sockets.append(sock)
-            return sock
-
-        def open_ra(name):
-            sock = FakeSocket(name, "raw")
-            self.sockets.append(sock)
-            return sock
-
-        return Dhcp6Service(prepared.config, prepared.selector, self.reactor, events=self.bus,
-                            store_factory=MemoryLeaseStore6, addresses=lambda: ADDRESSES,
-                            open_socket=open_socket, open_ra=open_ra,
-                            mac_of=lambda name: "02:00:00:00:00:01", mtu_of=lambda name: 1500)
+        from tests.test_dhcp6_service import fake_service
+        return fake_service(prepared.config, prepared.selector, self.reactor, self.sockets,
+                            events=self.bus, refuse=self.refuse)
 
     def write(self, subnet6=False, default="first.efi", mode="server"):
         text = (f"[dhcp]\nmode = {mode}\nleases = {self.dir}/leases.sqlite\n"

@@ -7,7 +7,6 @@ dhclient -6) in network namespaces this test creates and deletes.
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 
@@ -20,23 +19,12 @@ SERVER6, NETWORK6 = "fd78::1", "fd78::/64"
 CLIENT6 = "fd78::2"  # outside the pool (fd78::100-fd78::1ff)
 
 
-def _skip_reason():
-    ok, why = netns.available()
-    if not ok:
-        return why
-    for tool, package in (("dhclient", "isc-dhcp-client"), ("rdisc6", "ndisc6"), ("ss", "iproute2"),
-                          ("curl", "curl")):
-        if shutil.which(tool) is None:
-            return f"needs {tool} (Debian package {package})"
-    return None
-
-
-def wait_for(predicate, timeout, interval=0.1):
-    return wait_until(predicate, timeout, interval)
+TOOLS = (("dhclient", "isc-dhcp-client"), ("rdisc6", "ndisc6"), ("ss", "iproute2"),
+           ("curl", "curl"))
 
 
 class ReloadStartsDhcp6(unittest.TestCase):
-    skip = _skip_reason()
+    skip = netns.skip_reason(TOOLS)
     timeout = 180
 
     def setUp(self):
@@ -54,14 +42,14 @@ class ReloadStartsDhcp6(unittest.TestCase):
         for space, interface in ((self.server, "srv0"), (self.client, "cli0")):
             space.run(["sysctl", "-qw", f"net.ipv6.conf.{interface}.accept_dad=0"])
         self.server.ip("addr", "add", f"{SERVER6}/64", "dev", "srv0", "nodad")
-        wait_for(lambda: "tentative" not in self.client.ip("-6", "addr", "show", "dev", "cli0")
+        wait_until(lambda: "tentative" not in self.client.ip("-6", "addr", "show", "dev", "cli0")
                  and "fe80::" in self.client.ip("-6", "addr", "show", "dev", "cli0"), 10)
         self.config = os.path.join(self.work, "ownsocket.ini")
         self.log = os.path.join(self.work, "ownsocket.log")
         self.write(subnet6=False, default="first.efi")
         self.process = self.server.spawn(ownsocket_argv(self.config, self.log), env=ownsocket_env(),
                                          stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self.assertTrue(wait_for(lambda: "ownsocket 0" in self.read_log(), 30), self.read_log())
+        self.assertTrue(wait_until(lambda: "ownsocket 0" in self.read_log(), 30), self.read_log())
         self.assertIsNone(self.process.poll(), self.read_log())
 
     def write(self, subnet6, default):
@@ -87,7 +75,7 @@ class ReloadStartsDhcp6(unittest.TestCase):
         """SIGHUP; wait for its 'reloaded' line (a failed reload fails the test)."""
         before = len(re.findall(r"reloaded \S+ \(sha256|reload of \S+ failed", self.read_log()))
         os.kill(self.process.pid, signal.SIGHUP)
-        self.assertTrue(wait_for(lambda: len(re.findall(r"reloaded \S+ \(sha256|reload of \S+ failed",
+        self.assertTrue(wait_until(lambda: len(re.findall(r"reloaded \S+ \(sha256|reload of \S+ failed",
                                                         self.read_log())) > before, 30), self.read_log())
         self.assertNotRegex(self.read_log(), r"reload of \S+ failed")
 
@@ -121,7 +109,7 @@ class ReloadStartsDhcp6(unittest.TestCase):
             ["dhclient", "-6", "-d", "-v", "-1", "-cf", conf, "-lf", leases, "-sf", "/bin/true",
              "-pf", os.path.join(self.work, f"{name}.pid"), "cli0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        got = wait_for(lambda: os.path.exists(leases) and "iaaddr" in open(leases).read(), 30)
+        got = wait_until(lambda: os.path.exists(leases) and "iaaddr" in open(leases).read(), 30)
         netns.stop(process)
         self.assertTrue(got, self.read_log())
         with open(leases) as handle:
@@ -158,9 +146,9 @@ class ReloadStartsDhcp6(unittest.TestCase):
         self.write(subnet6=False, default="third.efi")
         self.reload()
         self.assertIn("DHCPv6 and Router Advertisements stopped", self.read_log())
-        self.assertTrue(wait_for(lambda: not self.listening(547), 10))
-        self.assertTrue(wait_for(lambda: not self.listening(69, "[::]"), 10))
-        self.assertTrue(wait_for(lambda: not self.listening(8080, "[::]", tcp=True), 10))
+        self.assertTrue(wait_until(lambda: not self.listening(547), 10))
+        self.assertTrue(wait_until(lambda: not self.listening(69, "[::]"), 10))
+        self.assertTrue(wait_until(lambda: not self.listening(8080, "[::]", tcp=True), 10))
         self.assertTrue(self.listening(69, "0.0.0.0"))
         self.assertNotEqual(self.router_advertisement(1500).returncode, 0)
         self.assertIsNone(self.process.poll(), self.read_log())
