@@ -506,6 +506,7 @@ class Config(unittest.TestCase):
 
 # (the module, not its class: a TestCase imported here would run twice)
 from tests import test_dhcp6_integration as integration  # noqa: E402
+from tests.lab.waits import wait_until  # noqa: E402
 
 
 class RealClientOnPostgres(unittest.TestCase):
@@ -538,14 +539,14 @@ class RealClientOnPostgres(unittest.TestCase):
         process = self.server.spawn(ownsocket_argv(config, self.log), env=ownsocket_env(),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self.addCleanup(netns.stop, process)
-        self.assertTrue(integration.wait_for(lambda: "DHCPv6 listening" in self.read_log()
+        self.assertTrue(wait_until(lambda: "DHCPv6 listening" in self.read_log()
                                  and "ownsocket 0" in self.read_log(), 30), self.read_log())
         leases = os.path.join(self.work, "dhclient6.leases")
         dhclient = self.client.spawn(
             ["dhclient", "-6", "-d", "-v", "-1", "-lf", leases, "-sf", "/bin/true",
              "-pf", os.path.join(self.work, "dhclient6.pid"), "cli0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.assertTrue(integration.wait_for(lambda: os.path.exists(leases) and "iaaddr" in open(leases).read(), 45),
+        self.assertTrue(wait_until(lambda: os.path.exists(leases) and "iaaddr" in open(leases).read(), 45),
                         self.read_log())
         netns.stop(dhclient)
         address = re.search(r"iaaddr (fd77::[0-9a-f:]+)", open(leases).read()).group(1)
@@ -617,9 +618,9 @@ class TwoServersOneLinkRealClients(unittest.TestCase):
                 return ""
 
         for log in logs:
-            self.assertTrue(integration.wait_for(lambda: "DHCPv6 listening" in text(log), 30), text(log))
+            self.assertTrue(wait_until(lambda: "DHCPv6 listening" in text(log), 30), text(log))
         for client in clients:  # link-local addresses out of DAD
-            self.assertTrue(integration.wait_for(
+            self.assertTrue(wait_until(
                 lambda: "fe80::" in client.ip("-6", "addr", "show", "dev", "cli0")
                 and "tentative" not in client.ip("-6", "addr", "show", "dev", "cli0"), 10))
         leases, dhclients = [], []
@@ -630,7 +631,7 @@ class TwoServersOneLinkRealClients(unittest.TestCase):
                  "-pf", os.path.join(work, f"dhclient{n}.pid"), "cli0"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for path in leases:
-            self.assertTrue(integration.wait_for(lambda: "iaaddr" in text(path), 60),
+            self.assertTrue(wait_until(lambda: "iaaddr" in text(path), 60),
                             "\n".join(text(log) for log in logs))
         for process in dhclients:
             netns.stop(process)
