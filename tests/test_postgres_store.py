@@ -76,6 +76,83 @@ class PostgresContractTests(StoreContract, PostgresTestCase):
     """The same suite as SQLite's (tests/test_lease_store.py)."""
 
 
+class ThreadPathContractTests(StoreContract, PostgresTestCase):
+    """The same suite with every transaction on a pool thread, as the
+    first one (which connects) and every retried one run."""
+
+    def open(self, **kwargs):
+        store = PostgresTestCase.open(self, **kwargs)
+        store._on_reactor = False
+        return store
+
+
+class ReactorPathTests(PostgresTestCase):
+    """Transactions on an open connection are sent and read by the reactor
+    (ownsocket/dhcp/pgreactor.py); what goes wrong there goes the way a
+    pool thread's transaction would."""
+
+    def count_thread_trips(self):
+        trips = []
+        transact = self.store._transact
+
+        def counted(work):
+            trips.append(len(work))
+            return transact(work)
+        self.store._transact = counted
+        return trips
+
+    @defer.inlineCallbacks
+    def test_open_connections_skip_the_thread(self):
+        self.assertTrue(self.store._on_reactor)
+        yield self.store.claim(ONE, "lab", [A], BOUND, 600)  # connects on a thread
+        trips = self.count_thread_trips()
+        for n in range(10):
+            with self.store.batch():
+                offers = [self.store.claim(f"02:00:00:00:{n:02x}:{m:02x}", "lab",
+                                           [IP("10.0.0.100") + 10 * n + m], OFFERED, 30) for m in range(3)]
+                found = self.store.lookup(ONE, "lab")
+            leases = yield defer.gatherResults(offers)
+            self.assertEqual([lease.address for lease in leases],
+                             [IP("10.0.0.100") + 10 * n + m for m in range(3)])
+            self.assertEqual((yield found).address, A)
+        self.assertEqual(trips, [])
+        from ownsocket.dhcp.pgreactor import ReactorTransaction
+        self.assertEqual([r for r in reactor.getReaders() if isinstance(r, ReactorTransaction)], [])
+
+    @defer.inlineCallbacks
+    def test_statement_error_is_run_again_on_a_thread_and_reported(self):
+        from ownsocket.dhcp.leases import LeaseStoreError
+        yield self.store.claim(ONE, "lab", [A], BOUND, 600)
+        trips = self.count_thread_trips()
+        with self.store.batch():
+            bad = self.store._submit("SELECT 1 / 0", (), lambda cursor: cursor.fetchone())
+            claim = self.store.claim(TWO, "lab", [B], BOUND, 600)
+        failure = yield self.assertFailure(bad, LeaseStoreError)
+        self.assertIn("division by zero", str(failure))
+        yield self.assertFailure(claim, LeaseStoreError)  # one transaction: undone together
+        self.assertEqual(trips, [2])
+        self.assertIsNone((yield self.store.lookup(TWO, "lab")))
+        self.assertEqual((yield self.store.claim(TWO, "lab", [B], BOUND, 600)).address, B)
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_connection_killed_in_flight_is_an_outage_then_service_resumes(self):
+        from twisted.internet import task
+        yield self.store.claim(ONE, "lab", [A], BOUND, 600)
+        slow = self.store._submit("SELECT pg_sleep(5)", (), lambda cursor: cursor.fetchone())
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        killed = self.cluster.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                  f" WHERE datname = '{self.dbname}' AND application_name = 'ownsocket'")
+        self.assertGreaterEqual(killed[0][0], 1)
+        yield self.assertFailure(slow, LeaseStoreUnavailable)
+        self.assertTrue(self.store._down)
+        self.store._retry_at = 0  # skip the backoff
+        self.assertEqual((yield self.store.lookup(ONE, "lab")).address, A)
+        self.assertEqual((yield self.store.claim(TWO, "lab", [B], BOUND, 600)).address, B)
+        self.assertFalse(self.store._down)
+        self.flushLoggedErrors()
+
+
 class SeveralServersTests(PostgresTestCase):
     @defer.inlineCallbacks
     def test_schema_has_a_version_and_constraints(self):

@@ -58,6 +58,8 @@ from zope.interface import implementer
 
 from ownsocket.dhcp.leases import (BOUND, DECLINED, OFFERED, Lease, LeaseStoreBusy, LeaseStoreError,
                                    LeaseStoreUnavailable)
+from ownsocket.dhcp import pgreactor
+from ownsocket.dhcp.pgreactor import ReactorTransaction
 from ownsocket.interfaces import ILeaseStore
 from ownsocket.ratelimit import RateLimitedLog
 
@@ -397,6 +399,8 @@ class PostgresLeaseStore:
         self._migrated = False
         self._closed = False
         self._error_log = RateLimitedLog(self.log.error, clock, burst=3)
+        #: whether transactions on open connections skip the pool thread
+        self._on_reactor = pgreactor.available(clock)
 
     # -- queries ----------------------------------------------------------
     # Each call queues one statement and how to read its result: the
@@ -618,7 +622,11 @@ class PostgresLeaseStore:
         self._sent += 1
         sent_at = self.reactor.seconds()
         self._sent_at.append(sent_at)
-        d = threads.deferToThreadPool(self.reactor, self._threads, self._transact, work)
+        pooled = self._pooled() if self._on_reactor else None
+        if pooled is None:
+            d = threads.deferToThreadPool(self.reactor, self._threads, self._transact, work)
+        else:
+            d = ReactorTransaction(self, *pooled, work, _Query(self, work)).start()
         d.addBoth(self._landed, sent_at, self._connects)
         d.addCallbacks(self._done, self._failed, callbackArgs=(work, self._sent),
                        errbackArgs=(work, self._sent))
@@ -732,33 +740,10 @@ class PostgresLeaseStore:
         bindings, releases and quarantines always do.
         """
         import psycopg
-        others = [item for item in work if item[1] is not None]
-        claims = [item for item in work if item[1] is None]
-        statements, parameters = [], []
-        if not any(item[4] for item in work):
-            statements.append("SELECT set_config('synchronous_commit', 'off', true)")
-        for _, statement, values, _, _, _ in others:
-            statements.append(statement.rstrip().rstrip(";"))  # (an empty statement would shift the results)
-            parameters.extend(values)
-        if claims:
-            statements.append(_CLAIM_BATCH)
-            parameters.extend(list(column) for column in zip(*(item[2] for item in claims)))
-            parameters.append(self.server_name)
+        query = _Query(self, work)
         cursor = psycopg.ClientCursor(connection)
-        cursor.execute("; ".join(statements), parameters)
-        if len(statements) > len(others) + bool(claims):
-            cursor.nextset()  # set_config's row
-        results = {}
-        for item in others:
-            results[id(item)] = item[3](cursor)
-            cursor.nextset()
-        rows = cursor.fetchall() if claims else ()
-        leases = [None] * len(claims)
-        for n, *row in rows:
-            leases[n - 1] = _lease(row)
-        for item, lease in zip(claims, leases):
-            results[id(item)] = lease
-        return [results[id(item)] for item in work]
+        cursor.execute(query.text, query.parameters)
+        return query.read(cursor)
 
     def _connection(self):
         """A pooled connection, or a new one: (connection, its generation)."""
@@ -785,6 +770,16 @@ class PostgresLeaseStore:
                     from None
             self._migrated = True
         return connection, generation
+
+    def _pooled(self):
+        """An open idle connection, for a transaction the reactor sends
+        itself (L{ReactorTransaction}); None: the pool thread connects."""
+        with self._idle_lock:
+            while self._idle:
+                connection = self._idle.pop()
+                if not connection.closed:
+                    return connection, self._generation
+        return None
 
     def _give_back(self, connection, generation):
         if not connection.closed and connection.info.transaction_status == 0:  # 0 = idle
@@ -824,6 +819,47 @@ class PostgresLeaseStore:
         drained.addCallback(lambda _: threads.deferToThreadPool(self.reactor, self._threads, shut))
         drained.addBoth(lambda _: self._threads.stop())
         return drained
+
+
+class _Query:
+    """One batch as one query string, and how to read its results back:
+    the same for a transaction run on a pool thread and one the reactor
+    sends itself (L{ownsocket.dhcp.pgreactor})."""
+
+    def __init__(self, store, work):
+        self.work = work
+        self.others = [item for item in work if item[1] is not None]
+        self.claims = [item for item in work if item[1] is None]
+        statements, parameters = [], []
+        self.set_config = not any(item[4] for item in work)
+        if self.set_config:
+            statements.append("SELECT set_config('synchronous_commit', 'off', true)")
+        for _, statement, values, _, _, _ in self.others:
+            statements.append(statement.rstrip().rstrip(";"))  # (an empty statement would shift the results)
+            parameters.extend(values)
+        if self.claims:
+            statements.append(_CLAIM_BATCH)
+            parameters.extend(list(column) for column in zip(*(item[2] for item in self.claims)))
+            parameters.append(store.server_name)
+        self.text = "; ".join(statements)
+        self.parameters = parameters
+
+    def read(self, cursor):
+        """Each item's result, in the order of C{work}, from a cursor on
+        the first of the query's results."""
+        if self.set_config:
+            cursor.nextset()  # set_config's row
+        results = {}
+        for item in self.others:
+            results[id(item)] = item[3](cursor)
+            cursor.nextset()
+        rows = cursor.fetchall() if self.claims else ()
+        leases = [None] * len(self.claims)
+        for n, *row in rows:
+            leases[n - 1] = _lease(row)
+        for item, lease in zip(self.claims, leases):
+            results[id(item)] = lease
+        return [results[id(item)] for item in self.work]
 
 
 def migrate(connection):
