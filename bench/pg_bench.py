@@ -12,8 +12,12 @@ Unix socket in a temporary directory, started and stopped by this script):
   kea-pg          kea-dhcp4 with its PostgreSQL lease backend
                   (schema by `kea-admin db-init pgsql`)
 
-Same pool, same PXE options, perfdhcp (as a relay, from its own namespace)
-at each rate.  Prints ACKs/s, loss, duplicate bindings found in the
+Same pool, same PXE options, and the same load for every set-up: three
+perfdhcp, each a relay in its own namespace at a third of the rate (with
+one server, all three reach it over a bridge).  A perfdhcp takes about a
+third of a core at any rate, so one generator for one server and three for
+three servers would hand the one server two thirds of a core more on a
+two-core machine.  Prints ACKs/s, loss, duplicate bindings found in the
 database afterwards (an address or a client twice among live bindings) and
 ownsocket's ratio to Kea-on-PostgreSQL.  With --memory it also fills the
 store with 100,000 leases, loads one server and reports its peak RSS.
@@ -44,6 +48,7 @@ from dhcp_bench import (PXE_OPTIONS, TWISTD, cpu_seconds, kea_config, listening,
                         parse_perfdhcp)
 
 SERVER_IP, RELAY_IP = "10.80.0.1", "10.80.0.2"
+HUB_RELAYS = ("10.80.0.2", "10.80.0.3", "10.80.0.4")
 POOL = ("10.80.1.0", "10.80.60.255")
 BIG_POOL = ("10.80.1.0", "10.82.255.255")  # room for 100,000 leases and more (in 10.80.0.0/14)
 MAC_BASES = ("00:0c:01:00:00:00", "00:0c:02:00:00:00", "00:0c:03:00:00:00")
@@ -84,13 +89,37 @@ class Bench:
     def __init__(self, lab, cluster, workdir):
         self.lab, self.cluster, self.workdir = lab, cluster, workdir
         self.pairs = []
+        self.hub, self.hub_generators = None, []
         for n in range(3 if lab is not None else 0):
             server = lab.namespace(f"srv{n}")
             perf = lab.namespace(f"perf{n}")
             lab.link(server, "srv0", perf, "rel0", f"{SERVER_IP}/16", f"{RELAY_IP}/16")
             self.pairs.append((server, perf))
+        if lab is not None:
+            # One server, loaded by three generators as the three servers are:
+            # a perfdhcp costs a third of a core here whatever its rate, so a
+            # set-up with one generator would have two thirds of a core more
+            # for its server than the three-server set-up, on two cores.  The
+            # hub's bridge is called srv0, so every server's config is alike.
+            self.hub = lab.namespace("hub")
+            self.hub.ip("link", "add", "srv0", "type", "bridge")
+            self.hub.ip("addr", "add", f"{SERVER_IP}/16", "dev", "srv0")
+            self.hub.ip("link", "set", "srv0", "up")
+            for n, relay in enumerate(HUB_RELAYS):
+                generator = lab.namespace(f"gen{n}")
+                lab.link(self.hub, f"port{n}", generator, "rel0", None, f"{relay}/16")
+                self.hub.ip("link", "set", f"port{n}", "master", "srv0")
+                self.hub_generators.append((generator, relay))
         self.runs = 0
         self.baseline = None  # another ownsocket tree (--baseline)
+
+    def servers(self, count):
+        """The namespaces C{count} servers run in."""
+        return [self.hub] if count == 1 else [server for server, _ in self.pairs[:count]]
+
+    def generators(self, count):
+        """(namespace, relay address) of the three perfdhcp that load them."""
+        return self.hub_generators if count == 1 else [(perf, RELAY_IP) for _, perf in self.pairs]
 
     def fresh_database(self, kind):
         self.runs += 1
@@ -126,31 +155,33 @@ class Bench:
                 argv = ownsocket_argv(directory, leases, pool)
             env = dict(os.environ, PYTHONPATH=code, KEA_LOCKFILE_DIR=directory, KEA_PIDFILE_DIR=directory)
             with open(os.path.join(directory, "console.txt"), "w") as console:
-                processes.append(self.pairs[n][0].spawn(argv, cwd=directory, env=env, stdout=console,
-                                                        stderr=subprocess.STDOUT))
+                processes.append(self.servers(count)[n].spawn(argv, cwd=directory, env=env, stdout=console,
+                                                              stderr=subprocess.STDOUT))
             directories.append(directory)
         for n, process in enumerate(processes):
+            space = self.servers(count)[n]
             deadline = time.monotonic() + 30
-            while process.poll() is None and not listening(self.pairs[n][0]) and time.monotonic() < deadline:
+            while process.poll() is None and not listening(space) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if process.poll() is not None or not listening(self.pairs[n][0]):
+            if process.poll() is not None or not listening(space):
                 with open(os.path.join(directories[n], "console.txt"), errors="replace") as handle:
                     raise RuntimeError(f"{kind} server {n} did not start: {handle.read()[-800:]}")
         time.sleep(1.0)
         return processes, directories, dbname
 
     def load(self, count, rate, duration, clients):
-        """perfdhcp against each of the first C{count} servers at rate/count."""
+        """Three perfdhcp at a third of the rate each, whether they load
+        three servers (one each) or one."""
         running = []
-        for n in range(count):
-            argv = ["perfdhcp", "-4", "-l", RELAY_IP, "-r", str(max(rate // count, 1)), "-p", str(duration),
-                    "-R", str(max(clients // count, 1)), "-b", f"mac={MAC_BASES[n]}", "-W", "500000",
-                    "-g", "single"]
+        generators = self.generators(count)
+        for n, (space, relay) in enumerate(generators):
+            argv = ["perfdhcp", "-4", "-l", relay, "-r", str(max(rate // len(generators), 1)),
+                    "-p", str(duration), "-R", str(max(clients // len(generators), 1)),
+                    "-b", f"mac={MAC_BASES[n]}", "-W", "500000", "-g", "single"]
             for option in PXE_OPTIONS:
                 argv += ["-o", option]
             argv.append(SERVER_IP)
-            running.append(self.pairs[n][1].spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                  text=True))
+            running.append(space.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         totals = {"discovers": 0, "acks": 0}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         for process in running:
@@ -225,7 +256,7 @@ def server_metrics(bench, count):
     found = {}
     for n in range(count):
         try:
-            text = bench.pairs[n][0].run(["curl", "-s", "--max-time", "10", "http://127.0.0.1:9067/metrics"],
+            text = bench.servers(count)[n].run(["curl", "-s", "--max-time", "10", "http://127.0.0.1:9067/metrics"],
                                          timeout=20).stdout
         except Exception:
             continue
@@ -311,11 +342,11 @@ def memory(bench, leases=100_000, rate=1000, duration=10, profile=False):
                 # started by hand: the file must exist before the server reads it
                 argv = ownsocket_argv(directory, path, BIG_POOL)
                 with open(os.path.join(directory, "console.txt"), "w") as console:
-                    processes = [bench.pairs[0][0].spawn(argv, cwd=directory, stdout=console,
-                                                         stderr=subprocess.STDOUT,
-                                                         env=dict(os.environ, PYTHONPATH=code))]
+                    processes = [bench.servers(1)[0].spawn(argv, cwd=directory, stdout=console,
+                                                           stderr=subprocess.STDOUT,
+                                                           env=dict(os.environ, PYTHONPATH=code))]
                 deadline = time.monotonic() + 60
-                while not listening(bench.pairs[0][0]) and time.monotonic() < deadline:
+                while not listening(bench.servers(1)[0]) and time.monotonic() < deadline:
                     time.sleep(0.2)
             else:
                 processes, _, _ = bench.start(label, 1, pool=BIG_POOL, dsn_hook=fill)
@@ -353,7 +384,7 @@ def wait_loaded(bench, leases, timeout=90):
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         try:
-            text = bench.pairs[0][0].run(["curl", "-s", "--max-time", "5", "http://127.0.0.1:9067/metrics"],
+            text = bench.servers(1)[0].run(["curl", "-s", "--max-time", "5", "http://127.0.0.1:9067/metrics"],
                                          timeout=10, check=False).stdout
         except Exception:
             text = ""
