@@ -157,6 +157,39 @@ class BatchTests(ProtocolTestCase):
         self.receive(packets.ovmf_pxe_discover(mac="52:54:00:00:06:09"))
         self.assertEqual(packets.parse_reply(self.transport.written[-1][0])["type"], 2)
 
+    def test_kernel_drops_discovers_until_the_store_catches_up(self):
+        """While the store is behind, the socket's DISCOVER filter is on, so
+        REQUESTs find room in its queue; it comes off within shed_check
+        seconds of the store catching up, with no datagram needed to notice."""
+        from ownsocket.dhcp import shedding
+        calls = []
+
+        class Socket:
+            def setsockopt(self, level, option, value):
+                calls.append(option)
+
+            def fileno(self):
+                return 5
+        self.transport.getHandle = Socket
+        self.patch(shedding.DiscoverFilter, "supported", True)
+        self.protocol._filter = shedding.DiscoverFilter(self.protocol.log)
+        behind = [True]
+        self.protocol.server.store.behind = lambda: behind[0]
+        self.receive(packets.ovmf_pxe_discover(mac="52:54:00:00:07:01"))
+        self.assertEqual(self.transport.written, [])
+        self.assertEqual(calls, [shedding.SO_ATTACH_FILTER])
+        shed = [e for e in self.events if "overloaded" in e.get("log_format", "")]
+        self.assertIn("dropped in the kernel", shed[0]["why"])
+        self.receive(packets.ovmf_pxe_discover(mac="52:54:00:00:07:02"))
+        self.clock.advance(self.protocol.shed_check * 3)
+        self.assertEqual(calls, [shedding.SO_ATTACH_FILTER])  # still behind: still on
+        behind[0] = False
+        self.clock.advance(self.protocol.shed_check)
+        self.assertEqual(calls, [shedding.SO_ATTACH_FILTER, shedding.SO_DETACH_FILTER])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.receive(packets.ovmf_pxe_discover(mac="52:54:00:00:07:03"))
+        self.assertEqual(packets.parse_reply(self.transport.written[-1][0])["type"], 2)
+
     def test_no_reply_when_commit_fails(self):
         request = self.discover_then_request("52:54:00:00:05:01")
         self.transport.written.clear()

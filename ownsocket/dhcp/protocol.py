@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from ownsocket.dhcp import wire
 from ownsocket.dhcp.leases import LeaseStoreBusy, LeaseStoreError, LeaseStoreUnavailable
 from ownsocket.dhcp.server import Arrival, message_name
+from ownsocket.dhcp.shedding import DiscoverFilter
 from ownsocket.events import EventBus
 from ownsocket.ratelimit import RateLimitedLog
 
@@ -37,8 +38,14 @@ class DhcpProtocol(DatagramProtocol):
     log = Logger()
     noisy = False  # the service logs one line per interface itself
 
+    #: seconds between looks at the store while DISCOVERs are dropped in
+    #: the kernel (then none reach L{_drain} to look for us)
+    shed_check = 0.05
+
     def __init__(self, server, arrival: Arrival, clock, discover_budget=512):
         self.server = server
+        self._filter = DiscoverFilter(self.log)
+        self._filter_check = None
         self.arrival = arrival
         self.clock = clock
         self.discover_budget = discover_budget
@@ -71,8 +78,11 @@ class DhcpProtocol(DatagramProtocol):
         if starting and behind is not None and behind():
             # A shared store that is behind would refuse these offers after
             # all the work of answering them (pgstore.behind()): shed them
-            # first, as the socket's own overload does.
+            # first, and have the kernel shed the next ones until it
+            # catches up, so that REQUESTs find room in the socket's queue.
             room, why = 0, "the lease database is behind"
+            if self._start_filter(behind):
+                why += "; more are dropped in the kernel until it catches up"
         if len(starting) > room:
             self._shed_log("overloaded: {count} DISCOVERs dropped in one batch of {size} on {interface} "
                            "({why}; clients retry)", why=why,
@@ -122,6 +132,27 @@ class DhcpProtocol(DatagramProtocol):
         finally:
             state["open"] = False
         self._send(state["ready"])
+
+    def _start_filter(self, behind):
+        handle = getattr(self.transport, "getHandle", None)
+        if self._filter.on or handle is None or not self._filter.start(handle()):
+            return False
+        self._filter_check = self.clock.callLater(self.shed_check, self._check_filter, behind)
+        return True
+
+    def _check_filter(self, behind):
+        self._filter_check = None
+        if self.transport is None:
+            return
+        if behind():
+            self._filter_check = self.clock.callLater(self.shed_check, self._check_filter, behind)
+        else:
+            self._filter.stop(self.transport.getHandle())
+
+    def stopProtocol(self):
+        if self._filter_check is not None and self._filter_check.active():
+            self._filter_check.cancel()
+        self._filter_check = None
 
     def _deliver(self, replies, state):
         if state["open"]:
