@@ -212,6 +212,14 @@ class Bench:
                                 dbname=dbname)[0][0]
 
 
+def udp_drops(space):
+    """Datagrams the kernel dropped in a namespace so far because a UDP
+    socket's receive queue was full (RcvbufErrors)."""
+    text = space.run(["cat", "/proc/net/snmp"], timeout=10).stdout
+    header, values = [line.split() for line in text.splitlines() if line.startswith("Udp:")][:2]
+    return int(values[header.index("RcvbufErrors")])
+
+
 def postgres_cpu(cluster):
     """CPU seconds the whole cluster used so far: the postmaster, its live
     children (backends, WAL writer, checkpointer) and the children it has
@@ -297,7 +305,11 @@ def run(bench, label, rate, duration, clients, profile=False):
                     ["py-spy", "record", "--nonblocking", "--threads", "-d", str(duration), "-r", "200",
                      "-f", "raw", "-o", os.path.join(directory, f"profile-{rate}.txt"), "-p", str(process.pid)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        drops = [udp_drops(space) for space in bench.servers(count)]
+        generator_drops = [udp_drops(space) for space, _ in bench.generators(count)]
         totals = bench.load(count, rate, duration, clients)
+        row["kernel_drops"] = (sum(udp_drops(space) for space in bench.servers(count)) - sum(drops),
+                               sum(udp_drops(space) for space, _ in bench.generators(count)) - sum(generator_drops))
         for spy in spies:
             spy.wait(timeout=60)
         if kind != "kea-pg":
@@ -610,7 +622,9 @@ def main(argv=None):
                         print(f"  [{repetition + 1}] {kind} @ {rate}/s: " + (row["error"] or
                               f"{row['acks_per_s']:.0f} ACK/s, loss {row['loss_pct']:.1f} %, "
                               f"duplicates {row['duplicates']}, CPU {row['cpu_s']:.1f} s, "
-                              f"PostgreSQL CPU {row['pg_cpu_s']:.1f} s, perfdhcp CPU {row['perf_cpu_s']:.1f} s {metrics}"),
+                              f"PostgreSQL CPU {row['pg_cpu_s']:.1f} s, perfdhcp CPU {row['perf_cpu_s']:.1f} s, "
+                              f"kernel drops (full queue) at the servers {row['kernel_drops'][0]}, "
+                              f"at the generators {row['kernel_drops'][1]} {metrics}"),
                               file=sys.stderr, flush=True)
                         for line in row.get("statements", ()):
                             print(line, file=sys.stderr, flush=True)

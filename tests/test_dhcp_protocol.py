@@ -189,6 +189,17 @@ class BatchTests(ProtocolTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.receive(packets.ovmf_pxe_discover(mac="52:54:00:00:07:03"))
         self.assertEqual(packets.parse_reply(self.transport.written[-1][0])["type"], 2)
+        # A batch whose own offers put the store behind turns it on at once.
+        store = self.protocol.server.store
+        claim = store.claim
+
+        def claim_then_behind(*args, **kwargs):
+            behind[0] = True
+            return claim(*args, **kwargs)
+        self.patch(store, "claim", claim_then_behind)
+        self.receive(packets.ovmf_pxe_discover(mac="52:54:00:00:07:04"))
+        self.assertEqual(packets.parse_reply(self.transport.written[-1][0])["type"], 2)
+        self.assertEqual(calls[-1], shedding.SO_ATTACH_FILTER)
 
     def test_no_reply_when_commit_fails(self):
         request = self.discover_then_request("52:54:00:00:05:01")

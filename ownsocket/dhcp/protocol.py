@@ -131,6 +131,12 @@ class DhcpProtocol(DatagramProtocol):
             return
         finally:
             state["open"] = False
+        if starting and behind is not None and not self._filter.on and behind():
+            # This batch's offers put the store behind: the next DISCOVERs
+            # are shed from now on, not once they have filled the socket's
+            # queue (under a flood that takes milliseconds, and REQUESTs
+            # that find the queue full are lost with them).
+            self._start_filter(behind)
         self._send(state["ready"])
 
     def _start_filter(self, behind):
