@@ -34,15 +34,17 @@ from twisted.internet.interfaces import IReactorFDSet
 
 from ownsocket.dhcp.leases import LeaseStoreUnavailable
 
+try:
+    import psycopg
+    from psycopg import pq
+except ImportError:  # (SQLite-only installs: nothing here is used then)
+    psycopg = pq = None
+
 
 def available(reactor) -> bool:
     """Whether transactions can be sent from this reactor (a test clock
     cannot watch a socket) with this psycopg."""
-    if not IReactorFDSet.providedBy(reactor):
-        return False
-    try:
-        import psycopg
-    except ImportError:
+    if psycopg is None or not IReactorFDSet.providedBy(reactor):
         return False
     return callable(getattr(psycopg.ClientCursor, "_set_results", None))
 
@@ -78,7 +80,6 @@ class ReactorTransaction:
         return "ownsocket-leases"
 
     def doRead(self):
-        import psycopg
         if self.over:
             return
         try:
@@ -93,7 +94,6 @@ class ReactorTransaction:
             self._failed(error)
 
     def doWrite(self):
-        import psycopg
         if self.over:
             return
         try:
@@ -112,7 +112,6 @@ class ReactorTransaction:
     # -- the transaction --------------------------------------------------
 
     def start(self):
-        import psycopg
         try:
             self.cursor = psycopg.ClientCursor(self.connection)
             text = self.cursor.mogrify(self.query.text, self.query.parameters)
@@ -131,7 +130,6 @@ class ReactorTransaction:
         return self.done
 
     def _finished(self):
-        from psycopg import pq
         self._stop()
         good = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
         if (any(result.status not in good for result in self.results)
@@ -151,7 +149,6 @@ class ReactorTransaction:
         self.done.callback(values)
 
     def _failed(self, error):
-        from psycopg import pq
         self._stop()
         if self.connection.closed or self.pgconn.status != pq.ConnStatus.OK:
             self._broken(error)

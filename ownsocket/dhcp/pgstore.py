@@ -752,12 +752,10 @@ class PostgresLeaseStore:
     def _connection(self):
         """A pooled connection, or a new one: (connection, its generation)."""
         import psycopg
-        with self._idle_lock:
-            while self._idle:
-                connection = self._idle.pop()
-                if not connection.closed:
-                    return connection, self._generation
-            generation = self._generation
+        pooled = self._pooled()
+        if pooled is not None:
+            return pooled
+        generation = self._generation  # (a connection made after a drop is of the new one)
         self._connects += 1  # (a plain int: read on the reactor thread, only compared)
         connection = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout,
                                      application_name="ownsocket", autocommit=True)
@@ -776,8 +774,8 @@ class PostgresLeaseStore:
         return connection, generation
 
     def _pooled(self):
-        """An open idle connection, for a transaction the reactor sends
-        itself (L{ReactorTransaction}); None: the pool thread connects."""
+        """An open idle connection and its generation, or None (then only a
+        pool thread may connect: L{_connection})."""
         with self._idle_lock:
             while self._idle:
                 connection = self._idle.pop()
